@@ -1,0 +1,88 @@
+import { hostname } from 'node:os';
+import { z } from 'zod';
+
+const optionalString = z
+  .string()
+  .optional()
+  .transform((v) => (v === undefined || v.trim() === '' ? undefined : v.trim()));
+
+const intFromEnv = (def: number, min: number, max: number) =>
+  z.preprocess((v) => (v === undefined || v === '' ? def : Number(v)), z.number().int().min(min).max(max));
+
+const boolFromEnv = (def: boolean) =>
+  z.preprocess((v) => (v === undefined || v === '' ? def : v === 'true' || v === '1'), z.boolean());
+
+const webhookSecret = z
+  .string()
+  .regex(/^whsec_[A-Za-z0-9+/=]+$/, 'must look like whsec_<base64>');
+
+const envSchema = z.object({
+  PORT: intFromEnv(3000, 0, 65535),
+  HOST: z.string().default('0.0.0.0'),
+  DATABASE_URL: optionalString.pipe(z.string().url().startsWith('postgres').optional()),
+  DATA_DIR: z.string().default('./data'),
+  REDIS_URL: optionalString.pipe(z.string().url().startsWith('redis').optional()),
+  REDIS_PREFIX: z.string().max(100).default(''),
+  REDIS_COMMAND_TIMEOUT_MS: intFromEnv(500, 10, 60_000),
+  ADMIN_TOKEN: optionalString.pipe(z.string().min(16, 'must be at least 16 characters').optional()),
+  JWT_SECRET: optionalString.pipe(z.string().min(32, 'must be at least 32 characters').optional()),
+  /** Several secrets, space-separated, are accepted during a rotation. */
+  WEBHOOK_SECRET: optionalString.pipe(
+    z
+      .string()
+      .transform((s) => s.split(/\s+/))
+      .pipe(z.array(webhookSecret).min(1))
+      .optional(),
+  ),
+  VENDURE_WEBHOOK_URL: optionalString.pipe(z.string().url().optional()),
+  VENDURE_WEBHOOK_SECRET: optionalString.pipe(webhookSecret.optional()),
+  HEARTBEAT_TTL_SECONDS: intFromEnv(30, 1, 3600),
+  NODE_ID: optionalString,
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  ASSIGN_MAX_RADIUS_KM: intFromEnv(20, 1, 500),
+  POSITION_FLUSH_MS: intFromEnv(1000, 50, 60_000),
+  LOCATION_TICK_MS: intFromEnv(50, 5, 5_000),
+  MAP_TICK_MS: intFromEnv(500, 50, 10_000),
+  SHUTDOWN_TIMEOUT_MS: intFromEnv(10_000, 100, 120_000),
+  MAX_BODY_BYTES: intFromEnv(64 * 1024, 1024, 10 * 1024 * 1024),
+  OUTBOX_POLL_MS: intFromEnv(1000, 20, 60_000),
+  OUTBOX_MAX_AGE_SECONDS: intFromEnv(24 * 3600, 1, 30 * 24 * 3600),
+  OUTBOX_REQUEST_TIMEOUT_MS: intFromEnv(5000, 50, 120_000),
+  ALLOWED_ORIGINS: optionalString.transform((v) => (v ? v.split(',').map((o) => o.trim()) : [])),
+  MAP_TILE_URL: z.string().default('https://tile.openstreetmap.org/{z}/{x}/{y}.png'),
+  RUN_MIGRATIONS: boolFromEnv(true),
+});
+
+export type Env = z.infer<typeof envSchema>;
+
+export interface Config extends Omit<Env, 'NODE_ID' | 'WEBHOOK_SECRET'> {
+  NODE_ID: string;
+  WEBHOOK_SECRETS: string[];
+  /** True when the operator did not set ADMIN_TOKEN and the hub generated one. */
+  adminTokenGenerated: boolean;
+  jwtSecretGenerated: boolean;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+  }
+}
+
+/** Parses the environment once; throws ConfigError naming every bad field. */
+export function parseConfig(env: Record<string, string | undefined>, generate: () => string): Config {
+  const parsed = envSchema.safeParse(env);
+  if (!parsed.success) {
+    throw new ConfigError(parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`));
+  }
+  const { NODE_ID, WEBHOOK_SECRET, ADMIN_TOKEN, JWT_SECRET, ...rest } = parsed.data;
+  return {
+    ...rest,
+    NODE_ID: NODE_ID ?? `${hostname()}-${process.pid}`,
+    WEBHOOK_SECRETS: WEBHOOK_SECRET ?? [],
+    ADMIN_TOKEN: ADMIN_TOKEN ?? generate(),
+    JWT_SECRET: JWT_SECRET ?? generate(),
+    adminTokenGenerated: ADMIN_TOKEN === undefined,
+    jwtSecretGenerated: JWT_SECRET === undefined,
+  };
+}

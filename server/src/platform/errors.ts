@@ -1,0 +1,65 @@
+import type { ErrorBody, ErrorCode } from '../../../shared/src/errors.js';
+
+const HTTP_STATUS: Record<ErrorCode, number> = {
+  VALIDATION_FAILED: 400,
+  INVALID_LOCATION: 400,
+  UNAUTHORIZED: 401,
+  INVALID_SIGNATURE: 401,
+  TOKEN_MISSING: 401,
+  TOKEN_INVALID: 401,
+  TOKEN_EXPIRED: 401,
+  FORBIDDEN: 403,
+  NOT_FOUND: 404,
+  CONFLICT: 409,
+  INVALID_TRANSITION: 409,
+  PAYLOAD_TOO_LARGE: 413,
+  RATE_LIMITED: 429,
+  SERVICE_UNAVAILABLE: 503,
+  INTERNAL: 500,
+};
+
+/** The hub's one error type; edges turn it into an HTTP body or an ack. */
+export class HubError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details?: unknown,
+  ) {
+    super(message);
+    this.name = 'HubError';
+  }
+
+  get httpStatus(): number {
+    return HTTP_STATUS[this.code];
+  }
+
+  toBody(): ErrorBody {
+    return this.details === undefined
+      ? { code: this.code, message: this.message }
+      : { code: this.code, message: this.message, details: this.details };
+  }
+}
+
+/** Whatever was thrown, as a HubError; unknown failures become INTERNAL (or 503 when the database is gone). */
+export function toHubError(err: unknown): HubError {
+  if (err instanceof HubError) return err;
+  if (isDatabaseUnavailable(err)) return new HubError('SERVICE_UNAVAILABLE', 'database unavailable');
+  return new HubError('INTERNAL', 'internal error');
+}
+
+const PG_UNAVAILABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'CONNECT_TIMEOUT', '57P01', '57P03', '08006', '08001', '08003', '53300']);
+
+export function isDatabaseUnavailable(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && PG_UNAVAILABLE.has(code)) return true;
+  const cause = (err as { cause?: unknown } | null)?.cause;
+  return cause !== undefined && cause !== err && isDatabaseUnavailable(cause);
+}
+
+export function validationError(issues: { path: PropertyKey[]; message: string }[], what = 'payload'): HubError {
+  return new HubError(
+    'VALIDATION_FAILED',
+    `invalid ${what}`,
+    issues.slice(0, 20).map((i) => ({ path: i.path.map(String).join('.'), message: i.message })),
+  );
+}

@@ -1,0 +1,29 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** One registry per hub instance (tests run several hubs in one process). */
+export function createMetrics(nodeId: string) {
+  const registry = new Registry();
+  registry.setDefaultLabels({ node: nodeId });
+  collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 10 });
+  const m = {
+    registry,
+    socketsConnected: new Gauge({ name: 'hub_sockets_connected', help: 'Open sockets by namespace', labelNames: ['namespace'], registers: [registry] }),
+    pingsReceived: new Counter({ name: 'hub_location_fixes_total', help: 'Location fixes accepted', registers: [registry] }),
+    inputRejected: new Counter({ name: 'hub_input_rejected_total', help: 'Client input refused', labelNames: ['event', 'code'], registers: [registry] }),
+    geoWrites: new Counter({ name: 'hub_geo_batch_writes_total', help: 'Batched presence script calls', registers: [registry] }),
+    positionFlushes: new Counter({ name: 'hub_position_flushes_total', help: 'Batched position writes to PostgreSQL', registers: [registry] }),
+    assignments: new Counter({ name: 'hub_assignments_total', help: 'Deliveries assigned', labelNames: ['source'], registers: [registry] }),
+    assignmentSeconds: new Histogram({ name: 'hub_assignment_seconds', help: 'Webhook assignment latency', buckets: [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers: [registry] }),
+    webhookRequests: new Counter({ name: 'hub_webhook_requests_total', help: 'Inbound webhooks by outcome', labelNames: ['event', 'outcome'], registers: [registry] }),
+    driversSwept: new Counter({ name: 'hub_drivers_swept_total', help: 'Drivers taken offline by heartbeat expiry', registers: [registry] }),
+    redisUp: new Gauge({ name: 'hub_redis_up', help: '1 when Redis is reachable', registers: [registry] }),
+    redisRebuilds: new Counter({ name: 'hub_redis_rebuilds_total', help: 'Redis presence rebuilds from PostgreSQL', registers: [registry] }),
+    outboxSent: new Counter({ name: 'hub_outbox_sent_total', help: 'Status events delivered to Vendure', registers: [registry] }),
+    outboxFailures: new Counter({ name: 'hub_outbox_failures_total', help: 'Failed status event attempts', registers: [registry] }),
+    outboxDead: new Counter({ name: 'hub_outbox_dead_total', help: 'Status events given up on', registers: [registry] }),
+    rateLimited: new Counter({ name: 'hub_rate_limited_total', help: 'Events refused by rate limits', labelNames: ['event'], registers: [registry] }),
+  };
+  return m;
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;

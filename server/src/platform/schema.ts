@@ -1,0 +1,123 @@
+import { sql } from 'drizzle-orm';
+import {
+  bigserial,
+  boolean,
+  doublePrecision,
+  index,
+  integer,
+  jsonb,
+  pgTable,
+  text,
+  timestamp,
+  uniqueIndex,
+  uuid,
+} from 'drizzle-orm/pg-core';
+import type { DeliveryStatus, DriverStatus } from '../../../shared/src/schemas.js';
+
+const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
+
+export const drivers = pgTable(
+  'drivers',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    name: text('name').notNull(),
+    phone: text('phone'),
+    vehicle: text('vehicle'),
+    status: text('status').$type<DriverStatus>().notNull().default('OFFLINE'),
+    /** The driver asked to work (went AVAILABLE) and has not gone off duty: a reconnect brings it back. */
+    onDuty: boolean('on_duty').notNull().default(false),
+    lat: doublePrecision('lat'),
+    lng: doublePrecision('lng'),
+    heading: doublePrecision('heading'),
+    speed: doublePrecision('speed'),
+    positionAt: ts('position_at'),
+    lastSeenAt: ts('last_seen_at'),
+    /** The socket that currently speaks for this driver; a stale socket's disconnect must not take it offline. */
+    sessionId: text('session_id'),
+    /** Bumped to revoke every token issued before. */
+    tokenVersion: integer('token_version').notNull().default(0),
+    createdAt: ts('created_at').notNull().defaultNow(),
+    updatedAt: ts('updated_at').notNull().defaultNow(),
+  },
+  (t) => [
+    index('drivers_available_idx').on(t.lat, t.lng).where(sql`${t.status} = 'AVAILABLE'`),
+    index('drivers_live_idx').on(t.lastSeenAt).where(sql`${t.status} <> 'OFFLINE'`),
+  ],
+);
+
+export const deliveries = pgTable(
+  'deliveries',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    sellerOrderId: text('seller_order_id').notNull(),
+    orderCode: text('order_code').notNull(),
+    sellerId: text('seller_id'),
+    status: text('status').$type<DeliveryStatus>().notNull(),
+    driverId: uuid('driver_id').references(() => drivers.id),
+    pickupLat: doublePrecision('pickup_lat').notNull(),
+    pickupLng: doublePrecision('pickup_lng').notNull(),
+    pickupAddress: text('pickup_address'),
+    dropoffLat: doublePrecision('dropoff_lat').notNull(),
+    dropoffLng: doublePrecision('dropoff_lng').notNull(),
+    dropoffAddress: text('dropoff_address'),
+    customer: jsonb('customer').$type<{ name?: string; phone?: string }>(),
+    notes: text('notes'),
+    distanceMeters: doublePrecision('distance_meters'),
+    /** Ranked candidates considered at assignment time, so a dispatcher can see why a driver was chosen. */
+    candidates: jsonb('candidates').$type<{ driverId: string; distanceMeters: number; outcome: string }[]>(),
+    assignedAt: ts('assigned_at'),
+    createdAt: ts('created_at').notNull().defaultNow(),
+    updatedAt: ts('updated_at').notNull().defaultNow(),
+  },
+  (t) => [
+    uniqueIndex('deliveries_seller_order_id_key').on(t.sellerOrderId),
+    uniqueIndex('deliveries_one_active_per_driver')
+      .on(t.driverId)
+      .where(sql`${t.status} in ('ASSIGNED', 'PICKED_UP')`),
+    index('deliveries_pending_idx').on(t.createdAt).where(sql`${t.status} = 'PENDING'`),
+    index('deliveries_status_created_idx').on(t.status, t.createdAt),
+    index('deliveries_driver_created_idx').on(t.driverId, t.createdAt),
+  ],
+);
+
+export const deliveryEvents = pgTable(
+  'delivery_events',
+  {
+    id: bigserial('id', { mode: 'number' }).primaryKey(),
+    deliveryId: uuid('delivery_id')
+      .notNull()
+      .references(() => deliveries.id),
+    fromStatus: text('from_status').$type<DeliveryStatus>(),
+    toStatus: text('to_status').$type<DeliveryStatus>().notNull(),
+    driverId: uuid('driver_id'),
+    /** Who made the change: `webhook`, `hub`, `driver:<id>`, `admin`. */
+    actor: text('actor').notNull(),
+    reason: text('reason'),
+    at: ts('at').notNull().defaultNow(),
+  },
+  (t) => [index('delivery_events_delivery_idx').on(t.deliveryId, t.id)],
+);
+
+export const outbox = pgTable(
+  'outbox',
+  {
+    /** Also the `webhook-id`: stable across retries so receivers can deduplicate. */
+    id: uuid('id').primaryKey().defaultRandom(),
+    seq: bigserial('seq', { mode: 'number' }).notNull(),
+    deliveryId: uuid('delivery_id').notNull(),
+    type: text('type').notNull(),
+    payload: jsonb('payload').notNull(),
+    status: text('status').$type<'PENDING' | 'SENT' | 'DEAD'>().notNull().default('PENDING'),
+    attempts: integer('attempts').notNull().default(0),
+    nextAttemptAt: ts('next_attempt_at').notNull().defaultNow(),
+    lastError: text('last_error'),
+    createdAt: ts('created_at').notNull().defaultNow(),
+    sentAt: ts('sent_at'),
+  },
+  (t) => [
+    index('outbox_due_idx').on(t.nextAttemptAt).where(sql`${t.status} = 'PENDING'`),
+    index('outbox_delivery_seq_idx').on(t.deliveryId, t.seq),
+  ],
+);
+
+export const schema = { drivers, deliveries, deliveryEvents, outbox };

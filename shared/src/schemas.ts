@@ -1,0 +1,171 @@
+import { z } from 'zod';
+
+/** Redis GEO refuses latitudes beyond this (Web Mercator limit). */
+export const MAX_GEO_LATITUDE = 85.05112878;
+
+export const latitude = z.number().finite().min(-MAX_GEO_LATITUDE).max(MAX_GEO_LATITUDE);
+export const longitude = z.number().finite().min(-180).max(180);
+
+export const DRIVER_STATUSES = ['AVAILABLE', 'BUSY', 'OFFLINE'] as const;
+export const driverStatus = z.enum(DRIVER_STATUSES);
+export type DriverStatus = z.infer<typeof driverStatus>;
+
+export const DELIVERY_STATUSES = ['PENDING', 'ASSIGNED', 'PICKED_UP', 'DELIVERED', 'FAILED', 'CANCELLED'] as const;
+export const deliveryStatus = z.enum(DELIVERY_STATUSES);
+export type DeliveryStatus = z.infer<typeof deliveryStatus>;
+export const TERMINAL_DELIVERY_STATUSES: readonly DeliveryStatus[] = ['DELIVERED', 'FAILED', 'CANCELLED'];
+export const ACTIVE_DELIVERY_STATUSES: readonly DeliveryStatus[] = ['ASSIGNED', 'PICKED_UP'];
+
+const boundedText = (max: number) => z.string().max(max);
+
+// ---- driver socket payloads ----
+
+export const locationFix = z
+  .object({
+    lat: latitude,
+    lng: longitude,
+    heading: z.number().finite().min(0).max(360).optional(),
+    speed: z.number().finite().min(0).max(1000).optional(),
+    accuracy: z.number().finite().min(0).max(100_000).optional(),
+    /** Client clock, ms since epoch. */
+    ts: z.number().finite().int().min(0).max(8.64e15).optional(),
+  })
+  .strict();
+export type LocationFix = z.infer<typeof locationFix>;
+
+/** One fix, or a batch of buffered offline fixes (the newest wins). */
+export const locationPayload = z.union([locationFix, z.array(locationFix).min(1).max(100)]);
+export type LocationPayload = z.infer<typeof locationPayload>;
+
+export const driverStatusPayload = z.object({ status: z.enum(['AVAILABLE', 'OFFLINE']) }).strict();
+export type DriverStatusPayload = z.infer<typeof driverStatusPayload>;
+
+export const DRIVER_REPORTABLE_STATUSES = ['PICKED_UP', 'DELIVERED', 'FAILED'] as const;
+export const deliveryUpdatePayload = z
+  .object({
+    deliveryId: z.string().uuid(),
+    status: z.enum(DRIVER_REPORTABLE_STATUSES),
+    reason: boundedText(500).optional(),
+  })
+  .strict()
+  .refine((p) => p.status !== 'FAILED' || (p.reason !== undefined && p.reason.trim().length > 0), {
+    message: 'reason is required when status is FAILED',
+    path: ['reason'],
+  });
+export type DeliveryUpdatePayload = z.infer<typeof deliveryUpdatePayload>;
+
+export const viewportPayload = z
+  .object({
+    minLat: latitude,
+    minLng: longitude,
+    maxLat: latitude,
+    maxLng: longitude,
+  })
+  .strict()
+  .nullable();
+export type Viewport = z.infer<typeof viewportPayload>;
+
+// ---- HTTP payloads ----
+
+export const place = z
+  .object({
+    lat: latitude,
+    lng: longitude,
+    address: boundedText(500).optional(),
+  })
+  .strict();
+export type Place = z.infer<typeof place>;
+
+export const sellerOrderReady = z
+  .object({
+    sellerOrderId: z.string().min(1).max(200),
+    orderCode: z.string().min(1).max(200),
+    sellerId: z.string().min(1).max(200).optional(),
+    pickup: place,
+    dropoff: place,
+    customer: z
+      .object({ name: boundedText(200).optional(), phone: boundedText(50).optional() })
+      .strict()
+      .optional(),
+    notes: boundedText(2000).optional(),
+  })
+  .strict();
+export type SellerOrderReady = z.infer<typeof sellerOrderReady>;
+
+export const sellerOrderCancelled = z
+  .object({ sellerOrderId: z.string().min(1).max(200), reason: boundedText(500).optional() })
+  .strict();
+export type SellerOrderCancelled = z.infer<typeof sellerOrderCancelled>;
+
+export const createDriverBody = z
+  .object({
+    name: z.string().trim().min(1).max(200),
+    phone: boundedText(50).optional(),
+    vehicle: boundedText(100).optional(),
+  })
+  .strict();
+export type CreateDriverBody = z.infer<typeof createDriverBody>;
+
+export const ROLES = ['driver', 'dispatcher', 'admin'] as const;
+export const role = z.enum(ROLES);
+export type Role = z.infer<typeof role>;
+
+export const mintTokenBody = z
+  .object({ role: z.enum(['dispatcher', 'driver']), subject: z.string().min(1).max(200) })
+  .strict();
+export type MintTokenBody = z.infer<typeof mintTokenBody>;
+
+export const listDeliveriesQuery = z
+  .object({
+    status: deliveryStatus.optional(),
+    driverId: z.string().uuid().optional(),
+    limit: z.coerce.number().int().min(1).max(1000).default(100),
+  })
+  .strict();
+export type ListDeliveriesQuery = z.infer<typeof listDeliveriesQuery>;
+
+// ---- shapes the hub sends ----
+
+export interface DeliveryView {
+  id: string;
+  sellerOrderId: string;
+  orderCode: string;
+  status: DeliveryStatus;
+  driverId: string | null;
+  pickup: Place;
+  dropoff: Place;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface DriverView {
+  id: string;
+  name: string;
+  status: DriverStatus;
+  lat: number | null;
+  lng: number | null;
+  lastSeenAt: string | null;
+}
+
+export interface AssignmentPush {
+  deliveryId: string;
+  sellerOrderId: string;
+  orderCode: string;
+  pickup: Place;
+  dropoff: Place;
+  assignedAt: string;
+}
+
+export interface DriverMoved {
+  id: string;
+  lat: number;
+  lng: number;
+  heading: number | null;
+  speed: number | null;
+  status: DriverStatus;
+  ts: number;
+}
+
+export type OrderReadyReply =
+  | { status: 'ASSIGNED'; deliveryId: string; sellerOrderId: string; driverId: string; distanceMeters: number; idempotent: boolean }
+  | { status: Exclude<DeliveryStatus, 'ASSIGNED'>; deliveryId: string; sellerOrderId: string; driverId: string | null; idempotent: boolean };
