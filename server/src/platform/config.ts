@@ -55,8 +55,10 @@ const envSchema = z.object({
 
 export type Env = z.infer<typeof envSchema>;
 
-export interface Config extends Omit<Env, 'NODE_ID' | 'WEBHOOK_SECRET'> {
+export interface Config extends Omit<Env, 'NODE_ID' | 'WEBHOOK_SECRET' | 'ADMIN_TOKEN' | 'JWT_SECRET'> {
   NODE_ID: string;
+  ADMIN_TOKEN: string;
+  JWT_SECRET: string;
   WEBHOOK_SECRETS: string[];
   /** True when the operator did not set ADMIN_TOKEN and the hub generated one. */
   adminTokenGenerated: boolean;

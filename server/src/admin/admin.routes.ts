@@ -1,0 +1,88 @@
+import { timingSafeEqual } from 'node:crypto';
+import { Hono, type MiddlewareHandler } from 'hono';
+import { createDriverBody, listDeliveriesQuery, mintTokenBody } from '../../../shared/src/schemas.js';
+import type { Role } from '../../../shared/src/schemas.js';
+import type { DeliveriesService } from '../deliveries/deliveries.service.js';
+import { HubError, validationError } from '../platform/errors.js';
+import type { TokenService } from '../platform/tokens.js';
+import type { DriversStore } from '../presence/drivers.store.js';
+import { z } from 'zod';
+
+export interface AdminDeps {
+  adminToken: string;
+  tokens: TokenService;
+  drivers: DriversStore;
+  deliveries: DeliveriesService;
+}
+
+function sameSecret(a: string, b: string): boolean {
+  const left = Buffer.from(a);
+  const right = Buffer.from(b);
+  return left.length === right.length && timingSafeEqual(left, right);
+}
+
+/** Bearer auth: the admin token, or a JWT whose role is in `roles`. */
+export function requireRole(deps: Pick<AdminDeps, 'adminToken' | 'tokens'>, roles: readonly Role[]): MiddlewareHandler {
+  return async (c, next) => {
+    const header = c.req.header('authorization') ?? '';
+    const token = header.startsWith('Bearer ') ? header.slice('Bearer '.length).trim() : '';
+    if (!token) throw new HubError('UNAUTHORIZED', 'bearer token required');
+    if (sameSecret(token, deps.adminToken)) return next();
+    const claims = await deps.tokens.verify(token).catch(() => {
+      throw new HubError('UNAUTHORIZED', 'invalid token');
+    });
+    if (!roles.includes(claims.role)) throw new HubError('FORBIDDEN', 'role not allowed here');
+    await next();
+  };
+}
+
+async function jsonBody(req: { json(): Promise<unknown> }): Promise<unknown> {
+  try {
+    return await req.json();
+  } catch {
+    throw new HubError('VALIDATION_FAILED', 'body is not valid JSON');
+  }
+}
+
+const uuidParam = z.string().uuid();
+
+export function createAdminRoutes(deps: AdminDeps) {
+  const app = new Hono();
+  const adminOnly = requireRole(deps, ['admin']);
+  const readers = requireRole(deps, ['admin', 'dispatcher']);
+
+  app.post('/admin/drivers', adminOnly, async (c) => {
+    const parsed = createDriverBody.safeParse(await jsonBody(c.req));
+    if (!parsed.success) throw validationError(parsed.error.issues, 'driver');
+    const driver = await deps.drivers.create(parsed.data);
+    const token = await deps.tokens.issue('driver', driver.id);
+    return c.json({ ...driver, token }, 201);
+  });
+
+  app.post('/admin/tokens', adminOnly, async (c) => {
+    const parsed = mintTokenBody.safeParse(await jsonBody(c.req));
+    if (!parsed.success) throw validationError(parsed.error.issues, 'token request');
+    if (parsed.data.role === 'driver') {
+      if (!uuidParam.safeParse(parsed.data.subject).success || !(await deps.drivers.exists(parsed.data.subject))) {
+        throw new HubError('NOT_FOUND', 'no driver with this id');
+      }
+    }
+    return c.json({ token: await deps.tokens.issue(parsed.data.role, parsed.data.subject) });
+  });
+
+  app.get('/admin/drivers', readers, async (c) => c.json({ drivers: await deps.drivers.list() }));
+
+  app.get('/admin/deliveries', readers, async (c) => {
+    const parsed = listDeliveriesQuery.safeParse(c.req.query());
+    if (!parsed.success) throw validationError(parsed.error.issues, 'query');
+    return c.json({ deliveries: await deps.deliveries.list(parsed.data) });
+  });
+
+  app.get('/admin/deliveries/:id', readers, async (c) => {
+    const id = c.req.param('id');
+    if (!uuidParam.safeParse(id).success) throw new HubError('NOT_FOUND', 'delivery not found');
+    return c.json(await deps.deliveries.get(id));
+  });
+
+  return app;
+}

@@ -1,0 +1,191 @@
+import type { Server as HttpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createAdaptorServer } from '@hono/node-server';
+import { createAdapter } from '@socket.io/redis-adapter';
+import { Hono } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { requestId } from 'hono/request-id';
+import { Server } from 'socket.io';
+import { createAdminRoutes, requireRole } from './admin/admin.routes.js';
+import type { DeliveriesService } from './deliveries/deliveries.service.js';
+import type { DispatchService } from './dispatch/dispatch.service.js';
+import type { Config } from './platform/config.js';
+import type { Database } from './platform/db.js';
+import { HubError, toHubError } from './platform/errors.js';
+import type { HubEvents } from './platform/hub-events.js';
+import type { Logger } from './platform/logger.js';
+import type { Metrics } from './platform/metrics.js';
+import type { RedisClients } from './platform/redis.js';
+import type { TokenService } from './platform/tokens.js';
+import type { DriversStore } from './presence/drivers.store.js';
+import { attachDriversNamespace, type DriversNamespace } from './presence/drivers.socket.js';
+import type { PresenceService } from './presence/presence.service.js';
+import { attachDispatchNamespace, type DispatchNamespace } from './realtime/dispatch.socket.js';
+import { createWebhookRoutes } from './webhooks/webhooks.routes.js';
+
+export interface AppDeps {
+  config: Config;
+  logger: Logger;
+  metrics: Metrics;
+  database: Database;
+  redis: RedisClients | null;
+  tokens: TokenService;
+  events: HubEvents;
+  drivers: DriversStore;
+  presence: PresenceService;
+  dispatch: DispatchService;
+  deliveries: DeliveriesService;
+  /** Extra feature routes mounted by the composition root: admin ones behind the admin token. */
+  adminRoutes?: Hono[];
+  publicRoutes?: Hono[];
+}
+
+export interface HubApp {
+  http: HttpServer;
+  io: Server;
+  hono: Hono;
+  listen(): Promise<number>;
+  /** Graceful: stop accepting, close sockets, drain background work; bounded by SHUTDOWN_TIMEOUT_MS. */
+  close(): Promise<void>;
+  health(): Promise<{ body: HealthBody; httpStatus: 200 | 503 }>;
+}
+
+export interface HealthBody {
+  status: 'ok' | 'degraded';
+  postgres: 'up' | 'down';
+  redis: 'up' | 'down' | 'disabled';
+  node: string;
+  uptimeSeconds: number;
+}
+
+const startedAt = Date.now();
+
+export function createApp(deps: AppDeps): HubApp {
+  const { config, logger, metrics, database, redis } = deps;
+  const hono = new Hono();
+
+  hono.use('*', requestId());
+  hono.use(
+    '*',
+    bodyLimit({
+      maxSize: config.MAX_BODY_BYTES,
+      onError: () => {
+        throw new HubError('PAYLOAD_TOO_LARGE', `body larger than ${config.MAX_BODY_BYTES} bytes`);
+      },
+    }),
+  );
+
+  async function health(): Promise<{ body: HealthBody; httpStatus: 200 | 503 }> {
+    const postgresUp = await database.ping(2000);
+    const redisState: HealthBody['redis'] = !redis ? 'disabled' : deps.presence.redisUsable() ? 'up' : 'down';
+    metrics.redisUp.set(redisState === 'up' ? 1 : 0);
+    const body: HealthBody = {
+      status: postgresUp && redisState !== 'down' ? 'ok' : 'degraded',
+      postgres: postgresUp ? 'up' : 'down',
+      redis: redisState,
+      node: config.NODE_ID,
+      uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
+    };
+    return { body, httpStatus: postgresUp ? 200 : 503 };
+  }
+
+  hono.get('/health', async (c) => {
+    const { body, httpStatus } = await health();
+    return c.json(body, httpStatus);
+  });
+  hono.get('/metrics', async (c) => c.text(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType }));
+
+  hono.route('/', createWebhookRoutes({ dispatch: deps.dispatch, deliveries: deps.deliveries, secrets: config.WEBHOOK_SECRETS, logger, metrics }));
+  hono.route('/', createAdminRoutes({ adminToken: config.ADMIN_TOKEN, tokens: deps.tokens, drivers: deps.drivers, deliveries: deps.deliveries }));
+  for (const routes of deps.adminRoutes ?? []) {
+    const guarded = new Hono();
+    guarded.use('/admin/*', requireRole({ adminToken: config.ADMIN_TOKEN, tokens: deps.tokens }, ['admin']));
+    guarded.route('/', routes);
+    hono.route('/', guarded);
+  }
+  for (const routes of deps.publicRoutes ?? []) hono.route('/', routes);
+
+  hono.notFound((c) => c.json({ error: { code: 'NOT_FOUND', message: `no route for ${c.req.method} ${c.req.path}` } }, 404));
+  hono.onError((err, c) => {
+    const hubError = toHubError(err);
+    const log = logger.child({ requestId: c.get('requestId') });
+    if (hubError.code === 'INTERNAL') log.error({ err, path: c.req.path }, 'request failed');
+    else log.info({ code: hubError.code, path: c.req.path, message: hubError.message }, 'request refused');
+    return c.json({ error: hubError.toBody() }, hubError.httpStatus as 400);
+  });
+
+  const http = createAdaptorServer({ fetch: hono.fetch, overrideGlobalObjects: false }) as HttpServer;
+  const io = new Server(http, {
+    transports: ['websocket'],
+    serveClient: false,
+    maxHttpBufferSize: 32 * 1024,
+    pingInterval: 25_000,
+    pingTimeout: 20_000,
+    connectTimeout: 10_000,
+    allowRequest: (req, callback) => {
+      const origin = req.headers.origin;
+      // Browsers always send Origin; native driver apps do not and are not affected.
+      if (origin && config.ALLOWED_ORIGINS.length > 0 && !config.ALLOWED_ORIGINS.includes(origin)) {
+        logger.info({ origin }, 'socket handshake refused: origin not allowed');
+        return callback('origin not allowed', false);
+      }
+      callback(null, true);
+    },
+  });
+  if (redis) {
+    io.adapter(createAdapter(redis.publisher, redis.subscriber, { key: `${config.REDIS_PREFIX}socket.io`, requestsTimeout: 3000 }));
+  }
+
+  const authenticate = async (socket: import('socket.io').Socket, next: (err?: Error) => void) => {
+    try {
+      if (socket.handshake.query?.token !== undefined) throw new HubError('TOKEN_INVALID', 'tokens are accepted in the handshake auth only');
+      const claims = await deps.tokens.verify((socket.handshake.auth as { token?: unknown } | undefined)?.token);
+      socket.data = { role: claims.role, subject: claims.subject, tokenExpiresAt: claims.expiresAt };
+      next();
+    } catch (err) {
+      const hubError = toHubError(err);
+      metrics.inputRejected.inc({ event: 'handshake', code: hubError.code });
+      logger.info({ code: hubError.code, namespace: socket.nsp.name }, 'socket handshake refused');
+      next(Object.assign(new Error(hubError.code), { data: hubError.toBody() }));
+    }
+  };
+
+  const driversNsp = io.of('/drivers') as unknown as DriversNamespace;
+  const dispatchNsp = io.of('/dispatch') as unknown as DispatchNamespace;
+  driversNsp.use(authenticate as never);
+  dispatchNsp.use(authenticate as never);
+  attachDriversNamespace(driversNsp, { presence: deps.presence, deliveries: deps.deliveries, events: deps.events, logger, metrics });
+  const dispatchSocket = attachDispatchNamespace(dispatchNsp, {
+    presence: deps.presence,
+    drivers: deps.drivers,
+    deliveries: deps.deliveries,
+    events: deps.events,
+    logger,
+    metrics,
+    tickMs: config.MAP_TICK_MS,
+  });
+
+  return {
+    http,
+    io,
+    hono,
+    health,
+    listen: () =>
+      new Promise<number>((resolve, reject) => {
+        http.once('error', reject);
+        http.listen(config.PORT, config.HOST, () => {
+          http.off('error', reject);
+          resolve((http.address() as AddressInfo).port);
+        });
+      }),
+    async close() {
+      dispatchSocket.stop();
+      const closing = new Promise<void>((resolve) => {
+        io.close(() => resolve());
+      });
+      const bound = new Promise<void>((resolve) => setTimeout(resolve, config.SHUTDOWN_TIMEOUT_MS).unref());
+      await Promise.race([closing, bound]);
+      http.closeAllConnections?.();
+    },
+  };
+}

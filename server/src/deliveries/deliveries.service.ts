@@ -1,0 +1,107 @@
+import type { DeliveryStatus, DeliveryUpdatePayload, DeliveryView, ListDeliveriesQuery } from '../../../shared/src/schemas.js';
+import { HubError } from '../platform/errors.js';
+import type { HubEvents } from '../platform/hub-events.js';
+import type { Logger } from '../platform/logger.js';
+import type { PresenceService } from '../presence/presence.service.js';
+import { type DeliveriesStore, type TransitionResult, toDeliveryView } from './deliveries.store.js';
+
+/** Where each state may be reached from. FAILED is allowed before pickup too: a driver may not reach the shop. */
+const ALLOWED_FROM: Record<'PICKED_UP' | 'DELIVERED' | 'FAILED' | 'CANCELLED', readonly DeliveryStatus[]> = {
+  PICKED_UP: ['ASSIGNED'],
+  DELIVERED: ['PICKED_UP'],
+  FAILED: ['ASSIGNED', 'PICKED_UP'],
+  CANCELLED: ['PENDING', 'ASSIGNED', 'PICKED_UP'],
+};
+
+export interface DeliveriesDeps {
+  store: DeliveriesStore;
+  presence: PresenceService;
+  events: HubEvents;
+  logger: Logger;
+}
+
+export function createDeliveriesService(deps: DeliveriesDeps) {
+  const { store, presence, events } = deps;
+  const log = deps.logger.child({ component: 'deliveries' });
+
+  async function afterTransition(result: TransitionResult): Promise<void> {
+    if (!result.changed) return;
+    events.emit('delivery:updated', { delivery: toDeliveryView(result.delivery), previousStatus: result.previousStatus });
+    if (result.released) await presence.released(result.released as Parameters<PresenceService['released']>[0]);
+  }
+
+  return {
+    /** A driver reports progress on its own delivery; repeating a report changes nothing. */
+    async updateFromDriver(driverId: string, update: DeliveryUpdatePayload): Promise<DeliveryView> {
+      const result = await store.transition({
+        deliveryId: update.deliveryId,
+        to: update.status,
+        allowedFrom: ALLOWED_FROM[update.status],
+        actor: `driver:${driverId}`,
+        reason: update.reason ?? null,
+        driverId,
+      });
+      if ('error' in result) {
+        if (result.error === 'NOT_FOUND') throw new HubError('NOT_FOUND', 'delivery not found');
+        if (result.error === 'FORBIDDEN') throw new HubError('FORBIDDEN', 'not your delivery');
+        throw new HubError('INVALID_TRANSITION', `cannot move a ${result.status} delivery to ${update.status}`);
+      }
+      await afterTransition(result);
+      if (result.changed) log.info({ delivery: update.deliveryId, driver: driverId, to: update.status }, 'delivery updated by driver');
+      return toDeliveryView(result.delivery);
+    },
+
+    /** Vendure cancelled the order: from any non-terminal state; the driver is freed and told. */
+    async cancel(sellerOrderId: string, reason: string | undefined): Promise<{ delivery: DeliveryView; idempotent: boolean }> {
+      const row = await store.findBySellerOrderId(sellerOrderId);
+      if (!row) throw new HubError('NOT_FOUND', 'no delivery for this sellerOrderId');
+      const why = reason ?? 'cancelled by the shop';
+      const result = await store.transition({
+        deliveryId: row.id,
+        to: 'CANCELLED',
+        allowedFrom: ALLOWED_FROM.CANCELLED,
+        actor: 'webhook',
+        reason: why,
+      });
+      if ('error' in result) {
+        throw new HubError('INVALID_TRANSITION', `cannot cancel a ${result.status ?? 'missing'} delivery`);
+      }
+      if (result.changed && result.delivery.driverId) {
+        events.emit('delivery:cancelled', { driverId: result.delivery.driverId, deliveryId: row.id, reason: why });
+      }
+      await afterTransition(result);
+      if (result.changed) log.info({ delivery: row.id, sellerOrderId }, 'delivery cancelled');
+      return { delivery: toDeliveryView(result.delivery), idempotent: !result.changed };
+    },
+
+    async get(id: string) {
+      const row = await store.get(id);
+      if (!row) throw new HubError('NOT_FOUND', 'delivery not found');
+      const events = await store.events(id);
+      return {
+        ...toDeliveryView(row),
+        distanceMeters: row.distanceMeters,
+        assignedAt: row.assignedAt?.toISOString() ?? null,
+        candidates: row.candidates ?? [],
+        events: events.map((e) => ({
+          from: e.fromStatus,
+          to: e.toStatus,
+          actor: e.actor,
+          driverId: e.driverId,
+          reason: e.reason,
+          at: e.at.toISOString(),
+        })),
+      };
+    },
+
+    async list(query: ListDeliveriesQuery): Promise<DeliveryView[]> {
+      return (await store.list(query)).map(toDeliveryView);
+    },
+
+    async listOpen(limit: number): Promise<DeliveryView[]> {
+      return (await store.listOpen(limit)).map(toDeliveryView);
+    },
+  };
+}
+
+export type DeliveriesService = ReturnType<typeof createDeliveriesService>;

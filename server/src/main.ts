@@ -1,0 +1,194 @@
+import { randomBytes } from 'node:crypto';
+import { pathToFileURL } from 'node:url';
+import type { Hono } from 'hono';
+import { createApp, type HubApp } from './app.js';
+import { createDeliveriesService } from './deliveries/deliveries.service.js';
+import { createDeliveriesStore, toAssignmentPush } from './deliveries/deliveries.store.js';
+import { createDispatchService } from './dispatch/dispatch.service.js';
+import { createOutboxRelay } from './outbox/outbox.relay.js';
+import { createOutboxRoutes } from './outbox/outbox.routes.js';
+import { createOutboxStore } from './outbox/outbox.store.js';
+import { type Config, ConfigError, parseConfig } from './platform/config.js';
+import { openDatabase } from './platform/db.js';
+import { HubEvents } from './platform/hub-events.js';
+import { createLogger, type Logger } from './platform/logger.js';
+import { createMetrics } from './platform/metrics.js';
+import { connectRedis, createRedisClients, type RedisClients } from './platform/redis.js';
+import { createTokenService } from './platform/tokens.js';
+import { createDriversStore } from './presence/drivers.store.js';
+import { createPresenceService } from './presence/presence.service.js';
+import { createPresenceStore } from './presence/presence.store.js';
+
+export interface RunningHub {
+  app: HubApp;
+  port: number;
+  config: Config;
+  stop(): Promise<void>;
+}
+
+export interface HubExtensions {
+  /** Extra routes from features built outside the core (the map page). */
+  publicRoutes?: Hono[];
+}
+
+/** The composition root: clients, stores, services, then the app. Nothing connects at import time. */
+export async function startHub(config: Config, logger: Logger, extensions: HubExtensions = {}): Promise<RunningHub> {
+  const metrics = createMetrics(config.NODE_ID);
+  const database = openDatabase({ url: config.DATABASE_URL, dataDir: config.DATA_DIR });
+  try {
+    if (!(await database.ping(10_000))) throw new Error('database unreachable');
+    if (config.RUN_MIGRATIONS) await database.migrate();
+  } catch (err) {
+    await database.close().catch(() => {});
+    throw new Error(`PostgreSQL is not usable (${database.kind}): ${(err as Error).message}`);
+  }
+
+  let redis: RedisClients | null = null;
+  if (config.REDIS_URL) {
+    redis = createRedisClients({ url: config.REDIS_URL, commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS, logger });
+    if (!(await connectRedis(redis, 3000))) logger.warn('redis unreachable at start; running degraded until it returns');
+  }
+
+  const events = new HubEvents();
+  const drivers = createDriversStore(database);
+  const outboxStore = createOutboxStore(database);
+  const deliveriesStore = createDeliveriesStore({ database, drivers, outbox: outboxStore });
+  const presenceStore = redis
+    ? createPresenceStore({ redis: redis.command, breaker: redis.breaker, prefix: config.REDIS_PREFIX, heartbeatTtlSeconds: config.HEARTBEAT_TTL_SECONDS })
+    : null;
+  const presence = createPresenceService({
+    drivers,
+    presence: presenceStore,
+    events,
+    logger,
+    metrics,
+    activeAssignment: async (driverId) => {
+      const row = await deliveriesStore.activeForDriver(driverId);
+      return row ? toAssignmentPush(row) : null;
+    },
+    config: {
+      heartbeatTtlSeconds: config.HEARTBEAT_TTL_SECONDS,
+      locationTickMs: config.LOCATION_TICK_MS,
+      positionFlushMs: config.POSITION_FLUSH_MS,
+    },
+  });
+  const dispatch = createDispatchService({
+    deliveries: deliveriesStore,
+    drivers,
+    presenceStore,
+    presence,
+    events,
+    logger,
+    metrics,
+    config: { maxRadiusKm: config.ASSIGN_MAX_RADIUS_KM, heartbeatTtlSeconds: config.HEARTBEAT_TTL_SECONDS, pendingRetryMs: 2000 },
+  });
+  const deliveries = createDeliveriesService({ store: deliveriesStore, presence, events, logger });
+  const relay = createOutboxRelay({
+    store: outboxStore,
+    logger,
+    metrics,
+    config: {
+      url: config.VENDURE_WEBHOOK_URL,
+      secret: config.VENDURE_WEBHOOK_SECRET,
+      pollMs: config.OUTBOX_POLL_MS,
+      requestTimeoutMs: config.OUTBOX_REQUEST_TIMEOUT_MS,
+      maxAgeSeconds: config.OUTBOX_MAX_AGE_SECONDS,
+    },
+  });
+
+  const app = createApp({
+    config,
+    logger,
+    metrics,
+    database,
+    redis,
+    tokens: createTokenService(config.JWT_SECRET),
+    events,
+    drivers,
+    presence,
+    dispatch,
+    deliveries,
+    adminRoutes: [createOutboxRoutes({ store: outboxStore })],
+    publicRoutes: extensions.publicRoutes,
+  });
+  const port = await app.listen();
+  presence.start();
+  dispatch.start();
+  relay.start();
+
+  let stopping: Promise<void> | null = null;
+  return {
+    app,
+    port,
+    config,
+    stop() {
+      stopping ??= (async () => {
+        dispatch.stop();
+        await app.close();
+        await presence.stop();
+        await relay.stop();
+        await redis?.close();
+        await database.close();
+      })();
+      return stopping;
+    },
+  };
+}
+
+async function run(): Promise<void> {
+  let config: Config;
+  try {
+    config = parseConfig(process.env, () => randomBytes(32).toString('base64url'));
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      console.error(err.message);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const logger = createLogger({ level: config.LOG_LEVEL, nodeId: config.NODE_ID });
+  process.on('unhandledRejection', (err) => logger.error({ err }, 'unhandled rejection'));
+
+  let hub: RunningHub;
+  try {
+    const { createMapRoutes } = await import('./realtime/map.routes.js').catch(() => ({ createMapRoutes: null }));
+    hub = await startHub(config, logger, { publicRoutes: createMapRoutes ? [createMapRoutes({ tileUrl: config.MAP_TILE_URL })] : [] });
+  } catch (err) {
+    logger.fatal({ reason: (err as Error).message }, 'hub could not start');
+    process.exit(1);
+  }
+  logger.info(
+    {
+      port: hub.port,
+      database: config.DATABASE_URL ? 'postgres' : `embedded PGlite in ${config.DATA_DIR}`,
+      redis: config.REDIS_URL ? 'shared (multi-node)' : 'disabled (single node)',
+      vendure: config.VENDURE_WEBHOOK_URL ? 'status events sent' : 'status events kept, not sent',
+    },
+    `dispatch hub listening on ${hub.port}`,
+  );
+  if (config.adminTokenGenerated) {
+    // The one token ever logged: generated here for local development because none was configured.
+    logger.warn({ adminToken: config.ADMIN_TOKEN }, 'ADMIN_TOKEN not set; generated one for this process');
+  }
+  if (config.jwtSecretGenerated) logger.warn('JWT_SECRET not set; tokens die with this process');
+  if (config.WEBHOOK_SECRETS.length === 0) logger.warn('WEBHOOK_SECRET not set; webhooks are refused');
+
+  const shutdown = (signal: string) => {
+    logger.info({ signal }, 'shutting down');
+    const force = setTimeout(() => process.exit(1), config.SHUTDOWN_TIMEOUT_MS + 2000);
+    force.unref();
+    hub.stop().then(
+      () => process.exit(0),
+      (err) => {
+        logger.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.once('SIGINT', () => shutdown('SIGINT'));
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  await run();
+}

@@ -1,0 +1,15 @@
+import { EventEmitter } from 'node:events';
+import type { AssignmentPush, DeliveryStatus, DeliveryView, DriverStatus } from '../../../shared/src/schemas.js';
+
+/**
+ * Domain events inside one process. Services emit them; the socket edges turn them into
+ * Socket.IO messages (which the Redis adapter fans out to the other nodes).
+ */
+export interface HubEventMap {
+  'driver:status': [{ driverId: string; status: DriverStatus; position: { lat: number; lng: number } | null }];
+  'delivery:assigned': [{ driverId: string; assignment: AssignmentPush }];
+  'delivery:cancelled': [{ driverId: string; deliveryId: string; reason: string }];
+  'delivery:updated': [{ delivery: DeliveryView; previousStatus: DeliveryStatus | null }];
+}
+
+export class HubEvents extends EventEmitter<HubEventMap> {}

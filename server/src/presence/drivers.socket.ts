@@ -1,0 +1,75 @@
+import type { Namespace } from 'socket.io';
+import type { DriverClientEvents, DriverServerEvents, SocketData } from '../../../shared/src/events.js';
+import { deliveryUpdatePayload, driverStatusPayload, locationPayload } from '../../../shared/src/schemas.js';
+import type { DeliveriesService } from '../deliveries/deliveries.service.js';
+import { HubError } from '../platform/errors.js';
+import type { HubEvents } from '../platform/hub-events.js';
+import type { Logger } from '../platform/logger.js';
+import type { Metrics } from '../platform/metrics.js';
+import { onEvent, parsePayload } from '../platform/socket-edge.js';
+import type { PresenceService } from './presence.service.js';
+
+export type DriversNamespace = Namespace<DriverClientEvents, DriverServerEvents, Record<string, never>, SocketData>;
+
+export const driverRoom = (driverId: string) => `driver:${driverId}`;
+
+/** The `/drivers` namespace: identity comes from the verified token only, never from a payload. */
+export function attachDriversNamespace(
+  nsp: DriversNamespace,
+  deps: { presence: PresenceService; deliveries: DeliveriesService; events: HubEvents; logger: Logger; metrics: Metrics },
+): void {
+  const { presence, deliveries, events, metrics } = deps;
+
+  // Pushes go to the driver's room; the Redis adapter reaches whichever node holds the socket.
+  events.on('delivery:assigned', ({ driverId, assignment }) => nsp.to(driverRoom(driverId)).emit('assignment', assignment));
+  events.on('delivery:cancelled', ({ driverId, deliveryId, reason }) =>
+    nsp.to(driverRoom(driverId)).emit('delivery:cancelled', { deliveryId, reason }),
+  );
+
+  nsp.use((socket, next) => {
+    if (socket.data.role !== 'driver') return next(Object.assign(new Error('FORBIDDEN'), { data: { code: 'FORBIDDEN', message: 'driver token required' } }));
+    next();
+  });
+
+  nsp.on('connection', async (socket) => {
+    const driverId = socket.data.subject;
+    const log = deps.logger.child({ socket: socket.id, driver: driverId });
+    metrics.socketsConnected.inc({ namespace: '/drivers' });
+    const edge = { logger: log, metrics };
+    // Handlers are registered before any await so no early event is lost.
+    onEvent(socket, 'location', edge, (payload) => {
+      const parsed = parsePayload(locationPayload, payload, 'location');
+      const fixes = Array.isArray(parsed) ? parsed : [parsed];
+      presence.acceptFixes(driverId, fixes);
+      return { accepted: fixes.length };
+    });
+    onEvent(socket, 'status', edge, async (payload) => {
+      const { status } = parsePayload(driverStatusPayload, payload, 'status');
+      return { status: await presence.setDuty(driverId, status) };
+    });
+    onEvent(socket, 'delivery:update', edge, async (payload) => {
+      const update = parsePayload(deliveryUpdatePayload, payload, 'delivery update');
+      return { delivery: await deliveries.updateFromDriver(driverId, update) };
+    });
+    socket.on('disconnect', (reason) => {
+      metrics.socketsConnected.dec({ namespace: '/drivers' });
+      presence.disconnect(driverId, socket.id).catch((err) => log.warn({ err: (err as Error).message }, 'disconnect bookkeeping failed'));
+      log.debug({ reason }, 'driver disconnected');
+    });
+
+    try {
+      // One connection speaks for a driver: the newest wins, on whichever node the old one lives.
+      socket.join(driverRoom(driverId));
+      nsp.in(driverRoom(driverId)).except(socket.id).disconnectSockets(true);
+      const session = await presence.connect(driverId, socket.id);
+      if (!socket.connected) return;
+      socket.emit('session', session);
+      if (session.activeDelivery) socket.emit('assignment', session.activeDelivery);
+      log.debug({ status: session.status }, 'driver connected');
+    } catch (err) {
+      const code = err instanceof HubError ? err.code : 'SERVICE_UNAVAILABLE';
+      log.warn({ code, err: (err as Error).message }, 'driver session could not start');
+      socket.disconnect(true);
+    }
+  });
+}

@@ -1,0 +1,257 @@
+import type { DriverSession } from '../../../shared/src/events.js';
+import type { DriverMoved, DriverStatus, LocationFix } from '../../../shared/src/schemas.js';
+import { HubError } from '../platform/errors.js';
+import type { HubEvents } from '../platform/hub-events.js';
+import type { Logger } from '../platform/logger.js';
+import type { Metrics } from '../platform/metrics.js';
+import type { DriverPosition, DriverPresenceRow, DriversStore } from './drivers.store.js';
+import type { PresenceStore } from './presence.store.js';
+
+export interface PresenceDeps {
+  drivers: DriversStore;
+  /** Null in single-node mode (no REDIS_URL): PostgreSQL alone holds the picture. */
+  presence: PresenceStore | null;
+  events: HubEvents;
+  logger: Logger;
+  metrics: Metrics;
+  activeAssignment: (driverId: string) => Promise<DriverSession['activeDelivery']>;
+  config: { heartbeatTtlSeconds: number; locationTickMs: number; positionFlushMs: number };
+}
+
+/** The newest of a batch of fixes: by client timestamp when all have one, else the last sent. */
+export function newestFix(fixes: readonly LocationFix[]): LocationFix {
+  let newest = fixes[fixes.length - 1];
+  for (const fix of fixes) {
+    if (fix.ts !== undefined && newest.ts !== undefined && fix.ts > newest.ts) newest = fix;
+  }
+  return newest;
+}
+
+export function createPresenceService(deps: PresenceDeps) {
+  const { drivers, presence, events, metrics } = deps;
+  const log = deps.logger.child({ component: 'presence' });
+  /** driverId -> socket id, for drivers whose socket lives on this node. */
+  const local = new Map<string, string>();
+  /** Statuses this node knows of (its own drivers); Redis's answer wins when it has one. */
+  const knownStatus = new Map<string, DriverStatus>();
+  let toRedis = new Map<string, DriverPosition>();
+  let toPostgres = new Map<string, DriverPosition>();
+  let moved = new Map<string, DriverMoved>();
+  const timers: NodeJS.Timeout[] = [];
+  let redisLost = false;
+  let flushing: Promise<void> = Promise.resolve();
+  /** Disconnect bookkeeping still running; shutdown waits for it before closing PostgreSQL. */
+  const inflight = new Set<Promise<unknown>>();
+
+  function redisUsable(): boolean {
+    return presence !== null && presence.available;
+  }
+
+  /** Redis writes that may fail: PostgreSQL already holds the truth, and a rebuild repairs Redis. */
+  async function bestEffort(what: string, call: () => Promise<unknown>): Promise<void> {
+    if (!presence) return;
+    try {
+      await call();
+    } catch (err) {
+      redisLost = true;
+      log.debug({ what, err: (err as Error).message }, 'redis write skipped');
+    }
+  }
+
+  async function publishStatus(row: DriverPresenceRow, heartbeat: 'refresh' | 'keep' | 'drop'): Promise<void> {
+    knownStatus.set(row.id, row.status);
+    const position = row.lat !== null && row.lng !== null ? { lat: row.lat, lng: row.lng } : null;
+    await bestEffort('setStatus', () => presence!.setStatus(row.id, row.status, { position, heartbeat }));
+    events.emit('driver:status', { driverId: row.id, status: row.status, position });
+  }
+
+  async function flushToRedis(): Promise<void> {
+    if (toRedis.size === 0) return;
+    const batch = [...toRedis.values()];
+    toRedis = new Map();
+    let statuses: DriverStatus[] | null = null;
+    if (redisUsable()) {
+      try {
+        statuses = await presence!.writeFixes(batch);
+        metrics.geoWrites.inc();
+      } catch (err) {
+        redisLost = true;
+        log.debug({ err: (err as Error).message, fixes: batch.length }, 'geo batch skipped');
+      }
+    }
+    batch.forEach((p, i) => {
+      const status = statuses?.[i] ?? knownStatus.get(p.id) ?? 'OFFLINE';
+      if (statuses) knownStatus.set(p.id, status);
+      moved.set(p.id, { id: p.id, lat: p.lat, lng: p.lng, heading: p.heading, speed: p.speed, status, ts: p.at.getTime() });
+    });
+  }
+
+  async function flushToPostgres(): Promise<void> {
+    if (toPostgres.size === 0) return;
+    const batch = [...toPostgres.values()];
+    toPostgres = new Map();
+    try {
+      await drivers.flushPositions(batch);
+      metrics.positionFlushes.inc();
+    } catch (err) {
+      // Keep the newest positions for the next flush rather than lose them.
+      for (const p of batch) if (!toPostgres.has(p.id)) toPostgres.set(p.id, p);
+      log.warn({ err: (err as Error).message, positions: batch.length }, 'position flush failed');
+    }
+  }
+
+  async function keepLocalAlive(): Promise<void> {
+    const ids = [...local.keys()];
+    if (ids.length === 0) return;
+    await Promise.allSettled([drivers.touch(ids), bestEffort('touch', () => presence!.touch(ids))]);
+  }
+
+  async function sweep(): Promise<void> {
+    const swept = await drivers.sweepSilent(deps.config.heartbeatTtlSeconds);
+    for (const row of swept) {
+      metrics.driversSwept.inc();
+      log.info({ driver: row.id }, 'driver heartbeat expired; offline');
+      await publishStatus(row, 'drop');
+    }
+    if (redisUsable()) await bestEffort('expired', () => presence!.expiredDrivers());
+  }
+
+  /** Rebuilds Redis from PostgreSQL after it came back (possibly empty) or lost our keys. */
+  async function repairRedis(): Promise<void> {
+    if (!presence || !presence.available) return;
+    const needed = redisLost || !(await presence.hasPicture());
+    if (!needed) return;
+    if (!(await presence.tryRebuildLock(5000))) {
+      redisLost = false;
+      return;
+    }
+    const live = await drivers.live();
+    const localIds = new Set(local.keys());
+    await presence.rebuild(live.map((row) => ({ ...row, online: row.status !== 'OFFLINE' || localIds.has(row.id) })));
+    redisLost = false;
+    metrics.redisRebuilds.inc();
+    log.info({ drivers: live.length }, 'redis presence rebuilt from postgres');
+  }
+
+  function every(ms: number, task: () => Promise<void>, name: string): void {
+    let running = false;
+    const timer = setInterval(() => {
+      if (running) return;
+      running = true;
+      task()
+        .catch((err) => log.warn({ task: name, err: (err as Error).message }, 'background task failed'))
+        .finally(() => {
+          running = false;
+        });
+    }, ms);
+    timer.unref();
+    timers.push(timer);
+  }
+
+  return {
+    start(): void {
+      const ttlMs = deps.config.heartbeatTtlSeconds * 1000;
+      every(deps.config.locationTickMs, flushToRedis, 'geo');
+      every(deps.config.positionFlushMs, flushToPostgres, 'positions');
+      every(Math.max(200, ttlMs / 3), keepLocalAlive, 'heartbeat');
+      every(Math.max(200, ttlMs / 3), sweep, 'sweep');
+      every(1000, () => repairRedis(), 'repair');
+      if (presence?.available) repairRedis().catch(() => {});
+    },
+
+    async stop(): Promise<void> {
+      for (const timer of timers) clearInterval(timer);
+      timers.length = 0;
+      await flushing;
+      await Promise.allSettled([...inflight]);
+      await flushToRedis().catch(() => {});
+      await flushToPostgres().catch(() => {});
+    },
+
+    /** A driver socket connected: it now speaks for the driver; status follows duty and deliveries. */
+    async connect(driverId: string, socketId: string): Promise<DriverSession> {
+      const row = await drivers.connect(driverId, socketId);
+      if (!row) throw new HubError('NOT_FOUND', 'driver not found');
+      local.set(driverId, socketId);
+      await publishStatus(row, 'refresh');
+      const activeDelivery = await deps.activeAssignment(driverId);
+      return { driverId, status: row.status, activeDelivery };
+    },
+
+    async disconnect(driverId: string, socketId: string): Promise<void> {
+      if (local.get(driverId) === socketId) local.delete(driverId);
+      toRedis.delete(driverId);
+      const work = (async () => {
+        const row = await drivers.disconnect(driverId, socketId);
+        // A newer socket on this node already speaks for the driver: its status must not be overwritten.
+        if (row && !local.has(driverId)) await publishStatus(row, 'drop');
+      })();
+      inflight.add(work);
+      try {
+        await work;
+      } finally {
+        inflight.delete(work);
+      }
+    },
+
+    /** Validated fixes from the driver's own socket; the newest is kept until the next tick. */
+    acceptFixes(driverId: string, fixes: readonly LocationFix[]): void {
+      const fix = newestFix(fixes);
+      const position: DriverPosition = {
+        id: driverId,
+        lat: fix.lat,
+        lng: fix.lng,
+        heading: fix.heading ?? null,
+        speed: fix.speed ?? null,
+        at: new Date(),
+      };
+      toRedis.set(driverId, position);
+      toPostgres.set(driverId, position);
+      metrics.pingsReceived.inc(fixes.length);
+    },
+
+    async setDuty(driverId: string, status: 'AVAILABLE' | 'OFFLINE'): Promise<DriverStatus> {
+      // The newest position goes first, so an AVAILABLE driver enters the GEO set where it is now.
+      await flushToPostgres();
+      const row = await drivers.setDuty(driverId, status === 'AVAILABLE');
+      if (!row) throw new HubError('NOT_FOUND', 'driver not found');
+      await publishStatus(row, 'refresh');
+      return row.status;
+    },
+
+    /** After a delivery ended: the driver's new status goes to Redis and the map. */
+    async released(row: DriverPresenceRow): Promise<void> {
+      await publishStatus(row, 'keep');
+    },
+
+    /** A claim made BUSY in PostgreSQL: Redis follows so no node picks the driver again. */
+    async claimed(driverId: string): Promise<void> {
+      knownStatus.set(driverId, 'BUSY');
+      await bestEffort('claimed', () => presence!.setStatus(driverId, 'BUSY'));
+      events.emit('driver:status', { driverId, status: 'BUSY', position: null });
+    },
+
+    /** Positions that changed since the last call, for the live map. */
+    drainMoves(): DriverMoved[] {
+      if (moved.size === 0) return [];
+      const out = [...moved.values()];
+      moved = new Map();
+      return out;
+    },
+
+    isLocal(driverId: string): boolean {
+      return local.has(driverId);
+    },
+
+    redisUsable,
+    /** For tests and shutdown: push pending work now. */
+    async flushNow(): Promise<void> {
+      flushing = Promise.all([flushToRedis(), flushToPostgres()]).then(() => {});
+      await flushing;
+    },
+    repairRedis,
+    sweep,
+  };
+}
+
+export type PresenceService = ReturnType<typeof createPresenceService>;

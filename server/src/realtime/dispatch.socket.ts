@@ -1,0 +1,93 @@
+import type { Namespace } from 'socket.io';
+import type { DispatchClientEvents, DispatchServerEvents, SocketData } from '../../../shared/src/events.js';
+import { type DriverMoved, type Viewport, viewportPayload } from '../../../shared/src/schemas.js';
+import type { DeliveriesService } from '../deliveries/deliveries.service.js';
+import type { HubEvents } from '../platform/hub-events.js';
+import type { Logger } from '../platform/logger.js';
+import type { Metrics } from '../platform/metrics.js';
+import { onEvent, parsePayload } from '../platform/socket-edge.js';
+import type { DriversStore } from '../presence/drivers.store.js';
+import type { PresenceService } from '../presence/presence.service.js';
+
+interface DispatchInterServer {
+  'drivers:moved': (moves: DriverMoved[]) => void;
+}
+
+export type DispatchNamespace = Namespace<DispatchClientEvents, DispatchServerEvents, DispatchInterServer, SocketData & { viewport?: Viewport }>;
+
+export function inViewport(move: { lat: number; lng: number }, viewport: Viewport | undefined): boolean {
+  if (!viewport) return true;
+  const { minLat, maxLat, minLng, maxLng } = viewport;
+  if (move.lat < minLat || move.lat > maxLat) return false;
+  // A viewport may cross the antimeridian (minLng > maxLng).
+  return minLng <= maxLng ? move.lng >= minLng && move.lng <= maxLng : move.lng >= minLng || move.lng <= maxLng;
+}
+
+/**
+ * The `/dispatch` namespace: a snapshot on connect, then one `drivers:moved` batch per node per
+ * tick. Each node shares its batch with the others (serverSideEmit) and every node filters it
+ * for its own dispatchers' viewports.
+ */
+export function attachDispatchNamespace(
+  nsp: DispatchNamespace,
+  deps: {
+    presence: PresenceService;
+    drivers: DriversStore;
+    deliveries: DeliveriesService;
+    events: HubEvents;
+    logger: Logger;
+    metrics: Metrics;
+    tickMs: number;
+  },
+): { stop(): void } {
+  const { events, metrics } = deps;
+  const log = deps.logger.child({ component: 'dispatch-socket' });
+
+  function deliverLocally(moves: DriverMoved[]): void {
+    for (const socket of nsp.sockets.values()) {
+      const viewport = socket.data.viewport;
+      const visible = viewport ? moves.filter((m) => inViewport(m, viewport)) : moves;
+      if (visible.length > 0) socket.emit('drivers:moved', visible);
+    }
+  }
+
+  nsp.on('drivers:moved', (moves) => deliverLocally(moves));
+
+  const timer = setInterval(() => {
+    const moves = deps.presence.drainMoves();
+    if (moves.length === 0) return;
+    deliverLocally(moves);
+    nsp.serverSideEmit('drivers:moved', moves);
+  }, deps.tickMs);
+  timer.unref();
+
+  events.on('driver:status', ({ driverId, status }) => nsp.emit('driver:status', { id: driverId, status, ts: Date.now() }));
+  events.on('delivery:updated', ({ delivery, previousStatus }) => nsp.emit('delivery:updated', { ...delivery, previousStatus }));
+
+  nsp.use((socket, next) => {
+    if (socket.data.role !== 'dispatcher' && socket.data.role !== 'admin') {
+      return next(Object.assign(new Error('FORBIDDEN'), { data: { code: 'FORBIDDEN', message: 'dispatcher token required' } }));
+    }
+    next();
+  });
+
+  nsp.on('connection', async (socket) => {
+    const socketLog = log.child({ socket: socket.id, dispatcher: socket.data.subject });
+    metrics.socketsConnected.inc({ namespace: '/dispatch' });
+    socket.on('disconnect', () => metrics.socketsConnected.dec({ namespace: '/dispatch' }));
+    onEvent(socket, 'viewport', { logger: socketLog, metrics }, (payload) => {
+      const viewport = parsePayload(viewportPayload, payload, 'viewport');
+      socket.data.viewport = viewport ?? undefined;
+      return {};
+    });
+    try {
+      const [drivers, deliveries] = await Promise.all([deps.drivers.list(), deps.deliveries.listOpen(1000)]);
+      socket.emit('snapshot', { drivers, deliveries });
+    } catch (err) {
+      socketLog.warn({ err: (err as Error).message }, 'snapshot failed');
+      socket.disconnect(true);
+    }
+  });
+
+  return { stop: () => clearInterval(timer) };
+}

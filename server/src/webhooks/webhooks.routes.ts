@@ -1,0 +1,61 @@
+import { Hono } from 'hono';
+import { sellerOrderCancelled, sellerOrderReady } from '../../../shared/src/schemas.js';
+import { verifyWebhook } from '../../../shared/src/webhooks.js';
+import type { DeliveriesService } from '../deliveries/deliveries.service.js';
+import type { DispatchService } from '../dispatch/dispatch.service.js';
+import { HubError, validationError } from '../platform/errors.js';
+import type { Logger } from '../platform/logger.js';
+import type { Metrics } from '../platform/metrics.js';
+
+export interface WebhookDeps {
+  dispatch: DispatchService;
+  deliveries: DeliveriesService;
+  secrets: readonly string[];
+  logger: Logger;
+  metrics: Metrics;
+}
+
+/** Vendure's calls, signed per Standard Webhooks over the raw body. */
+export function createWebhookRoutes(deps: WebhookDeps) {
+  const app = new Hono();
+
+  async function verifiedJson(c: { req: { raw: Request; header(name: string): string | undefined } }, event: string): Promise<unknown> {
+    if (deps.secrets.length === 0) {
+      throw new HubError('SERVICE_UNAVAILABLE', 'WEBHOOK_SECRET is not configured on this hub');
+    }
+    const body = await c.req.raw.text();
+    const verdict = verifyWebhook(deps.secrets, {
+      id: c.req.header('webhook-id'),
+      timestamp: c.req.header('webhook-timestamp'),
+      signature: c.req.header('webhook-signature'),
+      body,
+    });
+    if (!verdict.ok) {
+      deps.metrics.webhookRequests.inc({ event, outcome: 'bad-signature' });
+      throw new HubError('INVALID_SIGNATURE', `webhook signature rejected: ${verdict.reason}`);
+    }
+    try {
+      return JSON.parse(body);
+    } catch {
+      throw new HubError('VALIDATION_FAILED', 'body is not valid JSON');
+    }
+  }
+
+  app.post('/events/seller-order-ready', async (c) => {
+    const parsed = sellerOrderReady.safeParse(await verifiedJson(c, 'seller-order-ready'));
+    if (!parsed.success) throw validationError(parsed.error.issues, 'seller order');
+    const reply = await deps.dispatch.orderReady(parsed.data);
+    deps.metrics.webhookRequests.inc({ event: 'seller-order-ready', outcome: reply.idempotent ? 'retry' : reply.status });
+    return c.json(reply, reply.status === 'PENDING' ? 202 : 200);
+  });
+
+  app.post('/events/seller-order-cancelled', async (c) => {
+    const parsed = sellerOrderCancelled.safeParse(await verifiedJson(c, 'seller-order-cancelled'));
+    if (!parsed.success) throw validationError(parsed.error.issues, 'cancellation');
+    const { delivery, idempotent } = await deps.deliveries.cancel(parsed.data.sellerOrderId, parsed.data.reason);
+    deps.metrics.webhookRequests.inc({ event: 'seller-order-cancelled', outcome: idempotent ? 'retry' : 'CANCELLED' });
+    return c.json({ status: delivery.status, deliveryId: delivery.id, sellerOrderId: delivery.sellerOrderId, idempotent });
+  });
+
+  return app;
+}

@@ -1,0 +1,232 @@
+import fc from 'fast-check';
+import { SignJWT } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CircuitBreaker } from '../src/platform/redis.js';
+import { createPresenceStore } from '../src/presence/presence.store.js';
+import { envFrom, spawnHub } from './support/child-hub.js';
+import {
+  ADMIN_TOKEN,
+  api,
+  connectDriver,
+  connectError,
+  connectSocket,
+  createDriver,
+  createTestDatabase,
+  JWT_SECRET,
+  onDutyDriver,
+  redisFor,
+  startTestHub,
+  type TestDatabase,
+  type TestHub,
+  testConfig,
+} from './support/hub.js';
+import { eventually } from './support/net.js';
+
+const BERLIN = { lat: 52.52, lng: 13.405 };
+
+describe('driver presence', () => {
+  let db: TestDatabase;
+  let hub: TestHub;
+  let redis: ReturnType<typeof redisFor>;
+  let keys: { geo: string; status: string; online: (id: string) => string };
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    hub = await startTestHub(testConfig(db, { HEARTBEAT_TTL_SECONDS: '2' }));
+    redis = redisFor(hub);
+    const p = hub.config.REDIS_PREFIX;
+    keys = { geo: `${p}drivers:geo`, status: `${p}drivers:status`, online: (id) => `${p}driver:online:${id}` };
+  });
+  afterAll(async () => {
+    await hub?.stop();
+    redis?.disconnect();
+    await db?.drop();
+  });
+
+  const inGeo = async (id: string) => (await redis.geopos(keys.geo, id))[0] !== null;
+  const pgStatus = async (id: string) => (await api(hub, 'GET', '/admin/drivers')).body.drivers.find((d: any) => d.id === id)?.status;
+
+  it('when the token is missing, forged, expired or of the wrong role, then connect_error carries a code and no socket opens', async () => {
+    const missing = await connectError(connectSocket(hub, '/drivers', {}));
+    expect(missing.data.code).toBe('TOKEN_MISSING');
+    const forged = await connectError(connectSocket(hub, '/drivers', { token: 'a.b.c' }));
+    expect(forged.data.code).toBe('TOKEN_INVALID');
+    const key = new TextEncoder().encode(JWT_SECRET);
+    const expired = await new SignJWT({ role: 'driver' }).setProtectedHeader({ alg: 'HS256' }).setSubject('x').setExpirationTime(Math.floor(Date.now() / 1000) - 60).sign(key);
+    expect((await connectError(connectSocket(hub, '/drivers', { token: expired }))).data.code).toBe('TOKEN_EXPIRED');
+    const otherKey = new TextEncoder().encode('another-secret-another-secret-another-secret');
+    const wrongKey = await new SignJWT({ role: 'driver' }).setProtectedHeader({ alg: 'HS256' }).setSubject('x').setExpirationTime('1h').sign(otherKey);
+    expect((await connectError(connectSocket(hub, '/drivers', { token: wrongKey }))).data.code).toBe('TOKEN_INVALID');
+    const dispatcher = (await api(hub, 'POST', '/admin/tokens', { role: 'dispatcher', subject: 'd' })).body.token;
+    expect((await connectError(connectSocket(hub, '/drivers', { token: dispatcher }))).data.code).toBe('FORBIDDEN');
+  });
+
+  it('when a driver connects, then it gets its session; going on duty with a position puts it in the GEO set', async () => {
+    const { id, token } = await createDriver(hub, 'Session');
+    const client = await connectDriver(hub, token);
+    expect(client.session).toEqual({ driverId: id, status: 'OFFLINE', activeDelivery: null });
+    expect(await redis.exists(keys.online(id))).toBe(1);
+    expect((await client.emitAck('location', BERLIN)).ok).toBe(true);
+    const st = await client.emitAck('status', { status: 'AVAILABLE' });
+    expect(st).toEqual({ ok: true, status: 'AVAILABLE' });
+    await eventually(() => inGeo(id), 'driver in geo');
+    expect(await redis.hget(keys.status, id)).toBe('AVAILABLE');
+    expect(await pgStatus(id)).toBe('AVAILABLE');
+    client.close();
+  });
+
+  it('when pings arrive, then positions reach GEO and, in batches, PostgreSQL', async () => {
+    const driver = await onDutyDriver(hub, BERLIN, 'Mover');
+    await driver.emitAck('location', { lat: 52.6, lng: 13.5, heading: 90, speed: 8 });
+    await eventually(async () => {
+      const [pos] = await redis.geopos(keys.geo, driver.id);
+      return pos && Math.abs(Number(pos[1]) - 52.6) < 1e-4;
+    }, 'geo position updated');
+    await eventually(async () => {
+      const d = (await api(hub, 'GET', '/admin/drivers')).body.drivers.find((x: any) => x.id === driver.id);
+      return d.lat === 52.6 && d.lng === 13.5;
+    }, 'postgres position flushed');
+    driver.close();
+  });
+
+  it('when a batch of buffered fixes arrives, then the newest wins', async () => {
+    const driver = await onDutyDriver(hub, BERLIN, 'Batch');
+    const now = Date.now();
+    const ack = await driver.emitAck('location', [
+      { lat: 10, lng: 10, ts: now - 1000 },
+      { lat: 11, lng: 11, ts: now },
+      { lat: 9, lng: 9, ts: now - 2000 },
+    ]);
+    expect(ack).toEqual({ ok: true, accepted: 3 });
+    await eventually(async () => {
+      const [pos] = await redis.geopos(keys.geo, driver.id);
+      return pos && Math.abs(Number(pos[1]) - 11) < 1e-4;
+    }, 'newest fix in geo');
+    driver.close();
+  });
+
+  it('when a ping is invalid, then the ack says ok:false with a code, it is counted, and nothing changes', async () => {
+    const driver = await onDutyDriver(hub, BERLIN, 'Bad');
+    await eventually(() => inGeo(driver.id), 'in geo');
+    const bad: unknown[] = [
+      { lat: 91, lng: 0 },
+      { lat: 86, lng: 0 },
+      { lat: 0, lng: 181 },
+      { lat: 'x', lng: 0 },
+      { lat: null, lng: 0 },
+      { lng: 0 },
+      { lat: 1, lng: 1, driverId: 'someone-else' },
+      'hello',
+      [],
+      42,
+      null,
+    ];
+    for (const payload of bad) {
+      const ack = await driver.emitAck('location', payload);
+      expect(ack.ok, JSON.stringify(payload)).toBe(false);
+      if (!ack.ok) expect(ack.error.code).toBe('VALIDATION_FAILED');
+    }
+    // Non-finite numbers cannot travel as JSON; socket.io turns them into null, which is refused above.
+    const [pos] = await redis.geopos(keys.geo, driver.id);
+    expect(Number(pos![1])).toBeCloseTo(BERLIN.lat, 4);
+    const metrics = await (await fetch(`${hub.url}/metrics`)).text();
+    expect(metrics).toMatch(/hub_input_rejected_total\{[^}]*event="location"[^}]*\} \d+/);
+    driver.close();
+  });
+
+  it('when a driver goes off duty, then it leaves the GEO set and late pings do not bring it back', async () => {
+    const driver = await onDutyDriver(hub, BERLIN, 'OffDuty');
+    await eventually(() => inGeo(driver.id), 'in geo');
+    expect(await driver.emitAck('status', { status: 'OFFLINE' })).toEqual({ ok: true, status: 'OFFLINE' });
+    expect(await inGeo(driver.id)).toBe(false);
+    await driver.emitAck('location', { lat: 52.53, lng: 13.41 });
+    await new Promise((r) => setTimeout(r, 150));
+    expect(await inGeo(driver.id)).toBe(false);
+    expect((await driver.emitAck('status', { status: 'BUSY' })).ok).toBe(false);
+    driver.close();
+  });
+
+  it('when a driver disconnects, then it is OFFLINE in Redis and PostgreSQL at once; reconnecting on duty brings it back AVAILABLE', async () => {
+    const driver = await onDutyDriver(hub, BERLIN, 'Reconnect');
+    await eventually(() => inGeo(driver.id), 'in geo');
+    driver.close();
+    await eventually(async () => !(await inGeo(driver.id)) && (await redis.hget(keys.status, driver.id)) === 'OFFLINE', 'out of geo');
+    await eventually(async () => (await pgStatus(driver.id)) === 'OFFLINE', 'offline in postgres');
+    const again = await connectDriver(hub, driver.token);
+    expect(again.session.status).toBe('AVAILABLE');
+    await eventually(() => inGeo(driver.id), 'back in geo');
+    again.close();
+  });
+
+  it('when the same driver connects twice, then the newest connection wins and the old one is closed', async () => {
+    const { token, id } = await createDriver(hub, 'Twice');
+    const first = await connectDriver(hub, token);
+    const closed = new Promise((resolve) => first.socket.once('disconnect', resolve));
+    const second = await connectDriver(hub, token);
+    await closed;
+    expect(second.socket.connected).toBe(true);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(await redis.exists(keys.online(id))).toBe(1);
+    second.close();
+  });
+
+  it('when pings race with a status change to BUSY, then a BUSY or OFFLINE driver never appears in GEOSEARCH', async () => {
+    const prefix = `${hub.config.REDIS_PREFIX}race:`;
+    const store = createPresenceStore({ redis, breaker: new CircuitBreaker(), prefix, heartbeatTtlSeconds: 30 });
+    const ids = ['d1', 'd2', 'd3'];
+    await fc.assert(
+      fc.asyncProperty(
+        fc.scheduler(),
+        fc.array(fc.record({ id: fc.constantFrom(...ids), kind: fc.constantFrom('ping', 'busy', 'offline', 'available') }), { minLength: 5, maxLength: 25 }),
+        async (s, ops) => {
+          for (const id of ids) await store.setStatus(id, 'AVAILABLE', { position: BERLIN, heartbeat: 'refresh' });
+          const finalStatus = new Map<string, string>(ids.map((id) => [id, 'AVAILABLE']));
+          const tasks = ops.map((op) =>
+            s.schedule(Promise.resolve(op)).then(async () => {
+              if (op.kind === 'ping') await store.writeFixes([{ id: op.id, ...BERLIN }]);
+              else if (op.kind === 'busy') await store.setStatus(op.id, 'BUSY');
+              else if (op.kind === 'offline') await store.setStatus(op.id, 'OFFLINE');
+              else await store.setStatus(op.id, 'AVAILABLE', { position: BERLIN, heartbeat: 'refresh' });
+              if (op.kind !== 'ping') finalStatus.set(op.id, op.kind.toUpperCase());
+              const found = await store.nearest(BERLIN, 1000, 10);
+              const statuses = await redis.hgetall(`${prefix}drivers:status`);
+              for (const f of found) expect(statuses[f.driverId]).toBe('AVAILABLE');
+            }),
+          );
+          await s.waitAll();
+          await Promise.all(tasks);
+          const found = new Set((await store.nearest(BERLIN, 1000, 10)).map((f) => f.driverId));
+          for (const id of ids) {
+            if (finalStatus.get(id) !== 'AVAILABLE') expect(found.has(id)).toBe(false);
+          }
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+
+  it('when a hub process is killed with SIGKILL, then its drivers go OFFLINE by heartbeat expiry and leave the GEO set', async () => {
+    const child = await spawnHub(envFrom(hub.config, { NODE_ID: 'victim', HEARTBEAT_TTL_SECONDS: '2' }));
+    const victimHub = { url: child.url } as TestHub;
+    try {
+      const { id, token } = await createDriver(victimHub, 'Ghost');
+      const client = await connectDriver(victimHub, token, { reconnection: false });
+      await client.emitAck('location', BERLIN);
+      await client.emitAck('status', { status: 'AVAILABLE' });
+      await eventually(() => inGeo(id), 'ghost in geo');
+      console.log('ghost in geo', Date.now());
+      await child.kill('SIGKILL');
+      console.log('killed', Date.now());
+      await eventually(async () => !(await inGeo(id)), 'ghost out of geo', 15_000);
+      await eventually(async () => (await pgStatus(id)) === 'OFFLINE', 'ghost offline in postgres', 15_000);
+      expect(await redis.hget(keys.status, id)).toBe('OFFLINE');
+      client.close();
+    } finally {
+      await child.kill('SIGKILL');
+    }
+  }, 60_000);
+
+  it('when the admin token is used as a socket token, then the handshake is refused', async () => {
+    expect((await connectError(connectSocket(hub, '/drivers', { token: ADMIN_TOKEN }))).data.code).toBe('TOKEN_INVALID');
+  });
+});

@@ -1,0 +1,205 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import postgres from 'postgres';
+import { type Socket, io as connect } from 'socket.io-client';
+import { inject } from 'vitest';
+import type { AckReply } from '../../../shared/src/errors.js';
+import type { DriverSession } from '../../../shared/src/events.js';
+import { signWebhook } from '../../../shared/src/webhooks.js';
+import { type Config, parseConfig } from '../../src/platform/config.js';
+import { createLogger } from '../../src/platform/logger.js';
+import { type RunningHub, startHub } from '../../src/main.js';
+
+export const WEBHOOK_SECRET = `whsec_${Buffer.from('test-webhook-secret-0123456789').toString('base64')}`;
+export const ADMIN_TOKEN = 'test-admin-token-0123456789';
+export const JWT_SECRET = 'test-jwt-secret-0123456789-0123456789-abcdef';
+
+export interface TestDatabase {
+  url: string | undefined;
+  dataDir: string;
+  drop(): Promise<void>;
+}
+
+/** A database of the test's own: a fresh PostgreSQL database, or a PGlite folder when PostgreSQL is absent. */
+export async function createTestDatabase(): Promise<TestDatabase> {
+  const adminUrl = inject('pgAdminUrl');
+  const dataDir = mkdtempSync(join(tmpdir(), 'hub-test-'));
+  if (!adminUrl) {
+    return { url: undefined, dataDir, drop: async () => rmSync(dataDir, { recursive: true, force: true }) };
+  }
+  const name = `hub_test_${randomBytes(6).toString('hex')}`;
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
+  await admin.unsafe(`create database ${name}`);
+  await admin.end();
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  return {
+    url: url.toString(),
+    dataDir,
+    async drop() {
+      const sql = postgres(adminUrl, { max: 1, onnotice: () => {} });
+      await sql.unsafe(`drop database if exists ${name} with (force)`).catch(() => {});
+      await sql.end();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export function testConfig(db: TestDatabase, env: Record<string, string | undefined> = {}): Config {
+  return parseConfig(
+    {
+      PORT: '0',
+      HOST: '127.0.0.1',
+      DATABASE_URL: db.url,
+      DATA_DIR: db.dataDir,
+      REDIS_URL: inject('redisUrl'),
+      REDIS_PREFIX: `t${randomBytes(4).toString('hex')}:`,
+      ADMIN_TOKEN,
+      JWT_SECRET,
+      WEBHOOK_SECRET,
+      LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
+      LOCATION_TICK_MS: '20',
+      POSITION_FLUSH_MS: '200',
+      MAP_TICK_MS: '100',
+      SHUTDOWN_TIMEOUT_MS: '2000',
+      ...env,
+    },
+    () => randomBytes(32).toString('base64url'),
+  );
+}
+
+export interface TestHub extends RunningHub {
+  url: string;
+}
+
+export async function startTestHub(config: Config): Promise<TestHub> {
+  const logger = createLogger({ level: config.LOG_LEVEL, nodeId: config.NODE_ID });
+  const hub = await startHub(config, logger);
+  return { ...hub, url: `http://127.0.0.1:${hub.port}` };
+}
+
+/** Several hubs sharing one database and one Redis prefix, as a cluster would. */
+export async function startCluster(db: TestDatabase, count: number, env: Record<string, string | undefined> = {}): Promise<TestHub[]> {
+  const prefix = `t${randomBytes(4).toString('hex')}:`;
+  const hubs: TestHub[] = [];
+  for (let i = 0; i < count; i++) {
+    hubs.push(await startTestHub(testConfig(db, { REDIS_PREFIX: prefix, NODE_ID: `node-${i}`, ...env })));
+  }
+  return hubs;
+}
+
+export async function api<T = any>(
+  hub: { url: string },
+  method: string,
+  path: string,
+  body?: unknown,
+  token: string | null = ADMIN_TOKEN,
+): Promise<{ status: number; body: T }> {
+  const res = await fetch(`${hub.url}${path}`, {
+    method,
+    headers: {
+      ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+      ...(token ? { authorization: `Bearer ${token}` } : {}),
+    },
+    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  const text = await res.text();
+  return { status: res.status, body: (text ? JSON.parse(text) : null) as T };
+}
+
+export async function createDriver(hub: { url: string }, name = 'Driver'): Promise<{ id: string; token: string }> {
+  const res = await api<{ id: string; token: string }>(hub, 'POST', '/admin/drivers', { name });
+  if (res.status !== 201) throw new Error(`driver not created: ${res.status} ${JSON.stringify(res.body)}`);
+  return res.body;
+}
+
+export async function postWebhook(
+  hub: { url: string },
+  path: string,
+  payload: unknown,
+  opts: { secret?: string; id?: string; timestamp?: number; mutate?: (headers: Record<string, string>, body: string) => { headers: Record<string, string>; body: string } } = {},
+): Promise<{ status: number; body: any }> {
+  let body = JSON.stringify(payload);
+  let headers: Record<string, string> = {
+    'content-type': 'application/json',
+    ...signWebhook(opts.secret ?? WEBHOOK_SECRET, opts.id ?? `msg_${randomUUID()}`, opts.timestamp ?? Date.now() / 1000, body),
+  };
+  if (opts.mutate) ({ headers, body } = opts.mutate(headers, body));
+  const res = await fetch(`${hub.url}${path}`, { method: 'POST', headers, body });
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : null };
+}
+
+export function order(overrides: Partial<{ sellerOrderId: string; pickup: { lat: number; lng: number }; dropoff: { lat: number; lng: number } }> = {}) {
+  return {
+    sellerOrderId: overrides.sellerOrderId ?? `so-${randomUUID()}`,
+    orderCode: `T${randomBytes(3).toString('hex').toUpperCase()}`,
+    pickup: overrides.pickup ?? { lat: 52.52, lng: 13.405, address: 'Shop' },
+    dropoff: overrides.dropoff ?? { lat: 52.53, lng: 13.41 },
+  };
+}
+
+export interface DriverClient {
+  socket: Socket;
+  session: DriverSession;
+  assignments: any[];
+  cancellations: any[];
+  emitAck<T = any>(event: string, payload: unknown): Promise<AckReply<T & object>>;
+  close(): void;
+}
+
+export function connectSocket(hub: { url: string }, namespace: string, auth: Record<string, unknown>, extra: Record<string, unknown> = {}): Socket {
+  return connect(`${hub.url}${namespace}`, { transports: ['websocket'], auth, reconnection: false, forceNew: true, ...extra });
+}
+
+export function connectError(socket: Socket): Promise<{ message: string; data?: any }> {
+  return new Promise((resolve, reject) => {
+    socket.once('connect_error', (err: any) => resolve({ message: err.message, data: err.data }));
+    socket.once('connect', () => reject(new Error('connected, expected a connect_error')));
+  });
+}
+
+export async function connectDriver(hub: { url: string }, token: string, extra: Record<string, unknown> = {}): Promise<DriverClient> {
+  const socket = connectSocket(hub, '/drivers', { token }, extra);
+  const assignments: any[] = [];
+  const cancellations: any[] = [];
+  socket.on('assignment', (a) => assignments.push(a));
+  socket.on('delivery:cancelled', (c) => cancellations.push(c));
+  const session = await new Promise<DriverSession>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no session within 10 s')), 10_000);
+    socket.once('session', (s: DriverSession) => {
+      clearTimeout(timer);
+      resolve(s);
+    });
+    socket.once('connect_error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+  return {
+    socket,
+    session,
+    assignments,
+    cancellations,
+    emitAck: (event, payload) => socket.timeout(10_000).emitWithAck(event, payload),
+    close: () => socket.disconnect(),
+  };
+}
+
+/** A driver that is connected, on duty, and placed on the map. */
+export async function onDutyDriver(hub: TestHub, at: { lat: number; lng: number }, name = 'Driver'): Promise<DriverClient & { id: string; token: string }> {
+  const { id, token } = await createDriver(hub, name);
+  const client = await connectDriver(hub, token);
+  const loc = await client.emitAck('location', at);
+  if (!loc.ok) throw new Error(`location refused: ${JSON.stringify(loc)}`);
+  const st = await client.emitAck('status', { status: 'AVAILABLE' });
+  if (!st.ok) throw new Error(`status refused: ${JSON.stringify(st)}`);
+  return { ...client, id, token };
+}
+
+export function redisFor(hub: { config: Config }): Redis {
+  return new Redis(hub.config.REDIS_URL!, { lazyConnect: false, maxRetriesPerRequest: 1 });
+}
