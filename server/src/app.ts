@@ -77,7 +77,7 @@ export function createApp(deps: AppDeps): HubApp {
 
   async function health(): Promise<{ body: HealthBody; httpStatus: 200 | 503 }> {
     const postgresUp = await database.ping(2000);
-    const redisState: HealthBody['redis'] = !redis ? 'disabled' : deps.presence.redisUsable() ? 'up' : 'down';
+    const redisState: HealthBody['redis'] = !redis ? 'disabled' : deps.presence.redisHealthy() ? 'up' : 'down';
     metrics.redisUp.set(redisState === 'up' ? 1 : 0);
     const body: HealthBody = {
       status: postgresUp && redisState !== 'down' ? 'ok' : 'degraded',

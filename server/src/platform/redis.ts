@@ -43,6 +43,11 @@ export class CircuitBreaker extends EventEmitter {
     super();
   }
 
+  /** Closed, or open long enough that one probe may go through. */
+  canTry(): boolean {
+    return this.state === 'closed' || (!this.probing && Date.now() - this.openedAt >= this.cooldownMs);
+  }
+
   async run<T>(call: () => Promise<T>): Promise<T> {
     if (this.state === 'open') {
       if (this.probing || Date.now() - this.openedAt < this.cooldownMs) throw new RedisUnavailableError('redis circuit open');

@@ -47,6 +47,10 @@ export function createPresenceService(deps: PresenceDeps) {
     return presence !== null && presence.available;
   }
 
+  function redisHealthy(): boolean {
+    return presence !== null && presence.healthy && !redisLost;
+  }
+
   /** Redis writes that may fail: PostgreSQL already holds the truth, and a rebuild repairs Redis. */
   async function bestEffort(what: string, call: () => Promise<unknown>): Promise<void> {
     if (!presence) return;
@@ -116,21 +120,47 @@ export function createPresenceService(deps: PresenceDeps) {
     if (redisUsable()) await bestEffort('expired', () => presence!.expiredDrivers());
   }
 
+  /**
+   * Self-healing for races between a rebuild and a claim: any GEO member PostgreSQL does not call
+   * AVAILABLE leaves the set. A stale member can only cost a refused claim, never a double one.
+   */
+  async function reconcileGeo(): Promise<void> {
+    if (!redisUsable()) return;
+    const members = await presence!.geoMembers();
+    for (let i = 0; i < members.length; i += 5000) {
+      for (const row of await drivers.notAvailableAmong(members.slice(i, i + 5000))) {
+        await bestEffort('reconcile', () => presence!.setStatus(row.id, row.status));
+      }
+    }
+  }
+
   /** Rebuilds Redis from PostgreSQL after it came back (possibly empty) or lost our keys. */
   async function repairRedis(): Promise<void> {
-    if (!presence || !presence.available) return;
-    const needed = redisLost || !(await presence.hasPicture());
-    if (!needed) return;
-    if (!(await presence.tryRebuildLock(5000))) {
-      redisLost = false;
+    if (!presence) return;
+    if (!presence.available) {
+      if (!redisLost) log.warn('redis unavailable; assigning from postgres until it returns');
+      redisLost = true;
       return;
     }
-    const live = await drivers.live();
-    const localIds = new Set(local.keys());
-    await presence.rebuild(live.map((row) => ({ ...row, online: row.status !== 'OFFLINE' || localIds.has(row.id) })));
-    redisLost = false;
-    metrics.redisRebuilds.inc();
-    log.info({ drivers: live.length }, 'redis presence rebuilt from postgres');
+    try {
+      const needed = redisLost || !(await presence.hasPicture());
+      if (!needed) return;
+      if (!(await presence.tryRebuildLock(5000))) {
+        // Another node is rebuilding right now.
+        redisLost = false;
+        return;
+      }
+      const live = await drivers.live();
+      await presence.rebuild(live.map((row) => ({ ...row, online: true })));
+      redisLost = false;
+      metrics.redisRebuilds.inc();
+      log.info({ drivers: live.length }, 'redis presence rebuilt from postgres');
+      // Claims that landed between the read and the rebuild: put them right at once.
+      await reconcileGeo();
+    } catch (err) {
+      redisLost = true;
+      throw err;
+    }
   }
 
   function every(ms: number, task: () => Promise<void>, name: string): void {
@@ -156,6 +186,7 @@ export function createPresenceService(deps: PresenceDeps) {
       every(Math.max(200, ttlMs / 3), keepLocalAlive, 'heartbeat');
       every(Math.max(200, ttlMs / 3), sweep, 'sweep');
       every(1000, () => repairRedis(), 'repair');
+      every(5000, reconcileGeo, 'reconcile');
       if (presence?.available) repairRedis().catch(() => {});
     },
 
@@ -244,12 +275,14 @@ export function createPresenceService(deps: PresenceDeps) {
     },
 
     redisUsable,
+    redisHealthy,
     /** For tests and shutdown: push pending work now. */
     async flushNow(): Promise<void> {
       flushing = Promise.all([flushToRedis(), flushToPostgres()]).then(() => {});
       await flushing;
     },
     repairRedis,
+    reconcileGeo,
     sweep,
   };
 }

@@ -115,8 +115,14 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
 
   return {
     keys,
+    /** Worth calling now: connected, and the circuit is closed or due for a probe. */
     get available(): boolean {
-      return breaker.state === 'closed' && redis.status === 'ready';
+      return redis.status === 'ready' && breaker.canTry();
+    },
+
+    /** Healthy: connected and the circuit closed. */
+    get healthy(): boolean {
+      return redis.status === 'ready' && breaker.state === 'closed';
     },
 
     /** One script call per chunk of fixes: heartbeat + GEOADD when AVAILABLE; returns the statuses, in order. */

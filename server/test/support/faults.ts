@@ -1,0 +1,78 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { freePort, waitForPort } from './net.js';
+
+/**
+ * A TCP proxy the test controls: `pass` forwards, `blackhole` keeps connections open but drops
+ * every byte (a hung server), `refuse` cuts every connection and refuses new ones.
+ */
+export class TcpProxy {
+  mode: 'pass' | 'blackhole' | 'refuse' = 'pass';
+  private readonly pairs = new Set<[Socket, Socket]>();
+  private server!: Server;
+  port = 0;
+
+  constructor(private readonly targetPort: number) {}
+
+  async start(port = 0): Promise<number> {
+    this.server = createServer((client) => {
+      if (this.mode === 'refuse') return client.destroy();
+      const upstream = createConnection({ host: '127.0.0.1', port: this.targetPort });
+      const pair: [Socket, Socket] = [client, upstream];
+      this.pairs.add(pair);
+      const forward = (from: Socket, to: Socket) =>
+        from.on('data', (chunk) => {
+          if (this.mode === 'pass') to.write(chunk);
+        });
+      forward(client, upstream);
+      forward(upstream, client);
+      const end = () => {
+        client.destroy();
+        upstream.destroy();
+        this.pairs.delete(pair);
+      };
+      client.on('error', end).on('close', end);
+      upstream.on('error', end).on('close', end);
+    });
+    await new Promise<void>((resolve) => this.server.listen(port, '127.0.0.1', resolve));
+    this.port = (this.server.address() as { port: number }).port;
+    return this.port;
+  }
+
+  set(mode: 'pass' | 'blackhole' | 'refuse'): void {
+    this.mode = mode;
+    if (mode === 'refuse') for (const [a, b] of this.pairs) (a.destroy(), b.destroy());
+  }
+
+  async stop(): Promise<void> {
+    for (const [a, b] of this.pairs) (a.destroy(), b.destroy());
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+/** A redis-server of the test's own on a free port; never the machine's shared one. */
+export class PrivateRedis {
+  private child: ChildProcess | undefined;
+  port = 0;
+
+  async start(port?: number): Promise<number> {
+    this.port = port ?? this.port ?? (await freePort());
+    if (!this.port) this.port = await freePort();
+    this.child = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    await waitForPort(this.port);
+    return this.port;
+  }
+
+  async kill(): Promise<void> {
+    const child = this.child;
+    if (!child || child.exitCode !== null) return;
+    await new Promise<void>((resolve) => {
+      child.once('exit', () => resolve());
+      child.kill('SIGKILL');
+    });
+  }
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+}
