@@ -1,7 +1,8 @@
 import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../src/platform/config.js';
-import { ADMIN_TOKEN, api, createTestDatabase, type TestDatabase, type TestHub, startTestHub, testConfig } from './support/hub.js';
+import { envFrom, spawnHub } from './support/child-hub.js';
+import { ADMIN_TOKEN, api, connectDriver, createDriver, createTestDatabase, type TestDatabase, type TestHub, startTestHub, testConfig } from './support/hub.js';
 
 describe('foundation', () => {
   let db: TestDatabase;
@@ -102,5 +103,21 @@ describe('foundation', () => {
     expect(down.status).toBe(1);
     expect(down.stdout).toContain('PostgreSQL is not usable');
     expect(down.stdout).not.toMatch(/\n\s+at /);
+  });
+
+  it('when the process gets SIGTERM, then it closes sockets, marks its drivers OFFLINE and exits 0 within the bound', async () => {
+    const child = await spawnHub(envFrom(hub.config, { NODE_ID: 'graceful', SHUTDOWN_TIMEOUT_MS: '3000' }));
+    const { id, token } = await createDriver({ url: child.url }, 'Leaving');
+    const client = await connectDriver({ url: child.url }, token);
+    await client.emitAck('status', { status: 'AVAILABLE' });
+    const disconnected = new Promise((resolve) => client.socket.once('disconnect', resolve));
+    const started = Date.now();
+    const code = await child.kill('SIGTERM');
+    expect(code).toBe(0);
+    expect(Date.now() - started).toBeLessThan(5000);
+    await disconnected;
+    const driver = (await api(hub, 'GET', '/admin/drivers')).body.drivers.find((d: any) => d.id === id);
+    expect(driver.status).toBe('OFFLINE');
+    expect(child.logs.join('\n')).toContain('shutting down');
   });
 });
