@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, connectDriver, createDriver, createTestDatabase, order, postWebhook, startCluster, type TestDatabase, type TestHub } from './support/hub.js';
+import { api, hasSharedPostgres, connectDriver, createDriver, createTestDatabase, order, postWebhook, startCluster, type TestDatabase, type TestHub } from './support/hub.js';
 import { eventually } from './support/net.js';
 
 const PLACE = { lat: 48.137, lng: 11.575 };
 
-describe('many orders racing for few drivers across three hubs', () => {
+describe.skipIf(!hasSharedPostgres())('many orders racing for few drivers across three hubs', () => {
   let db: TestDatabase;
   let hubs: TestHub[];
 

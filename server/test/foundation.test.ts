@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../src/platform/config.js';
 import { envFrom, spawnHub } from './support/child-hub.js';
-import { ADMIN_TOKEN, api, connectDriver, createDriver, createTestDatabase, type TestDatabase, type TestHub, startTestHub, testConfig } from './support/hub.js';
+import { ADMIN_TOKEN, api, hasSharedPostgres, connectDriver, createDriver, createTestDatabase, type TestDatabase, type TestHub, startTestHub, testConfig } from './support/hub.js';
 
 describe('foundation', () => {
   let db: TestDatabase;
@@ -105,7 +105,7 @@ describe('foundation', () => {
     expect(down.stdout).not.toMatch(/\n\s+at /);
   });
 
-  it('when the process gets SIGTERM, then it closes sockets, marks its drivers OFFLINE and exits 0 within the bound', async () => {
+  it.skipIf(!hasSharedPostgres())('when the process gets SIGTERM, then it closes sockets, marks its drivers OFFLINE and exits 0 within the bound', async () => {
     const child = await spawnHub(envFrom(hub.config, { NODE_ID: 'graceful', SHUTDOWN_TIMEOUT_MS: '3000' }));
     const { id, token } = await createDriver({ url: child.url }, 'Leaving');
     const client = await connectDriver({ url: child.url }, token);

@@ -7,6 +7,7 @@ import { envFrom, spawnHub } from './support/child-hub.js';
 import {
   ADMIN_TOKEN,
   api,
+  hasSharedPostgres,
   connectDriver,
   connectError,
   connectSocket,
@@ -205,7 +206,7 @@ describe('driver presence', () => {
     );
   });
 
-  it('when a hub process is killed with SIGKILL, then its drivers go OFFLINE by heartbeat expiry and leave the GEO set', async () => {
+  it.skipIf(!hasSharedPostgres())('when a hub process is killed with SIGKILL, then its drivers go OFFLINE by heartbeat expiry and leave the GEO set', async () => {
     const child = await spawnHub(envFrom(hub.config, { NODE_ID: 'victim', HEARTBEAT_TTL_SECONDS: '2' }));
     const victimHub = { url: child.url } as TestHub;
     try {

@@ -3,6 +3,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { PrivateRedis, TcpProxy } from './support/faults.js';
 import {
   api,
+  hasSharedPostgres,
   createTestDatabase,
   type DriverClient,
   onDutyDriver,
@@ -148,7 +149,7 @@ describe('redis down, slow or wiped', () => {
     await checkInvariants(4);
   });
 
-  it('when Redis restarts empty, then cross-node broadcasts and pushes work again', async () => {
+  it.skipIf(!hasSharedPostgres())('when Redis restarts empty, then cross-node broadcasts and pushes work again', async () => {
     const other = await startTestHub({ ...hub.config, NODE_ID: 'other-node' });
     try {
       for (const d of drivers) await d.emitAck('status', { status: 'OFFLINE' });
@@ -194,7 +195,7 @@ describe('redis absent at start', () => {
   });
 });
 
-describe('postgresql unavailable', () => {
+describe.skipIf(!hasSharedPostgres())('postgresql unavailable', () => {
   it('when PostgreSQL is cut, then webhooks get 503, sockets stay up, nothing is half-written, and it recovers', async () => {
     const db = await createTestDatabase();
     const pgProxy = new TcpProxy(5432);

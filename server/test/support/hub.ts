@@ -17,6 +17,9 @@ export const WEBHOOK_SECRET = `whsec_${Buffer.from('test-webhook-secret-01234567
 export const ADMIN_TOKEN = 'test-admin-token-0123456789';
 export const JWT_SECRET = 'test-jwt-secret-0123456789-0123456789-abcdef';
 
+/** Multi-process and multi-node tests need a PostgreSQL server; PGlite is one process's alone. */
+export const hasSharedPostgres = (): boolean => Boolean(inject('pgAdminUrl'));
+
 export interface TestDatabase {
   url: string | undefined;
   dataDir: string;

@@ -1,0 +1,267 @@
+import type { Socket } from 'socket.io-client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DispatchSnapshot } from '../../shared/src/events.js';
+import type { DeliveryView, DriverMoved } from '../../shared/src/schemas.js';
+import {
+  api,
+  connectError,
+  connectSocket,
+  createTestDatabase,
+  onDutyDriver,
+  order,
+  postWebhook,
+  startCluster,
+  startTestHub,
+  type TestDatabase,
+  type TestHub,
+  testConfig,
+} from './support/hub.js';
+import { eventually } from './support/net.js';
+
+const TICK_MS = 500;
+
+interface Dispatcher {
+  socket: Socket;
+  snapshot: DispatchSnapshot;
+  /** Every drivers:moved message, in arrival order. */
+  batches: DriverMoved[][];
+  statuses: { id: string; status: string; ts: number }[];
+  updates: (DeliveryView & { previousStatus: string | null })[];
+  /** Newest position seen per driver. */
+  latest(id: string): DriverMoved | undefined;
+  close(): void;
+}
+
+async function dispatcherToken(hub: TestHub, subject = 'dispatcher-test'): Promise<string> {
+  const res = await api<{ token: string }>(hub, 'POST', '/admin/tokens', { role: 'dispatcher', subject });
+  if (res.status !== 200) throw new Error(`token not minted: ${res.status}`);
+  return res.body.token;
+}
+
+async function connectDispatcher(hub: TestHub, token?: string): Promise<Dispatcher> {
+  const socket = connectSocket(hub, '/dispatch', { token: token ?? (await dispatcherToken(hub)) });
+  const batches: DriverMoved[][] = [];
+  const statuses: Dispatcher['statuses'] = [];
+  const updates: Dispatcher['updates'] = [];
+  socket.on('drivers:moved', (moves: DriverMoved[]) => batches.push(moves));
+  socket.on('driver:status', (s: Dispatcher['statuses'][number]) => statuses.push(s));
+  socket.on('delivery:updated', (d: Dispatcher['updates'][number]) => updates.push(d));
+  const snapshot = await new Promise<DispatchSnapshot>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no snapshot within 10 s')), 10_000);
+    socket.once('snapshot', (s: DispatchSnapshot) => {
+      clearTimeout(timer);
+      resolve(s);
+    });
+    socket.once('connect_error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+  return {
+    socket,
+    snapshot,
+    batches,
+    statuses,
+    updates,
+    latest: (id) => batches.flat().findLast((m) => m.id === id),
+    close: () => socket.disconnect(),
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('/dispatch stream on one node', () => {
+  let db: TestDatabase;
+  let hub: TestHub;
+  const opened: { close(): void }[] = [];
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    // The production tick: long enough that a burst of pings certainly falls inside one.
+    hub = await startTestHub(testConfig(db, { MAP_TICK_MS: String(TICK_MS) }));
+  });
+  afterAll(async () => {
+    for (const c of opened) c.close();
+    await hub?.stop();
+    await db?.drop();
+  });
+
+  it('when a dispatcher connects, then the snapshot holds the drivers with their last positions and the open deliveries', async () => {
+    const a = await onDutyDriver(hub, { lat: 10.001, lng: 20.001 }, 'Snap A');
+    const b = await onDutyDriver(hub, { lat: 10.002, lng: 20.002 }, 'Snap B');
+    opened.push(a, b);
+    const o = order({ pickup: { lat: 10.0011, lng: 20.0011 } });
+    const created = await postWebhook(hub, '/events/seller-order-ready', o);
+    expect(created.status).toBe(200);
+
+    const d = await connectDispatcher(hub);
+    opened.push(d);
+    const byId = new Map(d.snapshot.drivers.map((x) => [x.id, x]));
+    expect(byId.get(a.id)).toMatchObject({ name: 'Snap A', lat: 10.001, lng: 20.001 });
+    expect(byId.get(b.id)).toMatchObject({ name: 'Snap B', status: 'AVAILABLE', lat: 10.002, lng: 20.002 });
+    expect(byId.get(created.body.driverId)?.status).toBe('BUSY');
+    const delivery = d.snapshot.deliveries.find((x) => x.id === created.body.deliveryId);
+    expect(delivery).toMatchObject({ sellerOrderId: o.sellerOrderId, orderCode: o.orderCode, status: 'ASSIGNED', driverId: created.body.driverId });
+  });
+
+  it('when many pings arrive within one tick, then one drivers:moved message carries each driver once at its newest position', async () => {
+    const drivers = [];
+    for (let i = 0; i < 3; i++) drivers.push(await onDutyDriver(hub, { lat: 11 + i * 0.01, lng: 21 }, `Burst ${i}`));
+    opened.push(...drivers);
+    const d = await connectDispatcher(hub);
+    opened.push(d);
+
+    // Line up with the node's tick: a batch has just gone out, so the next one is a full tick away.
+    await drivers[0].emitAck('location', { lat: 11, lng: 21.0001 });
+    await eventually(() => d.batches.length > 0, 'a first batch');
+    const before = d.batches.length;
+    const started = Date.now();
+    const last = new Map<string, { lat: number; lng: number }>();
+    await Promise.all(
+      drivers.map(async (driver, i) => {
+        for (let step = 1; step <= 10; step++) {
+          const fix = { lat: 11 + i * 0.01 + step * 0.0001, lng: 21 + step * 0.0001, heading: 45, speed: 9 };
+          last.set(driver.id, { lat: fix.lat, lng: fix.lng });
+          const ack = await driver.emitAck('location', fix);
+          expect(ack.ok).toBe(true);
+        }
+      }),
+    );
+    expect(Date.now() - started).toBeLessThan(TICK_MS / 2); // the premise: the burst fit in one tick
+
+    await eventually(() => d.batches.length > before, 'the burst batch');
+    await sleep(TICK_MS * 2); // no second message may follow for the same pings
+    const after = d.batches.slice(before);
+    expect(after).toHaveLength(1);
+    const [batch] = after;
+    expect(batch.map((m) => m.id).sort()).toEqual(drivers.map((x) => x.id).sort());
+    for (const driver of drivers) {
+      const move = batch.find((m) => m.id === driver.id)!;
+      expect({ lat: move.lat, lng: move.lng }).toEqual(last.get(driver.id));
+      expect(move).toMatchObject({ heading: 45, speed: 9, status: 'AVAILABLE' });
+      expect(typeof move.ts).toBe('number');
+    }
+  });
+
+  it('when a dispatcher sets a viewport, then it only gets drivers inside it while others still get everyone', async () => {
+    const inside = await onDutyDriver(hub, { lat: 12.5, lng: 22.5 }, 'Inside');
+    const outside = await onDutyDriver(hub, { lat: 14.5, lng: 24.5 }, 'Outside');
+    opened.push(inside, outside);
+    const framed = await connectDispatcher(hub);
+    const everything = await connectDispatcher(hub);
+    opened.push(framed, everything);
+
+    const bad = await framed.socket.timeout(5000).emitWithAck('viewport', { minLat: 95, minLng: 0, maxLat: 1, maxLng: 1 });
+    expect(bad).toMatchObject({ ok: false, error: { code: 'VALIDATION_FAILED' } });
+    const set = await framed.socket.timeout(5000).emitWithAck('viewport', { minLat: 12, minLng: 22, maxLat: 13, maxLng: 23 });
+    expect(set).toEqual({ ok: true });
+
+    await inside.emitAck('location', { lat: 12.51, lng: 22.51 });
+    await outside.emitAck('location', { lat: 14.51, lng: 24.51 });
+    await eventually(() => everything.latest(inside.id)?.lat === 12.51 && everything.latest(outside.id)?.lat === 14.51, 'the unfiltered dispatcher to see both');
+    await sleep(100);
+    expect(framed.latest(inside.id)).toMatchObject({ lat: 12.51, lng: 22.51 });
+    expect(framed.latest(outside.id)).toBeUndefined();
+
+    // Driving into the box makes a driver visible; clearing the viewport shows everyone again.
+    await outside.emitAck('location', { lat: 12.9, lng: 22.9 });
+    await eventually(() => framed.latest(outside.id)?.lat === 12.9, 'the driver that drove into the viewport');
+    expect((await framed.socket.timeout(5000).emitWithAck('viewport', null)).ok).toBe(true);
+    await outside.emitAck('location', { lat: 14.6, lng: 24.6 });
+    await eventually(() => framed.latest(outside.id)?.lat === 14.6, 'everyone again without a viewport');
+  });
+
+  it('when a viewport crosses the antimeridian, then drivers on both sides of it are inside', async () => {
+    const east = await onDutyDriver(hub, { lat: -17, lng: 179.5 }, 'East of 180');
+    const west = await onDutyDriver(hub, { lat: -17, lng: -179.5 }, 'West of 180');
+    const far = await onDutyDriver(hub, { lat: -17, lng: 170 }, 'Far');
+    opened.push(east, west, far);
+    const d = await connectDispatcher(hub);
+    opened.push(d);
+    expect((await d.socket.timeout(5000).emitWithAck('viewport', { minLat: -18, minLng: 179, maxLat: -16, maxLng: -179 })).ok).toBe(true);
+    await far.emitAck('location', { lat: -17.01, lng: 170 });
+    await east.emitAck('location', { lat: -17.01, lng: 179.5 });
+    await west.emitAck('location', { lat: -17.01, lng: -179.5 });
+    await eventually(() => d.latest(east.id) && d.latest(west.id), 'both sides of the antimeridian');
+    expect(d.latest(far.id)).toBeUndefined();
+  });
+
+  it('when a driver token, no token or a forged token is used on /dispatch, then the handshake is refused with a code', async () => {
+    const driver = await onDutyDriver(hub, { lat: 13, lng: 23 }, 'Nosy');
+    opened.push(driver);
+    const asDriver = connectSocket(hub, '/dispatch', { token: driver.token });
+    const forbidden = await connectError(asDriver);
+    expect(forbidden.message).toBe('FORBIDDEN');
+    expect(forbidden.data).toMatchObject({ code: 'FORBIDDEN' });
+    asDriver.disconnect();
+
+    const anonymous = connectSocket(hub, '/dispatch', {});
+    expect((await connectError(anonymous)).data).toMatchObject({ code: 'TOKEN_MISSING' });
+    anonymous.disconnect();
+
+    const forged = connectSocket(hub, '/dispatch', { token: `${driver.token.slice(0, -4)}AAAA` });
+    expect((await connectError(forged)).data?.code).toMatch(/^TOKEN_/);
+    forged.disconnect();
+
+    // A token in the query string would end up in access logs: refused even when valid.
+    const inQuery = connectSocket(hub, '/dispatch', {}, { query: { token: await dispatcherToken(hub) } });
+    expect((await connectError(inQuery)).data?.code).toBe('TOKEN_INVALID');
+    inQuery.disconnect();
+  });
+});
+
+describe('/dispatch stream across three nodes', () => {
+  let db: TestDatabase;
+  let hubs: TestHub[];
+  const opened: { close(): void }[] = [];
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    hubs = await startCluster(db, 3);
+  });
+  afterAll(async () => {
+    for (const c of opened) c.close();
+    await Promise.all(hubs?.map((h) => h.stop()) ?? []);
+    await db?.drop();
+  });
+
+  it('when drivers on nodes 0 and 1 move and node 0 assigns one of them, then a dispatcher on node 2 sees both move and the assignment', async () => {
+    const pickup = { lat: 30, lng: 40 };
+    const onNode0 = await onDutyDriver(hubs[0], { lat: pickup.lat + 0.05, lng: pickup.lng }, 'On node 0');
+    const onNode1 = await onDutyDriver(hubs[1], { lat: pickup.lat + 0.001, lng: pickup.lng }, 'On node 1');
+    opened.push(onNode0, onNode1);
+    const d = await connectDispatcher(hubs[2]);
+    opened.push(d);
+    expect(d.snapshot.drivers.map((x) => x.id)).toEqual(expect.arrayContaining([onNode0.id, onNode1.id]));
+
+    await onNode0.emitAck('location', { lat: pickup.lat + 0.049, lng: pickup.lng + 0.001 });
+    await onNode1.emitAck('location', { lat: pickup.lat + 0.0009, lng: pickup.lng + 0.0001 });
+    await eventually(
+      () => d.latest(onNode0.id)?.lat === pickup.lat + 0.049 && d.latest(onNode1.id)?.lat === pickup.lat + 0.0009,
+      'both drivers moving on node 2',
+    );
+    // Each node sends its own batch: no message mixes drivers of two nodes, and none repeats a driver.
+    for (const batch of d.batches) {
+      const ids = batch.map((m) => m.id);
+      expect(new Set(ids).size).toBe(ids.length);
+      expect(ids.includes(onNode0.id) && ids.includes(onNode1.id)).toBe(false);
+    }
+
+    const o = order({ pickup });
+    const res = await postWebhook(hubs[0], '/events/seller-order-ready', o);
+    expect(res.status).toBe(200);
+    expect(res.body.driverId).toBe(onNode1.id);
+    await eventually(() => onNode1.assignments.some((a) => a.deliveryId === res.body.deliveryId), 'the assignment pushed to node 1');
+    const update = await eventually(() => d.updates.find((u) => u.id === res.body.deliveryId && u.status === 'ASSIGNED'), 'delivery:updated on node 2');
+    expect(update).toMatchObject({ sellerOrderId: o.sellerOrderId, orderCode: o.orderCode, driverId: onNode1.id });
+    await eventually(() => d.statuses.some((s) => s.id === onNode1.id && s.status === 'BUSY'), 'driver:status BUSY on node 2');
+
+    // Once per change, not once per node.
+    await onNode1.emitAck('delivery:update', { deliveryId: res.body.deliveryId, status: 'PICKED_UP' });
+    await eventually(() => d.updates.some((u) => u.id === res.body.deliveryId && u.status === 'PICKED_UP'), 'PICKED_UP on node 2');
+    await sleep(300);
+    expect(d.updates.filter((u) => u.id === res.body.deliveryId && u.status === 'ASSIGNED')).toHaveLength(1);
+    expect(d.updates.filter((u) => u.id === res.body.deliveryId && u.status === 'PICKED_UP')).toHaveLength(1);
+    expect(d.updates.find((u) => u.status === 'PICKED_UP')?.previousStatus).toBe('ASSIGNED');
+  });
+});

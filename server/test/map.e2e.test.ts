@@ -1,0 +1,234 @@
+import { existsSync } from 'node:fs';
+import { type Browser, chromium, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startHub } from '../src/main.js';
+import { createLogger } from '../src/platform/logger.js';
+import { createMapRoutes } from '../src/realtime/map.routes.js';
+import {
+  api,
+  createTestDatabase,
+  type DriverClient,
+  onDutyDriver,
+  order,
+  postWebhook,
+  type TestDatabase,
+  type TestHub,
+  testConfig,
+} from './support/hub.js';
+import { eventually } from './support/net.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+const hasChromium = existsSync(CHROMIUM);
+const skipReason = `${CHROMIUM} is missing (apt-get install -y chromium)`;
+/** Nothing listens on port 9 (discard): every tile request fails, which the page must shrug off. */
+const DEAD_TILES = 'http://127.0.0.1:9/{z}/{x}/{y}.png';
+/** Short enough to watch a marker go stale within a test. */
+const STALE_AFTER_MS = 2000;
+
+type Driver = DriverClient & { id: string; token: string };
+type DriverRow = { id: string; lat: number | null; lng: number | null; status: string; stale: boolean };
+
+async function startMapHub(db: TestDatabase): Promise<TestHub> {
+  const config = testConfig(db, { MAP_TILE_URL: DEAD_TILES });
+  const logger = createLogger({ level: config.LOG_LEVEL, nodeId: config.NODE_ID });
+  const hub = await startHub(config, logger, {
+    publicRoutes: [createMapRoutes({ tileUrl: config.MAP_TILE_URL, staleAfterMs: STALE_AFTER_MS, staleCheckMs: 250 })],
+  });
+  return { ...hub, url: `http://127.0.0.1:${hub.port}` };
+}
+
+function driverRows(page: Page): Promise<DriverRow[]> {
+  return page.$$eval('#drivers li', (items) =>
+    items.map((li) => {
+      const el = li as HTMLElement;
+      return {
+        id: el.dataset.driverId!,
+        lat: el.dataset.lat ? Number(el.dataset.lat) : null,
+        lng: el.dataset.lng ? Number(el.dataset.lng) : null,
+        status: el.dataset.status!,
+        stale: el.dataset.stale === 'true',
+      };
+    }),
+  );
+}
+
+async function driverRow(page: Page, id: string): Promise<DriverRow | undefined> {
+  return (await driverRows(page)).find((row) => row.id === id);
+}
+
+const close = (a: number | null, b: number) => a !== null && Math.abs(a - b) < 1e-9;
+
+describe('dispatcher map page (routes)', () => {
+  let db: TestDatabase;
+  let hub: TestHub;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    hub = await startMapHub(db);
+  });
+  afterAll(async () => {
+    await hub?.stop();
+    await db?.drop();
+  });
+
+  it('when the page and its assets are requested, then each comes from the hub with its content type and no CDN is referenced', async () => {
+    const expected: Record<string, string> = {
+      '/map': 'text/html',
+      '/map/app.js': 'text/javascript',
+      '/map/vendor/leaflet.js': 'text/javascript',
+      '/map/vendor/leaflet.css': 'text/css',
+      '/map/vendor/socket.io.min.js': 'text/javascript',
+      '/map/vendor/images/layers.png': 'image/png',
+      '/map/config.json': 'application/json',
+    };
+    for (const [path, type] of Object.entries(expected)) {
+      const res = await fetch(`${hub.url}${path}`);
+      expect(res.status, path).toBe(200);
+      expect(res.headers.get('content-type'), path).toContain(type);
+      expect((await res.arrayBuffer()).byteLength, path).toBeGreaterThan(0);
+    }
+    const page = await fetch(`${hub.url}/map`);
+    const html = await page.text();
+    expect(html).not.toMatch(/(src|href)="https?:/);
+    expect(page.headers.get('content-security-policy')).toContain("script-src 'self'");
+    expect(page.headers.get('content-security-policy')).toContain('http://127.0.0.1:9');
+    const config = await (await fetch(`${hub.url}/map/config.json`)).json();
+    expect(config).toMatchObject({ tileUrl: DEAD_TILES, staleAfterMs: STALE_AFTER_MS });
+    expect(Math.abs(config.serverTime - Date.now())).toBeLessThan(5000);
+  });
+});
+
+describe('dispatcher map page (headless Chromium)', () => {
+  let db: TestDatabase;
+  let hub: TestHub;
+  let browser: Browser | undefined;
+  let dispatcherToken: string;
+  const drivers: Driver[] = [];
+  const centre = { lat: 52.52, lng: 13.405 };
+  const startAt = (i: number) => ({ lat: centre.lat + i * 0.004, lng: centre.lng + i * 0.004 });
+
+  beforeAll(async () => {
+    if (!hasChromium) return;
+    db = await createTestDatabase();
+    hub = await startMapHub(db);
+    dispatcherToken = (await api(hub, 'POST', '/admin/tokens', { role: 'dispatcher', subject: 'map-e2e' })).body.token;
+    // On the map before the page opens, so the page's first view frames them.
+    for (let i = 0; i < 3; i++) drivers.push(await onDutyDriver(hub, startAt(i), `Sim ${i}`));
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+  });
+  afterAll(async () => {
+    for (const d of drivers) d.close();
+    await browser?.close();
+    await hub?.stop();
+    await db?.drop();
+  });
+
+  async function openMap(token: string): Promise<{ page: Page; errors: string[] }> {
+    const page = await browser!.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (err) => errors.push(err.message));
+    await page.goto(`${hub.url}/map#token=${encodeURIComponent(token)}`);
+    return { page, errors };
+  }
+
+  it.skipIf(!hasChromium)(`when simulated drivers move, then their markers move on the page (skipped when ${skipReason})`, async () => {
+    const { page, errors } = await openMap(dispatcherToken);
+    try {
+      await eventually(() => page.evaluate(() => (window as any).hubMap?.connected === true), 'the page to connect');
+      expect(page.url()).not.toContain('token='); // read from the fragment, then removed from the address bar
+
+      const rows = await eventually(async () => {
+        const all = await driverRows(page);
+        return drivers.every((d, i) => all.some((r) => r.id === d.id && close(r.lat, startAt(i).lat) && r.status === 'AVAILABLE')) && all;
+      }, 'the three drivers on the page at their start positions');
+      expect(rows.length).toBe(3);
+
+      // A few rounds of pings, like a driver app once a second (here faster).
+      for (let step = 1; step <= 3; step++) {
+        const targets = drivers.map((_, i) => ({ lat: startAt(i).lat + step * 0.0007, lng: startAt(i).lng - step * 0.0005, heading: 90, speed: 10 }));
+        await Promise.all(drivers.map((d, i) => d.emitAck('location', targets[i])));
+        await eventually(async () => {
+          for (const [i, d] of drivers.entries()) {
+            const row = await driverRow(page, d.id);
+            if (!row || !close(row.lat, targets[i].lat) || !close(row.lng, targets[i].lng)) return false;
+          }
+          return true;
+        }, `markers at step ${step}`);
+      }
+
+      // The Leaflet markers themselves moved, not just the test hook, and are coloured by status.
+      const markers = await page.evaluate(() =>
+        [...(window as any).hubMap.markers.entries()].map(([id, m]: [string, any]) => ({ id, ...m.getLatLng(), color: m.options.color })),
+      );
+      for (const [i, d] of drivers.entries()) {
+        const marker = markers.find((m: any) => m.id === d.id);
+        expect(marker.lat).toBeCloseTo(startAt(i).lat + 3 * 0.0007, 9);
+        expect(marker.lng).toBeCloseTo(startAt(i).lng - 3 * 0.0005, 9);
+        expect(marker.color).toBe('#1a9641');
+      }
+      expect(await page.locator('#tiles-note').isVisible()).toBe(true); // tiles failed, the map did not
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it.skipIf(!hasChromium)('when a webhook creates a delivery, then it is listed with its state, follows the lifecycle, and its driver turns BUSY', async () => {
+    const { page, errors } = await openMap(dispatcherToken);
+    try {
+      await eventually(() => page.evaluate(() => (window as any).hubMap?.connected === true), 'the page to connect');
+      const o = order({ pickup: { lat: centre.lat + 0.0001, lng: centre.lng + 0.0001 }, dropoff: { lat: centre.lat + 0.01, lng: centre.lng } });
+      const res = await postWebhook(hub, '/events/seller-order-ready', o);
+      expect(res.status).toBe(200);
+      const { deliveryId, driverId } = res.body;
+      const item = page.locator(`#deliveries li[data-delivery-id="${deliveryId}"]`);
+      await eventually(async () => (await item.getAttribute('data-status')) === 'ASSIGNED', 'the delivery listed as ASSIGNED');
+      expect(await item.textContent()).toContain(o.orderCode);
+      await eventually(async () => (await driverRow(page, driverId))?.status === 'BUSY', 'the assigned driver shown BUSY');
+      expect(await page.evaluate((id) => (window as any).hubMap.markers.get(id).options.color, driverId)).toBe('#f07c00');
+
+      const driver = drivers.find((d) => d.id === driverId)!;
+      expect((await driver.emitAck('delivery:update', { deliveryId, status: 'PICKED_UP' })).ok).toBe(true);
+      await eventually(async () => (await item.getAttribute('data-status')) === 'PICKED_UP', 'the delivery shown PICKED_UP');
+      expect((await driver.emitAck('delivery:update', { deliveryId, status: 'DELIVERED' })).ok).toBe(true);
+      await eventually(async () => (await item.getAttribute('data-status')) === 'DELIVERED', 'the delivery shown DELIVERED');
+      await eventually(async () => (await driverRow(page, driverId))?.status === 'AVAILABLE', 'the driver back to AVAILABLE');
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it.skipIf(!hasChromium)('when a driver stops pinging, then its marker turns stale, and a new ping revives it', async () => {
+    const { page } = await openMap(dispatcherToken);
+    try {
+      await eventually(() => page.evaluate(() => (window as any).hubMap?.connected === true), 'the page to connect');
+      const [quiet] = drivers;
+      const fix = { lat: startAt(0).lat + 0.001, lng: startAt(0).lng + 0.001 };
+      await quiet.emitAck('location', fix);
+      await eventually(async () => close((await driverRow(page, quiet.id))?.lat ?? null, fix.lat), 'the fresh position');
+      expect((await driverRow(page, quiet.id))?.stale).toBe(false);
+      await eventually(async () => (await driverRow(page, quiet.id))?.stale === true, 'the marker to turn stale', STALE_AFTER_MS + 5000);
+      expect(await page.evaluate((id) => (window as any).hubMap.markers.get(id).options.dashArray, quiet.id)).toBeTruthy();
+      await quiet.emitAck('location', { lat: fix.lat + 0.0002, lng: fix.lng });
+      await eventually(async () => (await driverRow(page, quiet.id))?.stale === false, 'the marker fresh again');
+    } finally {
+      await page.close();
+    }
+  });
+
+  it.skipIf(!hasChromium)('when the token is not a dispatcher token, then the page says it was refused and shows nobody', async () => {
+    const { page } = await openMap(drivers[0].token);
+    try {
+      await eventually(async () => /refused/.test((await page.locator('#conn').textContent()) ?? ''), 'the refusal shown');
+      expect(await page.locator('#conn').textContent()).toContain('FORBIDDEN');
+      expect(await page.evaluate(() => (window as any).hubMap.connected)).toBe(false);
+      expect(await driverRows(page)).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+});
