@@ -47,7 +47,7 @@ export async function spawnHub(env: Record<string, string | undefined>): Promise
     logs,
     kill(signal = 'SIGKILL') {
       return new Promise((resolve) => {
-        if (child.exitCode !== null) return resolve(child.exitCode);
+        if (child.exitCode !== null || child.signalCode !== null) return resolve(child.exitCode);
         child.once('exit', (code) => resolve(code));
         child.kill(signal);
       });
