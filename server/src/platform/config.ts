@@ -77,6 +77,9 @@ export function parseConfig(env: Record<string, string | undefined>, generate: (
   if (!parsed.success) {
     throw new ConfigError(parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`));
   }
+  if (parsed.data.VENDURE_WEBHOOK_URL && !parsed.data.VENDURE_WEBHOOK_SECRET) {
+    throw new ConfigError(['VENDURE_WEBHOOK_SECRET: required when VENDURE_WEBHOOK_URL is set (events are never sent unsigned)']);
+  }
   const { NODE_ID, WEBHOOK_SECRET, ADMIN_TOKEN, JWT_SECRET, ...rest } = parsed.data;
   return {
     ...rest,

@@ -1,0 +1,41 @@
+import { Hono } from 'hono';
+import { z } from 'zod';
+import { HubError, validationError } from '../platform/errors.js';
+import type { OutboxStore } from './outbox.store.js';
+
+const listQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+});
+
+/** Admin view of given-up status events. The caller mounts it behind its admin auth. */
+export function createOutboxRoutes(deps: { store: Pick<OutboxStore, 'listDead' | 'replay'> }): Hono {
+  const { store } = deps;
+  const routes = new Hono();
+
+  routes.get('/admin/outbox/dead', async (c) => {
+    const query = listQuery.safeParse(c.req.query());
+    if (!query.success) throw validationError(query.error.issues, 'query');
+    const events = await store.listDead(query.data.limit);
+    return c.json({
+      events: events.map((e) => ({
+        id: e.id,
+        deliveryId: e.deliveryId,
+        type: e.type,
+        sequence: e.seq,
+        attempts: e.attempts,
+        lastError: e.lastError,
+        createdAt: e.createdAt.toISOString(),
+        deadAt: e.nextAttemptAt.toISOString(),
+        payload: e.payload,
+      })),
+    });
+  });
+
+  routes.post('/admin/outbox/:id/replay', async (c) => {
+    const id = c.req.param('id');
+    if (!(await store.replay(id))) throw new HubError('NOT_FOUND', `no dead outbox event ${id}`);
+    return c.json({ replayed: true });
+  });
+
+  return routes;
+}
