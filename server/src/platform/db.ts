@@ -16,6 +16,8 @@ export type Tx = PgTransaction<PgQueryResultHKT, Schema, ExtractTablesWithRelati
 /** Either the database or an open transaction: store functions accept both. */
 export type DbOrTx = Db | Tx;
 
+const MIGRATION_LOCK_KEY = 7_283_410_552;
+
 export const MIGRATIONS_DIR = fileURLToPath(new URL('../../../migrations', import.meta.url));
 
 export interface Database {
@@ -68,7 +70,17 @@ export function openDatabase(opts: DatabaseOptions): Database {
           () => true,
           () => false,
         ),
-      migrate: () => migratePostgres(drizzlePostgres(client), { migrationsFolder: MIGRATIONS_DIR }),
+      async migrate() {
+        // Several replicas may start together: a session advisory lock lets one migrate at a time.
+        const lock = await client.reserve();
+        try {
+          await lock`select pg_advisory_lock(${MIGRATION_LOCK_KEY})`;
+          await migratePostgres(drizzlePostgres(client), { migrationsFolder: MIGRATIONS_DIR });
+        } finally {
+          await lock`select pg_advisory_unlock(${MIGRATION_LOCK_KEY})`.catch(() => {});
+          lock.release();
+        }
+      },
       close: () => client.end({ timeout: 5 }),
     };
   }
