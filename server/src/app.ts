@@ -163,6 +163,7 @@ export function createApp(deps: AppDeps): HubApp {
     logger,
     metrics,
     tickMs: config.MAP_TICK_MS,
+    clustered: redis !== null,
   });
 
   return {

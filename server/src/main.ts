@@ -18,6 +18,7 @@ import { createTokenService } from './platform/tokens.js';
 import { createDriversStore } from './presence/drivers.store.js';
 import { createPresenceService } from './presence/presence.service.js';
 import { createPresenceStore } from './presence/presence.store.js';
+import { createMapRoutes } from './realtime/map.routes.js';
 
 export interface RunningHub {
   app: HubApp;
@@ -27,7 +28,7 @@ export interface RunningHub {
 }
 
 export interface HubExtensions {
-  /** Extra routes from features built outside the core (the map page). */
+  /** Public routes; by default the dispatcher map page. */
   publicRoutes?: Hono[];
 }
 
@@ -109,7 +110,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     dispatch,
     deliveries,
     adminRoutes: [createOutboxRoutes({ store: outboxStore })],
-    publicRoutes: extensions.publicRoutes,
+    publicRoutes: extensions.publicRoutes ?? [createMapRoutes({ tileUrl: config.MAP_TILE_URL })],
   });
   const port = await app.listen();
   presence.start();
@@ -151,8 +152,7 @@ async function run(): Promise<void> {
 
   let hub: RunningHub;
   try {
-    const { createMapRoutes } = await import('./realtime/map.routes.js').catch(() => ({ createMapRoutes: null }));
-    hub = await startHub(config, logger, { publicRoutes: createMapRoutes ? [createMapRoutes({ tileUrl: config.MAP_TILE_URL })] : [] });
+    hub = await startHub(config, logger);
   } catch (err) {
     logger.fatal({ reason: (err as Error).message }, 'hub could not start');
     process.exit(1);

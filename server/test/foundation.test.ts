@@ -91,11 +91,11 @@ describe('foundation', () => {
   });
 
   it('when the process starts with bad config or an unreachable database, then it exits non-zero with a clear line and no stack', () => {
-    const bad = spawnSync('npx', ['tsx', 'server/src/main.ts'], { env: { ...process.env, PORT: 'abc', DATABASE_URL: '' }, encoding: 'utf8', timeout: 30_000 });
+    const bad = spawnSync(process.execPath, ['--import', 'tsx', 'server/src/main.ts'], { env: { ...process.env, PORT: 'abc', DATABASE_URL: '' }, encoding: 'utf8', timeout: 30_000 });
     expect(bad.status).toBe(2);
     expect(bad.stderr).toContain('PORT');
     expect(bad.stderr).not.toMatch(/\n\s+at /);
-    const down = spawnSync('npx', ['tsx', 'server/src/main.ts'], {
+    const down = spawnSync(process.execPath, ['--import', 'tsx', 'server/src/main.ts'], {
       env: { ...process.env, PORT: '0', DATABASE_URL: 'postgres://postgres@127.0.0.1:1/none', REDIS_URL: '', ADMIN_TOKEN },
       encoding: 'utf8',
       timeout: 30_000,
@@ -103,7 +103,7 @@ describe('foundation', () => {
     expect(down.status).toBe(1);
     expect(down.stdout).toContain('PostgreSQL is not usable');
     expect(down.stdout).not.toMatch(/\n\s+at /);
-  });
+  }, 70_000);
 
   it.skipIf(!hasSharedPostgres())('when the process gets SIGTERM, then it closes sockets, marks its drivers OFFLINE and exits 0 within the bound', async () => {
     const child = await spawnHub(envFrom(hub.config, { NODE_ID: 'graceful', SHUTDOWN_TIMEOUT_MS: '3000' }));

@@ -38,6 +38,8 @@ export function attachDispatchNamespace(
     logger: Logger;
     metrics: Metrics;
     tickMs: number;
+    /** True when the Redis adapter links this node to others. */
+    clustered: boolean;
   },
 ): { stop(): void } {
   const { events, metrics } = deps;
@@ -57,7 +59,8 @@ export function attachDispatchNamespace(
     const moves = deps.presence.drainMoves();
     if (moves.length === 0) return;
     deliverLocally(moves);
-    nsp.serverSideEmit('drivers:moved', moves);
+    // Single node: no other node to tell (and the in-memory adapter warns on serverSideEmit).
+    if (deps.clustered) nsp.serverSideEmit('drivers:moved', moves);
   }, deps.tickMs);
   timer.unref();
 
