@@ -7,6 +7,7 @@ import {
   connectError,
   connectSocket,
   createTestDatabase,
+  firstEvent,
   hasSharedPostgres,
   onDutyDriver,
   order,
@@ -47,17 +48,7 @@ async function connectDispatcher(hub: TestHub, token?: string): Promise<Dispatch
   socket.on('drivers:moved', (moves: DriverMoved[]) => batches.push(moves));
   socket.on('driver:status', (s: Dispatcher['statuses'][number]) => statuses.push(s));
   socket.on('delivery:updated', (d: Dispatcher['updates'][number]) => updates.push(d));
-  const snapshot = await new Promise<DispatchSnapshot>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no snapshot within 10 s')), 10_000);
-    socket.once('snapshot', (s: DispatchSnapshot) => {
-      clearTimeout(timer);
-      resolve(s);
-    });
-    socket.once('connect_error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-  });
+  const snapshot = await firstEvent<DispatchSnapshot>(socket, 'snapshot');
   return {
     socket,
     snapshot,

@@ -144,17 +144,7 @@ export function createOutboxStore(database: Database) {
     /** Newest first: the admin looks at what broke last. */
     async listDead(limit = 100): Promise<DeadEvent[]> {
       return db
-        .select({
-          id: outbox.id,
-          seq: outbox.seq,
-          deliveryId: outbox.deliveryId,
-          type: outbox.type,
-          payload: outbox.payload,
-          attempts: outbox.attempts,
-          lastError: outbox.lastError,
-          createdAt: outbox.createdAt,
-          nextAttemptAt: outbox.nextAttemptAt,
-        })
+        .select({ ...claimedColumns, lastError: outbox.lastError })
         .from(outbox)
         .where(eq(outbox.status, 'DEAD'))
         .orderBy(desc(outbox.seq))

@@ -51,6 +51,19 @@ function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   ]).finally(() => clearTimeout(timer));
 }
 
+/** What both drivers do the same way once drizzle wraps them. */
+function queries(db: Db): Pick<Database, 'db' | 'rows' | 'ping'> {
+  return {
+    db,
+    rows: async (query, executor = db) => rowsOf(await executor.execute(query)),
+    ping: (timeoutMs = 2000) =>
+      withTimeout(db.execute(sql`select 1`), timeoutMs).then(
+        () => true,
+        () => false,
+      ),
+  };
+}
+
 export function openDatabase(opts: DatabaseOptions): Database {
   if (opts.url) {
     const client = postgres(opts.url, {
@@ -62,14 +75,8 @@ export function openDatabase(opts: DatabaseOptions): Database {
     });
     const db = drizzlePostgres(client, { schema }) as unknown as Db;
     return {
-      db,
+      ...queries(db),
       kind: 'postgres',
-      rows: async (query, executor = db) => rowsOf(await executor.execute(query)),
-      ping: (timeoutMs = 2000) =>
-        withTimeout(db.execute(sql`select 1`), timeoutMs).then(
-          () => true,
-          () => false,
-        ),
       async migrate() {
         // Several replicas may start together: a session advisory lock lets one migrate at a time.
         const lock = await client.reserve();
@@ -88,14 +95,8 @@ export function openDatabase(opts: DatabaseOptions): Database {
   const client = new PGlite(`${opts.dataDir.replace(/\/$/, '')}/pglite`);
   const db = drizzlePglite(client, { schema }) as unknown as Db;
   return {
-    db,
+    ...queries(db),
     kind: 'pglite',
-    rows: async (query, executor = db) => rowsOf(await executor.execute(query)),
-    ping: (timeoutMs = 2000) =>
-      withTimeout(db.execute(sql`select 1`), timeoutMs).then(
-        () => true,
-        () => false,
-      ),
     migrate: () => migratePglite(drizzlePglite(client), { migrationsFolder: MIGRATIONS_DIR }),
     close: () => client.close(),
   };

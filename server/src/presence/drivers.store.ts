@@ -1,4 +1,4 @@
-import { and, desc, eq, sql } from 'drizzle-orm';
+import { and, desc, eq, type SQL, sql } from 'drizzle-orm';
 import type { DriverStatus, DriverView } from '../../../shared/src/schemas.js';
 import type { Database, DbOrTx } from '../platform/db.js';
 import { drivers } from '../platform/schema.js';
@@ -39,6 +39,20 @@ export function createDriversStore(database: Database) {
   const { db } = database;
   const presenceColumns = { id: drivers.id, status: drivers.status, lat: drivers.lat, lng: drivers.lng };
 
+  /** One conditional update of a driver row, answering its new presence (null when no row matched). */
+  async function updatePresence(
+    executor: DbOrTx,
+    values: Partial<typeof drivers.$inferInsert> | Record<string, unknown>,
+    where: SQL | undefined,
+  ): Promise<DriverPresenceRow | null> {
+    const [row] = await executor
+      .update(drivers)
+      .set({ ...values, updatedAt: new Date() })
+      .where(where)
+      .returning(presenceColumns);
+    return row ?? null;
+  }
+
   return {
     async create(input: { name: string; phone?: string; vehicle?: string }) {
       const [row] = await db
@@ -71,44 +85,25 @@ export function createDriversStore(database: Database) {
 
     /** A socket now speaks for the driver; status comes back from duty and deliveries, not from the app. */
     async connect(id: string, sessionId: string): Promise<DriverPresenceRow | null> {
-      const [row] = await db
-        .update(drivers)
-        .set({ sessionId, lastSeenAt: new Date(), status: resolvedStatus(), updatedAt: new Date() })
-        .where(eq(drivers.id, id))
-        .returning(presenceColumns);
-      return row ?? null;
+      return updatePresence(db, { sessionId, lastSeenAt: new Date(), status: resolvedStatus() }, eq(drivers.id, id));
     },
 
     /** Only the socket that still speaks for the driver may take it offline. */
     async disconnect(id: string, sessionId: string): Promise<DriverPresenceRow | null> {
-      const [row] = await db
-        .update(drivers)
-        .set({ sessionId: null, status: 'OFFLINE', updatedAt: new Date() })
-        .where(and(eq(drivers.id, id), eq(drivers.sessionId, sessionId)))
-        .returning(presenceColumns);
-      return row ?? null;
+      return updatePresence(db, { sessionId: null, status: 'OFFLINE' }, and(eq(drivers.id, id), eq(drivers.sessionId, sessionId)));
     },
 
     async setDuty(id: string, onDuty: boolean): Promise<DriverPresenceRow | null> {
-      const [row] = await db
-        .update(drivers)
-        .set({ onDuty, status: resolvedStatus(onDuty), lastSeenAt: new Date(), updatedAt: new Date() })
-        .where(eq(drivers.id, id))
-        .returning(presenceColumns);
-      return row ?? null;
+      return updatePresence(db, { onDuty, status: resolvedStatus(onDuty), lastSeenAt: new Date() }, eq(drivers.id, id));
     },
 
     /** A BUSY driver whose delivery ended: back to AVAILABLE if still connected and on duty. */
     async release(executor: DbOrTx, id: string): Promise<DriverPresenceRow | null> {
-      const [row] = await executor
-        .update(drivers)
-        .set({
-          status: sql`case when drivers.session_id is null then 'OFFLINE' else ${resolvedStatus()} end`,
-          updatedAt: new Date(),
-        })
-        .where(eq(drivers.id, id))
-        .returning(presenceColumns);
-      return row ?? null;
+      return updatePresence(
+        executor,
+        { status: sql`case when drivers.session_id is null then 'OFFLINE' else ${resolvedStatus()} end` },
+        eq(drivers.id, id),
+      );
     },
 
     /**

@@ -165,23 +165,28 @@ export function connectError(socket: Socket): Promise<{ message: string; data?: 
   });
 }
 
-export async function connectDriver(hub: { url: string }, token: string, extra: Record<string, unknown> = {}): Promise<DriverClient> {
-  const socket = connectSocket(hub, '/drivers', { token }, extra);
-  const assignments: any[] = [];
-  const cancellations: any[] = [];
-  socket.on('assignment', (a) => assignments.push(a));
-  socket.on('delivery:cancelled', (c) => cancellations.push(c));
-  const session = await new Promise<DriverSession>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no session within 10 s')), 10_000);
-    socket.once('session', (s: DriverSession) => {
+/** The first `event` a freshly connecting socket receives; a refused handshake rejects. */
+export function firstEvent<T>(socket: Socket, event: string, timeoutMs = 10_000): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${event} within ${timeoutMs} ms`)), timeoutMs);
+    socket.once(event, (payload: T) => {
       clearTimeout(timer);
-      resolve(s);
+      resolve(payload);
     });
     socket.once('connect_error', (err) => {
       clearTimeout(timer);
       reject(err);
     });
   });
+}
+
+export async function connectDriver(hub: { url: string }, token: string, extra: Record<string, unknown> = {}): Promise<DriverClient> {
+  const socket = connectSocket(hub, '/drivers', { token }, extra);
+  const assignments: any[] = [];
+  const cancellations: any[] = [];
+  socket.on('assignment', (a) => assignments.push(a));
+  socket.on('delivery:cancelled', (c) => cancellations.push(c));
+  const session = await firstEvent<DriverSession>(socket, 'session');
   return {
     socket,
     session,
