@@ -7,40 +7,13 @@
 //
 //   k6 run -e BASE_URL=http://127.0.0.1:3000 -e ADMIN_TOKEN=... -e DURATION=2m load-tests/k6/dispatcher.js
 
-import { check, fail, sleep } from 'k6';
-import exec from 'k6/execution';
+import { check, fail } from 'k6';
 import http from 'k6/http';
 import { Counter, Rate, Trend } from 'k6/metrics';
-import ws from 'k6/ws';
+import { baseUrl, connectError, connectFrame, envNumber, eventFrame, parseDurationMs, readFrame, requireWithin, runSession, sessionEnd, socketUrl } from './lib.js';
 
-function envNumber(name, def) {
-  const raw = __ENV[name];
-  if (raw === undefined || raw === '') return def;
-  const n = Number(raw);
-  if (!Number.isFinite(n)) throw new Error(`${name} must be a number, got ${JSON.stringify(raw)}`);
-  return n;
-}
-
-/** Go-style durations as k6 takes them: "90s", "2m", "1h30m", "500ms". */
-function parseDurationMs(text) {
-  const s = String(text).trim();
-  const re = /(\d+(?:\.\d+)?)(ms|h|m|s)/g;
-  const unit = { ms: 1, s: 1000, m: 60000, h: 3600000 };
-  let total = 0;
-  let consumed = 0;
-  let match = re.exec(s);
-  while (match !== null) {
-    if (match.index !== consumed) break;
-    total += Number(match[1]) * unit[match[2]];
-    consumed = re.lastIndex;
-    match = re.exec(s);
-  }
-  if (consumed === 0 || consumed !== s.length) throw new Error(`DURATION ${JSON.stringify(text)} is not a duration like 90s, 2m or 1h30m`);
-  return total;
-}
-
-const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:3000').replace(/\/+$/, '');
-const WS_URL = `${BASE_URL.replace(/^http/, 'ws')}/socket.io/?EIO=4&transport=websocket`;
+const BASE_URL = baseUrl();
+const WS_URL = socketUrl(BASE_URL);
 const ADMIN_TOKEN = __ENV.ADMIN_TOKEN || '';
 const DISPATCHERS = Math.max(1, Math.floor(envNumber('DISPATCHERS', 1)));
 const DURATION = __ENV.DURATION || '60s';
@@ -107,67 +80,25 @@ export function setup() {
   return { token };
 }
 
-/** `4<type>/dispatch,[<ackId>][<json>]` -> { type, id, data }, or null for anything else. */
-function parsePacket(frame) {
-  if (frame.length < 2 || frame[0] !== '4') return null;
-  const type = frame[1];
-  let rest = frame.slice(2);
-  if (!rest.startsWith(`${NSP},`)) return null;
-  rest = rest.slice(NSP.length + 1);
-  let i = 0;
-  while (i < rest.length && rest.charCodeAt(i) >= 48 && rest.charCodeAt(i) <= 57) i++;
-  const id = i > 0 ? Number(rest.slice(0, i)) : null;
-  const json = rest.slice(i);
-  let data = null;
-  if (json !== '') {
-    try {
-      data = JSON.parse(json);
-    } catch (_) {
-      return null;
-    }
-  }
-  return { type, id, data };
-}
-
 export default function (data) {
-  const endAt = exec.scenario.startTime + DURATION_MS - 1000;
-  const remaining = endAt - Date.now();
-  if (remaining < 1000) {
-    sleep(Math.max(0, remaining + 1000) / 1000);
-    return;
-  }
+  const endAt = sessionEnd(DURATION_MS);
+  if (endAt === null) return;
 
   let joinedAt = 0;
   let gotSnapshot = false;
 
-  const res = ws.connect(WS_URL, { tags: { name: 'dispatch socket' } }, (socket) => {
+  runSession(WS_URL, 'dispatch socket', endAt, wsErrors, (socket) => {
     socket.on('message', (frame) => {
-      switch (frame[0]) {
-        case '0': // Engine.IO open: join the namespace with the token
-          socket.send(`40${NSP},${JSON.stringify({ token: data.token })}`);
-          return;
-        case '2': // Engine.IO ping
-          socket.send('3');
-          return;
-        case '1':
-          socket.close();
-          return;
-        case '4':
-          break;
-        default:
-          return;
-      }
-      const packet = parsePacket(frame);
+      // Engine.IO open: join the namespace with the token.
+      const packet = readFrame(socket, frame, NSP, () => socket.send(connectFrame(NSP, data.token)));
       if (packet === null) return;
       switch (packet.type) {
         case '0': // 40/dispatch,{"sid":...}
           joinedAt = Date.now();
-          if (VIEWPORT_BOX) socket.send(`42${NSP},0${JSON.stringify(['viewport', VIEWPORT_BOX])}`);
+          if (VIEWPORT_BOX) socket.send(eventFrame(NSP, 'viewport', VIEWPORT_BOX, 0));
           return;
         case '4': // 44/dispatch,{"message":...,"data":{...}}
-          check(packet.data, { 'no connect_error': () => false });
-          if (exec.vu.iterationInScenario === 0) console.warn(`VU ${exec.vu.idInTest}: connect_error ${JSON.stringify(packet.data)}`);
-          socket.close();
+          connectError(socket, packet);
           return;
         case '1':
           socket.close();
@@ -209,25 +140,6 @@ export default function (data) {
       }
     });
 
-    socket.on('error', (e) => {
-      const message = e && typeof e.error === 'function' ? e.error() : String(e);
-      if (message !== 'websocket: close sent') {
-        wsErrors.add(1);
-        if (exec.vu.iterationInScenario === 0) console.warn(`VU ${exec.vu.idInTest}: websocket error: ${message}`);
-      }
-    });
-
-    socket.setTimeout(() => {
-      if (!gotSnapshot) {
-        snapshotReceived.add(false);
-        check(null, { 'snapshot in time': () => false });
-        socket.close();
-      }
-    }, SNAPSHOT_TIMEOUT_MS);
-
-    socket.setTimeout(() => socket.close(), endAt - Date.now());
+    requireWithin(socket, SNAPSHOT_TIMEOUT_MS, () => gotSnapshot, snapshotReceived, 'snapshot in time');
   });
-
-  check(res, { 'websocket upgraded (101)': (r) => r && r.status === 101 });
-  if (Date.now() < endAt) sleep(1);
 }

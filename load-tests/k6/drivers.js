@@ -15,38 +15,12 @@ import { check, fail, sleep } from 'k6';
 import exec from 'k6/execution';
 import http from 'k6/http';
 import { Counter, Rate, Trend } from 'k6/metrics';
-import ws from 'k6/ws';
+import { baseUrl, connectError, connectFrame, envNumber, eventFrame, parseDurationMs, readFrame, requireWithin, runSession, sessionEnd, socketUrl } from './lib.js';
 
 // ---- configuration (environment) ----
 
-function envNumber(name, def) {
-  const raw = __ENV[name];
-  if (raw === undefined || raw === '') return def;
-  const n = Number(raw);
-  if (!Number.isFinite(n)) throw new Error(`${name} must be a number, got ${JSON.stringify(raw)}`);
-  return n;
-}
-
-/** Go-style durations as k6 takes them: "90s", "2m", "1h30m", "500ms". */
-function parseDurationMs(text) {
-  const s = String(text).trim();
-  const re = /(\d+(?:\.\d+)?)(ms|h|m|s)/g;
-  const unit = { ms: 1, s: 1000, m: 60000, h: 3600000 };
-  let total = 0;
-  let consumed = 0;
-  let match = re.exec(s);
-  while (match !== null) {
-    if (match.index !== consumed) break;
-    total += Number(match[1]) * unit[match[2]];
-    consumed = re.lastIndex;
-    match = re.exec(s);
-  }
-  if (consumed === 0 || consumed !== s.length) throw new Error(`DURATION ${JSON.stringify(text)} is not a duration like 90s, 2m or 1h30m`);
-  return total;
-}
-
-const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:3000').replace(/\/+$/, '');
-const WS_URL = `${BASE_URL.replace(/^http/, 'ws')}/socket.io/?EIO=4&transport=websocket`;
+const BASE_URL = baseUrl();
+const WS_URL = socketUrl(BASE_URL);
 const ADMIN_TOKEN = __ENV.ADMIN_TOKEN || '';
 const DRIVERS = Math.max(1, Math.floor(envNumber('DRIVERS', 100)));
 const DURATION = __ENV.DURATION || '60s';
@@ -208,33 +182,6 @@ function fix() {
   };
 }
 
-// ---- Socket.IO framing over the raw websocket ----
-
-/**
- * Parses one Engine.IO "message" (type 4) carrying a Socket.IO packet for our namespace:
- * `4<type>/drivers,[<ackId>][<json>]`. Returns null for anything else.
- */
-function parsePacket(frame) {
-  if (frame.length < 2 || frame[0] !== '4') return null;
-  const type = frame[1];
-  let rest = frame.slice(2);
-  if (!rest.startsWith(`${NSP},`)) return null;
-  rest = rest.slice(NSP.length + 1);
-  let i = 0;
-  while (i < rest.length && rest.charCodeAt(i) >= 48 && rest.charCodeAt(i) <= 57) i++;
-  const id = i > 0 ? Number(rest.slice(0, i)) : null;
-  const json = rest.slice(i);
-  let data = null;
-  if (json !== '') {
-    try {
-      data = JSON.parse(json);
-    } catch (_) {
-      return null;
-    }
-  }
-  return { type, id, data };
-}
-
 export default function (data) {
   if (firstIteration) {
     firstIteration = false;
@@ -242,12 +189,8 @@ export default function (data) {
     if (RAMP_SECONDS > 0) sleep(((exec.vu.idInTest - 1) / DRIVERS) * RAMP_SECONDS);
   }
   // Close a moment before the scenario ends so sessions end cleanly, not by interruption.
-  const endAt = exec.scenario.startTime + DURATION_MS - 1000;
-  const remaining = endAt - Date.now();
-  if (remaining < 1000) {
-    sleep(Math.max(0, remaining + 1000) / 1000);
-    return;
-  }
+  const endAt = sessionEnd(DURATION_MS);
+  if (endAt === null) return;
 
   let token;
   try {
@@ -265,14 +208,14 @@ export default function (data) {
   let connectSentAt = 0;
   let locationsInSession = 0;
 
-  const res = ws.connect(WS_URL, { tags: { name: 'drivers socket' } }, (socket) => {
+  runSession(WS_URL, 'drivers socket', endAt, wsErrors, (socket) => {
     function emit(event, payload, onAck) {
       if (onAck) {
         const id = nextAckId++;
         pending.set(id, { event, sentAt: Date.now(), onAck });
-        socket.send(`42${NSP},${id}${JSON.stringify([event, payload])}`);
+        socket.send(eventFrame(NSP, event, payload, id));
       } else {
-        socket.send(`42${NSP},${JSON.stringify([event, payload])}`);
+        socket.send(eventFrame(NSP, event, payload));
       }
     }
 
@@ -328,23 +271,10 @@ export default function (data) {
 
     socket.on('message', (frame) => {
       // Engine.IO: 0 open, 1 close, 2 ping (answer 3), 4 message (Socket.IO packet inside).
-      switch (frame[0]) {
-        case '0':
-          connectSentAt = Date.now();
-          socket.send(`40${NSP},${JSON.stringify({ token })}`);
-          return;
-        case '2':
-          socket.send('3');
-          return;
-        case '1':
-          socket.close();
-          return;
-        case '4':
-          break;
-        default:
-          return;
-      }
-      const packet = parsePacket(frame);
+      const packet = readFrame(socket, frame, NSP, () => {
+        connectSentAt = Date.now();
+        socket.send(connectFrame(NSP, token));
+      });
       if (packet === null) return;
       switch (packet.type) {
         case '0': // CONNECT ack: 40/drivers,{"sid":...}
@@ -353,9 +283,7 @@ export default function (data) {
         case '4': {
           // CONNECT_ERROR: 44/drivers,{"message":"TOKEN_INVALID","data":{...}}
           namespaceConnected.add(false);
-          check(packet.data, { 'no connect_error': () => false });
-          if (exec.vu.iterationInScenario === 0) console.warn(`VU ${exec.vu.idInTest}: connect_error ${JSON.stringify(packet.data)}`);
-          socket.close();
+          connectError(socket, packet);
           return;
         }
         case '1': // DISCONNECT: the hub dropped us from the namespace (a newer connection, shutdown)
@@ -382,21 +310,7 @@ export default function (data) {
       }
     });
 
-    socket.on('error', (e) => {
-      const message = e && typeof e.error === 'function' ? e.error() : String(e);
-      if (message !== 'websocket: close sent') {
-        wsErrors.add(1);
-        if (exec.vu.iterationInScenario === 0) console.warn(`VU ${exec.vu.idInTest}: websocket error: ${message}`);
-      }
-    });
-
-    socket.setTimeout(() => {
-      if (!connected) {
-        namespaceConnected.add(false);
-        check(null, { 'namespace connected in time': () => false });
-        socket.close();
-      }
-    }, CONNECT_TIMEOUT_MS);
+    requireWithin(socket, CONNECT_TIMEOUT_MS, () => connected, namespaceConnected, 'namespace connected in time');
 
     // Acks older than 5 s count as lost.
     socket.setInterval(() => {
@@ -408,11 +322,5 @@ export default function (data) {
         if (entry.event === 'location') locationAckOk.add(false);
       }
     }, 1000);
-
-    socket.setTimeout(() => socket.close(), endAt - Date.now());
   });
-
-  check(res, { 'websocket upgraded (101)': (r) => r && r.status === 101 });
-  // The session ended early (refused, dropped, hub restarted): reconnect after a pause, as apps do.
-  if (Date.now() < endAt) sleep(1);
 }

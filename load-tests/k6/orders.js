@@ -19,16 +19,9 @@ import encoding from 'k6/encoding';
 import exec from 'k6/execution';
 import http from 'k6/http';
 import { Counter, Rate } from 'k6/metrics';
+import { baseUrl, envNumber } from './lib.js';
 
-function envNumber(name, def) {
-  const raw = __ENV[name];
-  if (raw === undefined || raw === '') return def;
-  const n = Number(raw);
-  if (!Number.isFinite(n)) throw new Error(`${name} must be a number, got ${JSON.stringify(raw)}`);
-  return n;
-}
-
-const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:3000').replace(/\/+$/, '');
+const BASE_URL = baseUrl();
 const RATE = Math.max(1, Math.floor(envNumber('RATE', 50)));
 const DURATION = __ENV.DURATION || '60s';
 const RETRY_RATIO = Math.min(1, Math.max(0, envNumber('RETRY_RATIO', 0.02)));
