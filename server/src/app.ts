@@ -2,10 +2,11 @@ import type { Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createAdaptorServer } from '@hono/node-server';
 import { createAdapter } from '@socket.io/redis-adapter';
+import { inArray } from 'drizzle-orm';
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { requestId } from 'hono/request-id';
-import { Server } from 'socket.io';
+import { Server, type Socket } from 'socket.io';
 import { createAdminRoutes, requireRole } from './admin/admin.routes.js';
 import type { DeliveriesService } from './deliveries/deliveries.service.js';
 import type { DispatchService } from './dispatch/dispatch.service.js';
@@ -15,7 +16,9 @@ import { HubError, toHubError } from './platform/errors.js';
 import type { HubEvents } from './platform/hub-events.js';
 import type { Logger } from './platform/logger.js';
 import type { Metrics } from './platform/metrics.js';
+import { createRateLimits, type RateLimitRules } from './platform/rate-limits.js';
 import type { RedisClients } from './platform/redis.js';
+import { drivers as driversTable } from './platform/schema.js';
 import type { TokenService } from './platform/tokens.js';
 import type { DriversStore } from './presence/drivers.store.js';
 import { attachDriversNamespace, type DriversNamespace } from './presence/drivers.socket.js';
@@ -38,6 +41,14 @@ export interface AppDeps {
   /** Extra feature routes mounted by the composition root: admin ones behind the admin token. */
   adminRoutes?: Hono[];
   publicRoutes?: Hono[];
+  edge?: EdgeOptions;
+}
+
+/** Abuse controls at the socket edge; the defaults are the production values, tests shorten them. */
+export interface EdgeOptions {
+  /** How often long-lived sockets have their token (and, for drivers, their driver row) checked again. */
+  tokenRecheckMs?: number;
+  rateLimits?: RateLimitRules;
 }
 
 export interface HubApp {
@@ -48,6 +59,8 @@ export interface HubApp {
   /** Graceful: stop accepting, close sockets, drain background work; bounded by SHUTDOWN_TIMEOUT_MS. */
   close(): Promise<void>;
   health(): Promise<{ body: HealthBody; httpStatus: 200 | 503 }>;
+  /** Disconnects this node's sockets whose token expired or whose driver is gone; returns how many. */
+  recheckSockets(): Promise<number>;
 }
 
 export interface HealthBody {
@@ -59,6 +72,16 @@ export interface HealthBody {
 }
 
 const startedAt = Date.now();
+
+/** True when a browser's Origin names the very host it connected to (a page the hub served). */
+function sameOrigin(origin: string, host: string | undefined): boolean {
+  if (!host) return false;
+  try {
+    return new URL(origin).host === host;
+  } catch {
+    return false;
+  }
+}
 
 export function createApp(deps: AppDeps): HubApp {
   const { config, logger, metrics, database, redis } = deps;
@@ -124,8 +147,9 @@ export function createApp(deps: AppDeps): HubApp {
     connectTimeout: 10_000,
     allowRequest: (req, callback) => {
       const origin = req.headers.origin;
-      // Browsers always send Origin; native driver apps do not and are not affected.
-      if (origin && config.ALLOWED_ORIGINS.length > 0 && !config.ALLOWED_ORIGINS.includes(origin)) {
+      // Browsers always send Origin; native driver apps do not and are not affected. The hub's own
+      // pages (the /map) are same-origin and need no entry in the list.
+      if (origin && config.ALLOWED_ORIGINS.length > 0 && !config.ALLOWED_ORIGINS.includes(origin) && !sameOrigin(origin, req.headers.host)) {
         logger.info({ origin }, 'socket handshake refused: origin not allowed');
         return callback('origin not allowed', false);
       }
@@ -136,7 +160,7 @@ export function createApp(deps: AppDeps): HubApp {
     io.adapter(createAdapter(redis.publisher, redis.subscriber, { key: `${config.REDIS_PREFIX}socket.io`, requestsTimeout: 3000 }));
   }
 
-  const authenticate = async (socket: import('socket.io').Socket, next: (err?: Error) => void) => {
+  const authenticate = async (socket: Socket, next: (err?: Error) => void) => {
     try {
       if (socket.handshake.query?.token !== undefined) throw new HubError('TOKEN_INVALID', 'tokens are accepted in the handshake auth only');
       const claims = await deps.tokens.verify((socket.handshake.auth as { token?: unknown } | undefined)?.token);
@@ -154,7 +178,13 @@ export function createApp(deps: AppDeps): HubApp {
   const dispatchNsp = io.of('/dispatch') as unknown as DispatchNamespace;
   driversNsp.use(authenticate as never);
   dispatchNsp.use(authenticate as never);
-  attachDriversNamespace(driversNsp, { presence: deps.presence, deliveries: deps.deliveries, events: deps.events, logger, metrics });
+  const limits = createRateLimits({
+    redis: redis?.command ?? null,
+    breaker: redis?.breaker,
+    prefix: config.REDIS_PREFIX,
+    rules: deps.edge?.rateLimits,
+  });
+  attachDriversNamespace(driversNsp, { presence: deps.presence, deliveries: deps.deliveries, events: deps.events, logger, metrics, limits });
   const dispatchSocket = attachDispatchNamespace(dispatchNsp, {
     presence: deps.presence,
     drivers: deps.drivers,
@@ -164,13 +194,66 @@ export function createApp(deps: AppDeps): HubApp {
     metrics,
     tickMs: config.MAP_TICK_MS,
     clustered: redis !== null,
+    limits,
   });
+
+  /**
+   * A handshake checks the token once, but a driver socket can live for days: each node looks at its
+   * own sockets again now and then. Tokens carry no version, so bumping drivers.token_version does
+   * not revoke them yet; deleting the driver does.
+   */
+  async function recheckSockets(): Promise<number> {
+    const now = Date.now();
+    let closed = 0;
+    const refuse = (socket: Socket<any, any, any, { subject: string }>, reason: string) => {
+      logger.info({ socket: socket.id, namespace: socket.nsp.name, subject: socket.data.subject, reason }, 'socket closed on recheck');
+      socket.disconnect(true);
+      closed += 1;
+    };
+    const expired = (data: { tokenExpiresAt: number | null }) => data.tokenExpiresAt !== null && data.tokenExpiresAt <= now;
+    for (const socket of dispatchNsp.sockets.values()) if (expired(socket.data)) refuse(socket, 'TOKEN_EXPIRED');
+    const byDriver = new Map<string, Parameters<typeof refuse>[0][]>();
+    for (const socket of driversNsp.sockets.values()) {
+      if (expired(socket.data)) refuse(socket, 'TOKEN_EXPIRED');
+      else byDriver.set(socket.data.subject, [...(byDriver.get(socket.data.subject) ?? []), socket]);
+    }
+    // A subject that is not a uuid cannot name a driver row (and would break the query for everyone).
+    const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+    for (const [id, sockets] of byDriver) {
+      if (UUID.test(id)) continue;
+      for (const socket of sockets) refuse(socket, 'DRIVER_REMOVED');
+      byDriver.delete(id);
+    }
+    const ids = [...byDriver.keys()];
+    for (let i = 0; i < ids.length; i += 1000) {
+      const chunk = ids.slice(i, i + 1000);
+      const found = await database.db.select({ id: driversTable.id }).from(driversTable).where(inArray(driversTable.id, chunk));
+      const alive = new Set(found.map((r) => r.id));
+      for (const id of chunk) {
+        if (!alive.has(id)) for (const socket of byDriver.get(id) ?? []) refuse(socket, 'DRIVER_REMOVED');
+      }
+    }
+    return closed;
+  }
+  let rechecking = false;
+  const recheckTimer = setInterval(() => {
+    if (rechecking) return;
+    rechecking = true;
+    // PostgreSQL being away is not a reason to drop anyone; the next round tries again.
+    recheckSockets()
+      .catch((err) => logger.warn({ err: (err as Error).message }, 'socket recheck failed'))
+      .finally(() => {
+        rechecking = false;
+      });
+  }, deps.edge?.tokenRecheckMs ?? 60_000);
+  recheckTimer.unref();
 
   return {
     http,
     io,
     hono,
     health,
+    recheckSockets,
     listen: () =>
       new Promise<number>((resolve, reject) => {
         http.once('error', reject);
@@ -180,6 +263,7 @@ export function createApp(deps: AppDeps): HubApp {
         });
       }),
     async close() {
+      clearInterval(recheckTimer);
       dispatchSocket.stop();
       const closing = new Promise<void>((resolve) => {
         io.close(() => resolve());

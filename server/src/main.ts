@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 import type { Hono } from 'hono';
-import { createApp, type HubApp } from './app.js';
+import { createApp, type EdgeOptions, type HubApp } from './app.js';
 import { createDeliveriesService } from './deliveries/deliveries.service.js';
 import { createDeliveriesStore, toAssignmentPush } from './deliveries/deliveries.store.js';
 import { createDispatchService } from './dispatch/dispatch.service.js';
@@ -30,6 +30,8 @@ export interface RunningHub {
 export interface HubExtensions {
   /** Public routes; by default the dispatcher map page. */
   publicRoutes?: Hono[];
+  /** Rate limits and token recheck period; production defaults when absent. */
+  edge?: EdgeOptions;
 }
 
 /** The composition root: clients, stores, services, then the app. Nothing connects at import time. */
@@ -111,6 +113,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     deliveries,
     adminRoutes: [createOutboxRoutes({ store: outboxStore })],
     publicRoutes: extensions.publicRoutes ?? [createMapRoutes({ tileUrl: config.MAP_TILE_URL })],
+    edge: extensions.edge,
   });
   const port = await app.listen();
   presence.start();

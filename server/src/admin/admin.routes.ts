@@ -4,6 +4,7 @@ import { createDriverBody, listDeliveriesQuery, mintTokenBody } from '../../../s
 import type { Role } from '../../../shared/src/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import { HubError, validationError } from '../platform/errors.js';
+import { parsePayload } from '../platform/socket-edge.js';
 import type { TokenService } from '../platform/tokens.js';
 import type { DriversStore } from '../presence/drivers.store.js';
 import { z } from 'zod';
@@ -52,22 +53,19 @@ export function createAdminRoutes(deps: AdminDeps) {
   const readers = requireRole(deps, ['admin', 'dispatcher']);
 
   app.post('/admin/drivers', adminOnly, async (c) => {
-    const parsed = createDriverBody.safeParse(await jsonBody(c.req));
-    if (!parsed.success) throw validationError(parsed.error.issues, 'driver');
-    const driver = await deps.drivers.create(parsed.data);
+    const driver = await deps.drivers.create(parsePayload(createDriverBody, await jsonBody(c.req), 'driver'));
     const token = await deps.tokens.issue('driver', driver.id);
     return c.json({ ...driver, token }, 201);
   });
 
   app.post('/admin/tokens', adminOnly, async (c) => {
-    const parsed = mintTokenBody.safeParse(await jsonBody(c.req));
-    if (!parsed.success) throw validationError(parsed.error.issues, 'token request');
-    if (parsed.data.role === 'driver') {
-      if (!uuidParam.safeParse(parsed.data.subject).success || !(await deps.drivers.exists(parsed.data.subject))) {
+    const request = parsePayload(mintTokenBody, await jsonBody(c.req), 'token request');
+    if (request.role === 'driver') {
+      if (!uuidParam.safeParse(request.subject).success || !(await deps.drivers.exists(request.subject))) {
         throw new HubError('NOT_FOUND', 'no driver with this id');
       }
     }
-    return c.json({ token: await deps.tokens.issue(parsed.data.role, parsed.data.subject) });
+    return c.json({ token: await deps.tokens.issue(request.role, request.subject) });
   });
 
   app.get('/admin/drivers', readers, async (c) => c.json({ drivers: await deps.drivers.list() }));

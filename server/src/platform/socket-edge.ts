@@ -7,11 +7,60 @@ import type { Metrics } from './metrics.js';
 
 type AnySocket = Socket<any, any, any, any>;
 
-/** Parses a client payload with its shared schema; a bad one is a VALIDATION_FAILED HubError. */
+/** A UTF-16 half without its other half: not Unicode at all (jsonb refuses it, text would mangle it). */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/** The path of the first string in `value` that PostgreSQL could not store faithfully, or null. */
+export function findUnstorableText(value: unknown, path: PropertyKey[] = []): PropertyKey[] | null {
+  // PostgreSQL text and jsonb cannot hold a NUL.
+  if (typeof value === 'string') return value.includes('\u0000') || LONE_SURROGATE.test(value) ? path : null;
+  if (value === null || typeof value !== 'object') return null;
+  for (const [key, inner] of Object.entries(value)) {
+    const found = findUnstorableText(inner, [...path, key]);
+    if (found) return found;
+  }
+  return null;
+}
+
+/**
+ * Parses a client payload (socket event or HTTP body) with its shared schema; a bad one is a
+ * VALIDATION_FAILED HubError. Text the schemas let through but the database would choke on is
+ * refused here too, so it is a 400 and not a 500 halfway through a transaction.
+ */
 export function parsePayload<S extends z.ZodType>(schema: S, payload: unknown, what: string): z.infer<S> {
   const parsed = schema.safeParse(payload);
   if (!parsed.success) throw validationError(parsed.error.issues, what);
+  // After the schema: only known, bounded fields are left to walk.
+  const bad = findUnstorableText(parsed.data);
+  if (bad) throw validationError([{ path: bad, message: 'text must be valid Unicode without NUL characters' }], what);
   return parsed.data;
+}
+
+export interface EdgeDeps {
+  logger: Logger;
+  metrics: Metrics;
+  /** Consulted before the payload is even parsed: null to go on, else milliseconds until a retry may pass. */
+  limit?: () => Promise<number | null>;
+}
+
+/** Per socket: when its last rate-limit line was written, and how many refusals went unlogged since. */
+const rateLimitLog = new WeakMap<AnySocket, { until: number; suppressed: number }>();
+
+function noteRateLimited(socket: AnySocket, event: string, retryAfterMs: number, deps: EdgeDeps): void {
+  deps.metrics.rateLimited.inc({ event });
+  // A flood must not turn into a log flood: one line per socket per window.
+  const now = Date.now();
+  const entry = rateLimitLog.get(socket);
+  if (entry && now < entry.until) {
+    entry.suppressed += 1;
+    return;
+  }
+  deps.logger.warn({ event, retryAfterMs, refusedSinceLastLine: entry?.suppressed ?? 0 }, 'socket rate limited');
+  rateLimitLog.set(socket, { until: now + Math.max(retryAfterMs, 1000), suppressed: 0 });
+}
+
+export function rateLimitedBody(what: string, retryAfterMs: number) {
+  return { code: 'RATE_LIMITED' as const, message: `too many ${what}; retry in ${retryAfterMs} ms`, details: { retryAfterMs } };
 }
 
 /**
@@ -21,13 +70,22 @@ export function parsePayload<S extends z.ZodType>(schema: S, payload: unknown, w
 export function onEvent<T extends object>(
   socket: AnySocket,
   event: string,
-  deps: { logger: Logger; metrics: Metrics },
+  deps: EdgeDeps,
   handler: (payload: unknown) => Promise<T> | T,
 ): void {
   socket.on(event, async (...args: unknown[]) => {
     const last = args[args.length - 1];
     const ack = typeof last === 'function' ? (last as (reply: AckReply<T>) => void) : undefined;
     const payload = ack ? args.slice(0, -1)[0] : args[0];
+    if (deps.limit) {
+      // A limiter that breaks lets the event through rather than locking drivers out.
+      const retryAfterMs = await deps.limit().catch(() => null);
+      if (retryAfterMs !== null) {
+        noteRateLimited(socket, event, retryAfterMs, deps);
+        ack?.({ ok: false, error: rateLimitedBody(`${event} events`, retryAfterMs) });
+        return;
+      }
+    }
     try {
       const result = await handler(payload);
       ack?.({ ok: true, ...result });
@@ -40,6 +98,22 @@ export function onEvent<T extends object>(
         'socket event refused',
       );
       ack?.({ ok: false, error: hubError.toBody() });
+    }
+  });
+}
+
+/**
+ * Events a namespace does not handle get a FORBIDDEN ack instead of silence (a dispatcher sending
+ * `location` learns at once that it may not). Counted, not logged: unknown events cost nothing else.
+ */
+export function refuseOtherEvents(socket: AnySocket, known: readonly string[], deps: { metrics: Metrics }): void {
+  const allowed = new Set(known);
+  socket.onAny((event: unknown, ...args: unknown[]) => {
+    if (typeof event === 'string' && allowed.has(event)) return;
+    deps.metrics.inputRejected.inc({ event: 'unknown', code: 'FORBIDDEN' });
+    const last = args[args.length - 1];
+    if (typeof last === 'function') {
+      (last as (reply: AckReply) => void)({ ok: false, error: { code: 'FORBIDDEN', message: `${socket.nsp.name} does not accept this event` } });
     }
   });
 }

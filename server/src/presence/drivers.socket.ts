@@ -6,7 +6,8 @@ import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
-import { onEvent, parsePayload } from '../platform/socket-edge.js';
+import { createLogThrottle, type RateLimits } from '../platform/rate-limits.js';
+import { onEvent, parsePayload, rateLimitedBody, refuseOtherEvents } from '../platform/socket-edge.js';
 import type { PresenceService } from './presence.service.js';
 
 export type DriversNamespace = Namespace<DriverClientEvents, DriverServerEvents, Record<string, never>, SocketData>;
@@ -16,9 +17,10 @@ export const driverRoom = (driverId: string) => `driver:${driverId}`;
 /** The `/drivers` namespace: identity comes from the verified token only, never from a payload. */
 export function attachDriversNamespace(
   nsp: DriversNamespace,
-  deps: { presence: PresenceService; deliveries: DeliveriesService; events: HubEvents; logger: Logger; metrics: Metrics },
+  deps: { presence: PresenceService; deliveries: DeliveriesService; events: HubEvents; logger: Logger; metrics: Metrics; limits: RateLimits },
 ): void {
-  const { presence, deliveries, events, metrics } = deps;
+  const { presence, deliveries, events, metrics, limits } = deps;
+  const connectLog = createLogThrottle();
 
   // Pushes go to the driver's room; the Redis adapter reaches whichever node holds the socket.
   events.on('delivery:assigned', ({ driverId, assignment }) => nsp.to(driverRoom(driverId)).emit('assignment', assignment));
@@ -31,23 +33,38 @@ export function attachDriversNamespace(
     next();
   });
 
+  // Per driver, not per address: the newest connection wins anyway, so this only caps how often it may win.
+  nsp.use(async (socket, next) => {
+    const driverId = socket.data.subject;
+    const retryAfterMs = await limits.consume('driverConnect', driverId);
+    if (retryAfterMs === null) return next();
+    metrics.rateLimited.inc({ event: 'connect' });
+    const skipped = connectLog.take(driverId, retryAfterMs);
+    if (skipped !== null) deps.logger.warn({ driver: driverId, retryAfterMs, refusedSinceLastLine: skipped }, 'driver handshake rate limited');
+    next(Object.assign(new Error('RATE_LIMITED'), { data: rateLimitedBody('connections for this driver', retryAfterMs) }));
+  });
+
   nsp.on('connection', async (socket) => {
     const driverId = socket.data.subject;
     const log = deps.logger.child({ socket: socket.id, driver: driverId });
     metrics.socketsConnected.inc({ namespace: '/drivers' });
     const edge = { logger: log, metrics };
+    // Budgets are per driver (the token's subject), so they hold across reconnects and across nodes.
+    const locationEdge = { ...edge, limit: () => limits.consume('location', driverId) };
+    const actionEdge = { ...edge, limit: () => limits.consume('driverAction', driverId) };
     // Handlers are registered before any await so no early event is lost.
-    onEvent(socket, 'location', edge, (payload) => {
+    refuseOtherEvents(socket, ['location', 'status', 'delivery:update'], edge);
+    onEvent(socket, 'location', locationEdge, (payload) => {
       const parsed = parsePayload(locationPayload, payload, 'location');
       const fixes = Array.isArray(parsed) ? parsed : [parsed];
       presence.acceptFixes(driverId, fixes);
       return { accepted: fixes.length };
     });
-    onEvent(socket, 'status', edge, async (payload) => {
+    onEvent(socket, 'status', actionEdge, async (payload) => {
       const { status } = parsePayload(driverStatusPayload, payload, 'status');
       return { status: await presence.setDuty(driverId, status) };
     });
-    onEvent(socket, 'delivery:update', edge, async (payload) => {
+    onEvent(socket, 'delivery:update', actionEdge, async (payload) => {
       const update = parsePayload(deliveryUpdatePayload, payload, 'delivery update');
       return { delivery: await deliveries.updateFromDriver(driverId, update) };
     });

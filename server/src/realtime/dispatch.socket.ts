@@ -5,7 +5,8 @@ import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
-import { onEvent, parsePayload } from '../platform/socket-edge.js';
+import type { RateLimits } from '../platform/rate-limits.js';
+import { onEvent, parsePayload, refuseOtherEvents } from '../platform/socket-edge.js';
 import type { DriversStore } from '../presence/drivers.store.js';
 import type { PresenceService } from '../presence/presence.service.js';
 
@@ -40,6 +41,7 @@ export function attachDispatchNamespace(
     tickMs: number;
     /** True when the Redis adapter links this node to others. */
     clustered: boolean;
+    limits: RateLimits;
   },
 ): { stop(): void } {
   const { events, metrics } = deps;
@@ -78,7 +80,10 @@ export function attachDispatchNamespace(
     const socketLog = log.child({ socket: socket.id, dispatcher: socket.data.subject });
     metrics.socketsConnected.inc({ namespace: '/dispatch' });
     socket.on('disconnect', () => metrics.socketsConnected.dec({ namespace: '/dispatch' }));
-    onEvent(socket, 'viewport', { logger: socketLog, metrics }, (payload) => {
+    refuseOtherEvents(socket, ['viewport'], { metrics });
+    // Per socket: each map window has its own viewport, so each gets its own budget.
+    const limit = () => deps.limits.consume('viewport', socket.id);
+    onEvent(socket, 'viewport', { logger: socketLog, metrics, limit }, (payload) => {
       const viewport = parsePayload(viewportPayload, payload, 'viewport');
       socket.data.viewport = viewport ?? undefined;
       return {};

@@ -3,9 +3,10 @@ import { sellerOrderCancelled, sellerOrderReady } from '../../../shared/src/sche
 import { verifyWebhook } from '../../../shared/src/webhooks.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { DispatchService } from '../dispatch/dispatch.service.js';
-import { HubError, validationError } from '../platform/errors.js';
+import { HubError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
+import { parsePayload } from '../platform/socket-edge.js';
 
 export interface WebhookDeps {
   dispatch: DispatchService;
@@ -23,7 +24,8 @@ export function createWebhookRoutes(deps: WebhookDeps) {
     if (deps.secrets.length === 0) {
       throw new HubError('SERVICE_UNAVAILABLE', 'WEBHOOK_SECRET is not configured on this hub');
     }
-    const body = await c.req.raw.text();
+    // The signature covers the bytes as sent; decoding first would drop a BOM or mend bad UTF-8 and break it.
+    const body = new Uint8Array(await c.req.raw.arrayBuffer());
     const verdict = verifyWebhook(deps.secrets, {
       id: c.req.header('webhook-id'),
       timestamp: c.req.header('webhook-timestamp'),
@@ -35,24 +37,22 @@ export function createWebhookRoutes(deps: WebhookDeps) {
       throw new HubError('INVALID_SIGNATURE', `webhook signature rejected: ${verdict.reason}`);
     }
     try {
-      return JSON.parse(body);
+      return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body));
     } catch {
-      throw new HubError('VALIDATION_FAILED', 'body is not valid JSON');
+      throw new HubError('VALIDATION_FAILED', 'body is not valid UTF-8 JSON');
     }
   }
 
   app.post('/events/seller-order-ready', async (c) => {
-    const parsed = sellerOrderReady.safeParse(await verifiedJson(c, 'seller-order-ready'));
-    if (!parsed.success) throw validationError(parsed.error.issues, 'seller order');
-    const reply = await deps.dispatch.orderReady(parsed.data);
+    const order = parsePayload(sellerOrderReady, await verifiedJson(c, 'seller-order-ready'), 'seller order');
+    const reply = await deps.dispatch.orderReady(order);
     deps.metrics.webhookRequests.inc({ event: 'seller-order-ready', outcome: reply.idempotent ? 'retry' : reply.status });
     return c.json(reply, reply.status === 'PENDING' ? 202 : 200);
   });
 
   app.post('/events/seller-order-cancelled', async (c) => {
-    const parsed = sellerOrderCancelled.safeParse(await verifiedJson(c, 'seller-order-cancelled'));
-    if (!parsed.success) throw validationError(parsed.error.issues, 'cancellation');
-    const { delivery, idempotent } = await deps.deliveries.cancel(parsed.data.sellerOrderId, parsed.data.reason);
+    const cancellation = parsePayload(sellerOrderCancelled, await verifiedJson(c, 'seller-order-cancelled'), 'cancellation');
+    const { delivery, idempotent } = await deps.deliveries.cancel(cancellation.sellerOrderId, cancellation.reason);
     deps.metrics.webhookRequests.inc({ event: 'seller-order-cancelled', outcome: idempotent ? 'retry' : 'CANCELLED' });
     return c.json({ status: delivery.status, deliveryId: delivery.id, sellerOrderId: delivery.sellerOrderId, idempotent });
   });

@@ -1,0 +1,120 @@
+import type { Redis } from 'ioredis';
+import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
+import type { CircuitBreaker } from './redis.js';
+
+export interface RateRule {
+  points: number;
+  /** Window length in whole seconds (the Redis limiter works in seconds). */
+  seconds: number;
+  /**
+   * `node`: counted in this process only, where every event of the key arrives at one node anyway;
+   * `cluster`: counted in Redis so the budget holds across nodes.
+   */
+  scope: 'node' | 'cluster';
+}
+
+/**
+ * Constants rather than environment knobs: nobody has needed to turn them yet, and every new
+ * variable is part of the public configuration contract. createApp takes overrides (tests do).
+ */
+export const DEFAULT_RATE_LIMITS = {
+  /** Per driver. Apps ping every 1 to 5 s; 40 per 2 s leaves room for a reconnect flush, not for a loop. */
+  // A driver has one live socket in the whole cluster (the newest connection wins), so all its pings
+  // reach one node: counting them there is exact, and spares the hot path a Redis call per ping.
+  location: { points: 40, seconds: 2, scope: 'node' },
+  /** Per driver, `status` and `delivery:update` together: a person taps these; 10/s is generous. */
+  driverAction: { points: 20, seconds: 2, scope: 'cluster' },
+  /** Per dispatcher socket: a map pans a few times a second at most. */
+  viewport: { points: 20, seconds: 2, scope: 'node' },
+  /** Per driver handshakes: a reconnect storm (a buggy app in a loop, a stolen token) is refused at the door. */
+  driverConnect: { points: 10, seconds: 10, scope: 'cluster' },
+} as const satisfies Record<string, RateRule>;
+
+export type RateLimitName = keyof typeof DEFAULT_RATE_LIMITS;
+export type RateLimitRules = Partial<Record<RateLimitName, Omit<RateRule, 'scope'> & { scope?: RateRule['scope'] }>>;
+
+export interface RateLimits {
+  /** Takes one point from `key`'s budget: null when allowed, else the milliseconds until it may retry. */
+  consume(name: RateLimitName, key: string): Promise<number | null>;
+}
+
+interface Pair {
+  memory: RateLimiterMemory;
+  shared: RateLimiterRedis | null;
+}
+
+/**
+ * Limits that hold across nodes (counted in Redis under the hub's prefix) and fall back to this
+ * process's memory while Redis is away: a flood is then limited per node instead of per cluster,
+ * which is weaker but never lets an outage open the gates or refuse honest drivers.
+ */
+export function createRateLimits(opts: { redis: Redis | null; breaker?: CircuitBreaker; prefix: string; rules?: RateLimitRules }): RateLimits {
+  const pairs = {} as Record<RateLimitName, Pair>;
+  for (const name of Object.keys(DEFAULT_RATE_LIMITS) as RateLimitName[]) {
+    const { points, seconds } = opts.rules?.[name] ?? DEFAULT_RATE_LIMITS[name];
+    const scope = opts.rules?.[name]?.scope ?? DEFAULT_RATE_LIMITS[name].scope;
+    const keyPrefix = `${opts.prefix}rl:${name}`;
+    const memory = new RateLimiterMemory({ keyPrefix, points, duration: seconds });
+    const shared =
+      opts.redis && scope === 'cluster'
+      ? new RateLimiterRedis({
+          storeClient: opts.redis,
+          keyPrefix,
+          points,
+          duration: seconds,
+          // A key over its budget is refused from memory until its window ends: a flood costs no Redis calls.
+          inMemoryBlockOnConsumed: points,
+          rejectIfRedisNotReady: true,
+          insuranceLimiter: memory,
+        })
+      : null;
+    pairs[name] = { memory, shared };
+  }
+
+  return {
+    async consume(name, key) {
+      const { memory, shared } = pairs[name];
+      // With the circuit open Redis is known to be away: do not wait for a command timeout per event.
+      const limiter = shared && opts.breaker?.state !== 'open' ? shared : memory;
+      try {
+        await limiter.consume(key);
+        return null;
+      } catch (err) {
+        if (err instanceof RateLimiterRes) return Math.max(1, Math.ceil(err.msBeforeNext));
+        // Only reachable if the memory limiter itself broke: a broken limiter must not lock drivers out.
+        return null;
+      }
+    },
+  };
+}
+
+/**
+ * At most one log line per key per window, however many refusals happen in between; the skipped
+ * ones are counted and reported with the next line (metrics count every one).
+ */
+export function createLogThrottle(maxKeys = 10_000) {
+  const entries = new Map<string, { until: number; suppressed: number }>();
+  return {
+    /** Returns the number of refusals skipped since the last line when this one should be logged, else null. */
+    take(key: string, windowMs: number, now = Date.now()): number | null {
+      const entry = entries.get(key);
+      if (entry && now < entry.until) {
+        entry.suppressed += 1;
+        return null;
+      }
+      const suppressed = entry?.suppressed ?? 0;
+      if (!entry && entries.size >= maxKeys) {
+        for (const [k, e] of entries) if (now >= e.until) entries.delete(k);
+        // Still full of live windows: drop the oldest rather than grow without bound.
+        if (entries.size >= maxKeys) entries.delete(entries.keys().next().value as string);
+      }
+      entries.set(key, { until: now + Math.max(windowMs, 1000), suppressed: 0 });
+      return suppressed;
+    },
+    forget(key: string): void {
+      entries.delete(key);
+    },
+  };
+}
+
+export type LogThrottle = ReturnType<typeof createLogThrottle>;
