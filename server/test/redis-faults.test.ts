@@ -149,6 +149,19 @@ describe('redis down, slow or wiped', () => {
     await checkInvariants(4);
   });
 
+  it('when Redis drifts from PostgreSQL (an entry lost, a BUSY driver in GEO), then the reconcile pass puts it right', async () => {
+    const replies = await sendOrders(1);
+    const busyId = replies[0].body.driverId;
+    const freeId = drivers.find((d) => d.id !== busyId)!.id;
+    await direct.geoadd(`${prefix}drivers:geo`, PLACE.lng, PLACE.lat, busyId);
+    await direct.hdel(`${prefix}drivers:status`, freeId);
+    await direct.zrem(`${prefix}drivers:geo`, freeId);
+    await eventually(async () => (await direct.geopos(`${prefix}drivers:geo`, busyId))[0] === null, 'busy driver out of geo', 10_000);
+    await eventually(async () => (await direct.hget(`${prefix}drivers:status`, freeId)) === 'AVAILABLE', 'free driver status back', 10_000);
+    await eventually(async () => (await direct.geopos(`${prefix}drivers:geo`, freeId))[0] !== null, 'free driver back in geo', 10_000);
+    await checkInvariants(1);
+  });
+
   it.skipIf(!hasSharedPostgres())('when Redis restarts empty, then cross-node broadcasts and pushes work again', async () => {
     const other = await startTestHub({ ...hub.config, NODE_ID: 'other-node' });
     try {

@@ -65,11 +65,11 @@ export function createDispatchService(deps: DispatchDeps) {
   let timer: NodeJS.Timeout | undefined;
 
   /** Nearest free drivers: Redis GEO when it answers, PostgreSQL's last known positions when not. */
-  async function candidatesNear(point: { lat: number; lng: number }) {
+  async function candidatesNear(point: { lat: number; lng: number }, count = CANDIDATES) {
     if (presenceStore && presence.redisUsable()) {
       try {
         for (const radius of radii) {
-          const found = await presenceStore.nearest(point, radius, CANDIDATES);
+          const found = await presenceStore.nearest(point, radius, count);
           if (found.length > 0) return { source: 'redis' as const, candidates: found };
         }
         return { source: 'redis' as const, candidates: [] };
@@ -77,7 +77,7 @@ export function createDispatchService(deps: DispatchDeps) {
         log.warn({ err: (err as Error).message }, 'redis search failed; using postgres');
       }
     }
-    const candidates = await drivers.nearestAvailable(point, deps.config.maxRadiusKm * 1000, CANDIDATES, deps.config.heartbeatTtlSeconds);
+    const candidates = await drivers.nearestAvailable(point, deps.config.maxRadiusKm * 1000, count, deps.config.heartbeatTtlSeconds);
     return { source: 'postgres' as const, candidates };
   }
 
@@ -126,11 +126,18 @@ export function createDispatchService(deps: DispatchDeps) {
       if (existing) return answerRetry(existing, order);
 
       const { source, candidates } = await candidatesNear(order.pickup);
-      const result = await deliveries.createAndAssign(order, candidates);
+      let result = await deliveries.createAndAssign(order, candidates);
       if (!result) {
         const twin = await deliveries.findBySellerOrderId(order.sellerOrderId);
         if (!twin) throw new HubError('INTERNAL', 'delivery vanished');
         return answerRetry(twin, order);
+      }
+      if (!result.chosen && candidates.length >= CANDIDATES) {
+        // Every proposed driver was claimed by a concurrent order: look further before calling it PENDING.
+        const tried = new Set(candidates.map((c) => c.driverId));
+        const wider = (await candidatesNear(order.pickup, CANDIDATES * 6)).candidates.filter((c) => !tried.has(c.driverId));
+        const second = wider.length > 0 ? await deliveries.assignPending(result.delivery.id, wider) : null;
+        if (second) result = second;
       }
       await announce(result.delivery, result.chosen ? 'PENDING' : null);
       if (result.chosen) {

@@ -181,12 +181,12 @@ export function createDriversStore(database: Database) {
       return rows.map((r) => ({ driverId: r.id, distanceMeters: Number(r.distance) }));
     },
 
-    /** Drivers among `ids` whose status is not AVAILABLE (to take them out of the GEO set). */
-    async notAvailableAmong(ids: readonly string[]): Promise<DriverPresenceRow[]> {
+    /** Current presence of the given drivers (missing ids are not returned). */
+    async presenceOf(ids: readonly string[]): Promise<DriverPresenceRow[]> {
       if (ids.length === 0) return [];
       return database.rows<DriverPresenceRow>(sql`
         select id, status, lat, lng from drivers
-        where status <> 'AVAILABLE' and id in (select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb)::uuid)`);
+        where id in (select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb)::uuid)`);
     },
 
     /** Everyone the hub thinks is live, to rebuild Redis. */

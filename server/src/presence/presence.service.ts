@@ -39,6 +39,7 @@ export function createPresenceService(deps: PresenceDeps) {
   let moved = new Map<string, DriverMoved>();
   const timers: NodeJS.Timeout[] = [];
   let redisLost = false;
+  let reconcileSoon = false;
   let flushing: Promise<void> = Promise.resolve();
   /** Disconnect bookkeeping still running; shutdown waits for it before closing PostgreSQL. */
   const inflight = new Set<Promise<unknown>>();
@@ -51,14 +52,22 @@ export function createPresenceService(deps: PresenceDeps) {
     return presence !== null && presence.healthy && !redisLost;
   }
 
-  /** Redis writes that may fail: PostgreSQL already holds the truth, and a rebuild repairs Redis. */
+  /**
+   * A Redis write failed. PostgreSQL already holds the truth: a Redis that went away is rebuilt
+   * when it returns; a passing failure (one timeout) only needs the next reconcile pass.
+   */
+  function redisWriteFailed(what: string, err: unknown): void {
+    if (presence?.healthy) reconcileSoon = true;
+    else redisLost = true;
+    log.debug({ what, err: (err as Error).message }, 'redis write skipped');
+  }
+
   async function bestEffort(what: string, call: () => Promise<unknown>): Promise<void> {
     if (!presence) return;
     try {
       await call();
     } catch (err) {
-      redisLost = true;
-      log.debug({ what, err: (err as Error).message }, 'redis write skipped');
+      redisWriteFailed(what, err);
     }
   }
 
@@ -79,8 +88,7 @@ export function createPresenceService(deps: PresenceDeps) {
         statuses = await presence!.writeFixes(batch);
         metrics.geoWrites.inc();
       } catch (err) {
-        redisLost = true;
-        log.debug({ err: (err as Error).message, fixes: batch.length }, 'geo batch skipped');
+        redisWriteFailed('geo batch', err);
       }
     }
     batch.forEach((p, i) => {
@@ -121,17 +129,33 @@ export function createPresenceService(deps: PresenceDeps) {
   }
 
   /**
-   * Self-healing for races between a rebuild and a claim: any GEO member PostgreSQL does not call
-   * AVAILABLE leaves the set. A stale member can only cost a refused claim, never a double one.
+   * Self-healing, both ways: Redis entries that disagree with PostgreSQL are put right (a write
+   * skipped during a Redis hiccup, a rebuild racing a status change). Mismatches are read again
+   * from PostgreSQL just before the fix, so a change made meanwhile is not overwritten with an old
+   * read. A stale GEO member can at worst cost a refused claim, never a double assignment.
    */
-  async function reconcileGeo(): Promise<void> {
+  async function reconcile(): Promise<void> {
     if (!redisUsable()) return;
-    const members = await presence!.geoMembers();
-    for (let i = 0; i < members.length; i += 5000) {
-      for (const row of await drivers.notAvailableAmong(members.slice(i, i + 5000))) {
-        await bestEffort('reconcile', () => presence!.setStatus(row.id, row.status));
+    const [live, statuses, members] = await Promise.all([drivers.live(), presence!.statuses(), presence!.geoMembers()]);
+    const liveById = new Map(live.map((row) => [row.id, row]));
+    const inGeo = new Set(members);
+    const suspects = new Set<string>();
+    for (const row of live) {
+      const geoRight = row.status === 'AVAILABLE' ? inGeo.has(row.id) || row.lat === null : !inGeo.has(row.id);
+      if (statuses[row.id] !== row.status || !geoRight) suspects.add(row.id);
+    }
+    for (const [id, status] of Object.entries(statuses)) if (status !== 'OFFLINE' && !liveById.has(id)) suspects.add(id);
+    for (const id of members) if (liveById.get(id)?.status !== 'AVAILABLE') suspects.add(id);
+    if (suspects.size === 0) return;
+    const ids = [...suspects];
+    for (let i = 0; i < ids.length; i += 5000) {
+      for (const row of await drivers.presenceOf(ids.slice(i, i + 5000))) {
+        if (row.status !== (liveById.get(row.id)?.status ?? 'OFFLINE')) continue; // changed since: its own write wins
+        const position = row.lat !== null && row.lng !== null ? { lat: row.lat, lng: row.lng } : null;
+        await bestEffort('reconcile', () => presence!.setStatus(row.id, row.status, { position }));
       }
     }
+    log.info({ fixed: suspects.size }, 'redis presence reconciled with postgres');
   }
 
   /** Rebuilds Redis from PostgreSQL after it came back (possibly empty) or lost our keys. */
@@ -144,7 +168,13 @@ export function createPresenceService(deps: PresenceDeps) {
     }
     try {
       const needed = redisLost || !(await presence.hasPicture());
-      if (!needed) return;
+      if (!needed) {
+        if (reconcileSoon) {
+          reconcileSoon = false;
+          await reconcile();
+        }
+        return;
+      }
       if (!(await presence.tryRebuildLock(5000))) {
         // Another node is rebuilding right now.
         redisLost = false;
@@ -155,8 +185,8 @@ export function createPresenceService(deps: PresenceDeps) {
       redisLost = false;
       metrics.redisRebuilds.inc();
       log.info({ drivers: live.length }, 'redis presence rebuilt from postgres');
-      // Claims that landed between the read and the rebuild: put them right at once.
-      await reconcileGeo();
+      // Changes that landed between the read and the rebuild: put them right at once.
+      await reconcile();
     } catch (err) {
       redisLost = true;
       throw err;
@@ -186,7 +216,7 @@ export function createPresenceService(deps: PresenceDeps) {
       every(Math.max(200, ttlMs / 3), keepLocalAlive, 'heartbeat');
       every(Math.max(200, ttlMs / 3), sweep, 'sweep');
       every(1000, () => repairRedis(), 'repair');
-      every(5000, reconcileGeo, 'reconcile');
+      every(5000, reconcile, 'reconcile');
       if (presence?.available) repairRedis().catch(() => {});
     },
 
@@ -282,7 +312,7 @@ export function createPresenceService(deps: PresenceDeps) {
       await flushing;
     },
     repairRedis,
-    reconcileGeo,
+    reconcile,
     sweep,
   };
 }
