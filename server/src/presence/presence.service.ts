@@ -45,11 +45,11 @@ export function createPresenceService(deps: PresenceDeps) {
   const inflight = new Set<Promise<unknown>>();
 
   function redisUsable(): boolean {
-    return presence !== null && presence.available;
+    return presence?.available === true;
   }
 
   function redisHealthy(): boolean {
-    return presence !== null && presence.healthy && !redisLost;
+    return presence?.healthy === true && !redisLost;
   }
 
   /**

@@ -41,11 +41,18 @@ export class TcpProxy {
 
   set(mode: 'pass' | 'blackhole' | 'refuse'): void {
     this.mode = mode;
-    if (mode === 'refuse') for (const [a, b] of this.pairs) (a.destroy(), b.destroy());
+    if (mode === 'refuse') this.cutAll();
+  }
+
+  private cutAll(): void {
+    for (const [a, b] of this.pairs) {
+      a.destroy();
+      b.destroy();
+    }
   }
 
   async stop(): Promise<void> {
-    for (const [a, b] of this.pairs) (a.destroy(), b.destroy());
+    this.cutAll();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 }
