@@ -2,7 +2,6 @@ import type { Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createAdaptorServer } from '@hono/node-server';
 import { createAdapter } from '@socket.io/redis-adapter';
-import { inArray } from 'drizzle-orm';
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { requestId } from 'hono/request-id';
@@ -18,7 +17,6 @@ import type { Logger } from './platform/logger.js';
 import type { Metrics } from './platform/metrics.js';
 import { createRateLimits, type RateLimitRules } from './platform/rate-limits.js';
 import type { RedisClients } from './platform/redis.js';
-import { drivers as driversTable } from './platform/schema.js';
 import type { TokenService } from './platform/tokens.js';
 import type { DriversStore } from './presence/drivers.store.js';
 import { attachDriversNamespace, type DriversNamespace } from './presence/drivers.socket.js';
@@ -119,7 +117,7 @@ export function createApp(deps: AppDeps): HubApp {
   hono.get('/metrics', async (c) => c.text(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType }));
 
   hono.route('/', createWebhookRoutes({ dispatch: deps.dispatch, deliveries: deps.deliveries, secrets: config.WEBHOOK_SECRETS, logger, metrics }));
-  hono.route('/', createAdminRoutes({ adminToken: config.ADMIN_TOKEN, tokens: deps.tokens, drivers: deps.drivers, deliveries: deps.deliveries }));
+  hono.route('/', createAdminRoutes({ adminToken: config.ADMIN_TOKEN, tokens: deps.tokens, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events }));
   for (const routes of deps.adminRoutes ?? []) {
     const guarded = new Hono();
     guarded.use('/admin/*', requireRole({ adminToken: config.ADMIN_TOKEN, tokens: deps.tokens }, ['admin']));
@@ -164,7 +162,7 @@ export function createApp(deps: AppDeps): HubApp {
     try {
       if (socket.handshake.query?.token !== undefined) throw new HubError('TOKEN_INVALID', 'tokens are accepted in the handshake auth only');
       const claims = await deps.tokens.verify((socket.handshake.auth as { token?: unknown } | undefined)?.token);
-      socket.data = { role: claims.role, subject: claims.subject, tokenExpiresAt: claims.expiresAt };
+      socket.data = { role: claims.role, subject: claims.subject, tokenExpiresAt: claims.expiresAt, tokenVersion: claims.version };
       next();
     } catch (err) {
       const hubError = toHubError(err);
@@ -184,7 +182,7 @@ export function createApp(deps: AppDeps): HubApp {
     prefix: config.REDIS_PREFIX,
     rules: deps.edge?.rateLimits,
   });
-  attachDriversNamespace(driversNsp, { presence: deps.presence, deliveries: deps.deliveries, events: deps.events, logger, metrics, limits });
+  attachDriversNamespace(driversNsp, { presence: deps.presence, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events, logger, metrics, limits });
   const dispatchSocket = attachDispatchNamespace(dispatchNsp, {
     presence: deps.presence,
     drivers: deps.drivers,
@@ -199,8 +197,8 @@ export function createApp(deps: AppDeps): HubApp {
 
   /**
    * A handshake checks the token once, but a driver socket can live for days: each node looks at its
-   * own sockets again now and then. Tokens carry no version, so bumping drivers.token_version does
-   * not revoke them yet; deleting the driver does.
+   * own sockets again now and then, and closes those whose token expired, was revoked (the driver's
+   * token version moved on) or names a driver that no longer exists.
    */
   async function recheckSockets(): Promise<number> {
     const now = Date.now();
@@ -212,26 +210,16 @@ export function createApp(deps: AppDeps): HubApp {
     };
     const expired = (data: { tokenExpiresAt: number | null }) => data.tokenExpiresAt !== null && data.tokenExpiresAt <= now;
     for (const socket of dispatchNsp.sockets.values()) if (expired(socket.data)) refuse(socket, 'TOKEN_EXPIRED');
-    const byDriver = new Map<string, Parameters<typeof refuse>[0][]>();
-    for (const socket of driversNsp.sockets.values()) {
-      if (expired(socket.data)) refuse(socket, 'TOKEN_EXPIRED');
-      else byDriver.set(socket.data.subject, [...(byDriver.get(socket.data.subject) ?? []), socket]);
-    }
-    // A subject that is not a uuid cannot name a driver row (and would break the query for everyone).
-    const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-    for (const [id, sockets] of byDriver) {
-      if (UUID.test(id)) continue;
-      for (const socket of sockets) refuse(socket, 'DRIVER_REMOVED');
-      byDriver.delete(id);
-    }
-    const ids = [...byDriver.keys()];
-    for (let i = 0; i < ids.length; i += 1000) {
-      const chunk = ids.slice(i, i + 1000);
-      const found = await database.db.select({ id: driversTable.id }).from(driversTable).where(inArray(driversTable.id, chunk));
-      const alive = new Set(found.map((r) => r.id));
-      for (const id of chunk) {
-        if (!alive.has(id)) for (const socket of byDriver.get(id) ?? []) refuse(socket, 'DRIVER_REMOVED');
-      }
+    const live = [...driversNsp.sockets.values()].filter((socket) => {
+      if (!expired(socket.data)) return true;
+      refuse(socket, 'TOKEN_EXPIRED');
+      return false;
+    });
+    const versions = await deps.drivers.tokenVersions([...new Set(live.map((socket) => socket.data.subject))]);
+    for (const socket of live) {
+      const current = versions.get(socket.data.subject);
+      if (current === undefined) refuse(socket, 'DRIVER_REMOVED');
+      else if ((socket.data.tokenVersion ?? 0) !== current) refuse(socket, 'TOKEN_REVOKED');
     }
     return closed;
   }

@@ -145,7 +145,7 @@ describe('roles and identity come from the token', () => {
     const dispatcher = await dispatcherToken(hub);
     const otherKey = new TextEncoder().encode('another-secret-another-secret-another-secret');
     const foreignAdmin = await new SignJWT({ role: 'admin' }).setProtectedHeader({ alg: 'HS256' }).setSubject('x').setExpirationTime('1h').sign(otherKey);
-    const expiredDispatcher = await tokens.issue('dispatcher', 'late', -60);
+    const expiredDispatcher = await tokens.issue('dispatcher', 'late', { ttlSeconds: -60 });
     const routes: { method: string; path: string; body?: unknown; dispatcherMay: boolean }[] = [
       { method: 'POST', path: '/admin/drivers', body: { name: 'Sneaky' }, dispatcherMay: false },
       { method: 'POST', path: '/admin/tokens', body: { role: 'dispatcher', subject: 'me' }, dispatcherMay: false },
@@ -281,8 +281,8 @@ describe('long-lived sockets are checked again', () => {
 
   it('when a driver or dispatcher token expires while its socket is open, then the socket is closed and cannot come back with it', async () => {
     const { id } = await createDriver(hub, 'Expiring');
-    const driverToken = await tokens.issue('driver', id, 2);
-    const dispatcher = await tokens.issue('dispatcher', 'short-shift', 2);
+    const driverToken = await tokens.issue('driver', id, { ttlSeconds: 2 });
+    const dispatcher = await tokens.issue('dispatcher', 'short-shift', { ttlSeconds: 2 });
     const driver = await connectDriver(hub, driverToken);
     const map = await connectDispatcher(hub, dispatcher);
     const started = Date.now();
@@ -314,6 +314,22 @@ describe('long-lived sockets are checked again', () => {
     }
     expect(await gone).toBe('io server disconnect');
     expect((await fetch(`${hub.url}/health`)).status).toBe(200);
+  });
+
+  it('when the admin revokes the tokens of a driver, then its open socket closes, the old token is refused, and the new one works', async () => {
+    const { id, token } = await createDriver(hub, 'Stolen phone');
+    const driver = await connectDriver(hub, token);
+    const gone = closed(driver.socket);
+    expect((await api(hub, 'POST', `/admin/drivers/${id}/revoke-tokens`)).status).toBe(200);
+    expect(await gone).toBe('io server disconnect');
+    const refused = await connectError(connectSocket(hub, '/drivers', { token }));
+    expect(refused.data).toMatchObject({ code: 'TOKEN_INVALID', message: 'token revoked' });
+    const fresh = (await api(hub, 'POST', '/admin/tokens', { role: 'driver', subject: id })).body.token;
+    const again = await connectDriver(hub, fresh);
+    expect(again.session.driverId).toBe(id);
+    again.close();
+    expect((await api(hub, 'POST', '/admin/drivers/00000000-0000-4000-8000-000000000000/revoke-tokens')).status).toBe(404);
+    expect((await api(hub, 'POST', `/admin/drivers/${id}/revoke-tokens`, undefined, null)).status).toBe(401);
   });
 });
 
@@ -534,7 +550,7 @@ describe('logs', () => {
     secrets.add(driver.token);
     const dispatcher = await dispatcherToken(hub);
     secrets.add(dispatcher);
-    const expired = await tokens.issue('driver', driver.id, -10);
+    const expired = await tokens.issue('driver', driver.id, { ttlSeconds: -10 });
     const forged = `${driver.token.slice(0, -4)}AAAA`;
     secrets.add(expired).add(forged);
 

@@ -55,4 +55,5 @@ export interface SocketData {
   role: Role;
   subject: string;
   tokenExpiresAt: number | null;
+  tokenVersion: number | null;
 }

@@ -5,11 +5,13 @@ import type { Role } from '../../../shared/src/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import { HubError, validationError } from '../platform/errors.js';
 import { parsePayload } from '../platform/socket-edge.js';
+import type { HubEvents } from '../platform/hub-events.js';
 import type { TokenService } from '../platform/tokens.js';
 import type { DriversStore } from '../presence/drivers.store.js';
 import { z } from 'zod';
 
 export interface AdminDeps {
+  events: HubEvents;
   adminToken: string;
   tokens: TokenService;
   drivers: DriversStore;
@@ -53,19 +55,28 @@ export function createAdminRoutes(deps: AdminDeps) {
   const readers = requireRole(deps, ['admin', 'dispatcher']);
 
   app.post('/admin/drivers', adminOnly, async (c) => {
-    const driver = await deps.drivers.create(parsePayload(createDriverBody, await jsonBody(c.req), 'driver'));
-    const token = await deps.tokens.issue('driver', driver.id);
+    const { tokenVersion, ...driver } = await deps.drivers.create(parsePayload(createDriverBody, await jsonBody(c.req), 'driver'));
+    const token = await deps.tokens.issue('driver', driver.id, { version: tokenVersion });
     return c.json({ ...driver, token }, 201);
   });
 
   app.post('/admin/tokens', adminOnly, async (c) => {
     const request = parsePayload(mintTokenBody, await jsonBody(c.req), 'token request');
     if (request.role === 'driver') {
-      if (!uuidParam.safeParse(request.subject).success || !(await deps.drivers.exists(request.subject))) {
-        throw new HubError('NOT_FOUND', 'no driver with this id');
-      }
+      const version = (await deps.drivers.tokenVersions([request.subject])).get(request.subject);
+      if (version === undefined) throw new HubError('NOT_FOUND', 'no driver with this id');
+      return c.json({ token: await deps.tokens.issue('driver', request.subject, { version }) });
     }
     return c.json({ token: await deps.tokens.issue(request.role, request.subject) });
+  });
+
+  // A lost or stolen phone: every token the driver holds stops working, and its sockets close.
+  app.post('/admin/drivers/:id/revoke-tokens', adminOnly, async (c) => {
+    const id = c.req.param('id');
+    const version = uuidParam.safeParse(id).success ? await deps.drivers.revokeTokens(id) : null;
+    if (version === null) throw new HubError('NOT_FOUND', 'no driver with this id');
+    deps.events.emit('driver:revoked', { driverId: id });
+    return c.json({ revoked: true, token: await deps.tokens.issue('driver', id, { version }) });
   });
 
   app.get('/admin/drivers', readers, async (c) => c.json({ drivers: await deps.drivers.list() }));

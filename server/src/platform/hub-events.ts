@@ -10,6 +10,7 @@ export interface HubEventMap {
   'delivery:assigned': [{ driverId: string; assignment: AssignmentPush }];
   'delivery:cancelled': [{ driverId: string; deliveryId: string; reason: string }];
   'delivery:updated': [{ delivery: DeliveryView; previousStatus: DeliveryStatus | null }];
+  'driver:revoked': [{ driverId: string }];
 }
 
 export class HubEvents extends EventEmitter<HubEventMap> {}

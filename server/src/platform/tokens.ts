@@ -6,6 +6,8 @@ export interface TokenClaims {
   subject: string;
   role: Role;
   expiresAt: number | null;
+  /** Driver tokens carry the driver's token version; bumping it revokes every older token. */
+  version: number | null;
 }
 
 const TTL_SECONDS: Record<Role, number> = {
@@ -18,8 +20,9 @@ const TTL_SECONDS: Record<Role, number> = {
 export function createTokenService(secret: string) {
   const key = new TextEncoder().encode(secret);
   return {
-    async issue(role: Role, subject: string, ttlSeconds = TTL_SECONDS[role]): Promise<string> {
-      return new SignJWT({ role })
+    async issue(role: Role, subject: string, opts: { ttlSeconds?: number; version?: number } = {}): Promise<string> {
+      const ttlSeconds = opts.ttlSeconds ?? TTL_SECONDS[role];
+      return new SignJWT(opts.version === undefined ? { role } : { role, ver: opts.version })
         .setProtectedHeader({ alg: 'HS256' })
         .setSubject(subject)
         .setIssuedAt()
@@ -35,7 +38,12 @@ export function createTokenService(secret: string) {
         if (typeof payload.sub !== 'string' || (role !== 'driver' && role !== 'dispatcher' && role !== 'admin')) {
           throw new HubError('TOKEN_INVALID', 'token invalid');
         }
-        return { subject: payload.sub, role, expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 : null };
+        return {
+          subject: payload.sub,
+          role,
+          expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 : null,
+          version: typeof payload.ver === 'number' ? payload.ver : null,
+        };
       } catch (err) {
         if (err instanceof HubError) throw err;
         if (err instanceof joseErrors.JWTExpired) throw new HubError('TOKEN_EXPIRED', 'token expired');

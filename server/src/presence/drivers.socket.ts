@@ -8,6 +8,7 @@ import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
 import { createLogThrottle, type RateLimits } from '../platform/rate-limits.js';
 import { onEvent, parsePayload, rateLimitedBody, refuseOtherEvents } from '../platform/socket-edge.js';
+import type { DriversStore } from './drivers.store.js';
 import type { PresenceService } from './presence.service.js';
 
 export type DriversNamespace = Namespace<DriverClientEvents, DriverServerEvents, Record<string, never>, SocketData>;
@@ -17,13 +18,14 @@ export const driverRoom = (driverId: string) => `driver:${driverId}`;
 /** The `/drivers` namespace: identity comes from the verified token only, never from a payload. */
 export function attachDriversNamespace(
   nsp: DriversNamespace,
-  deps: { presence: PresenceService; deliveries: DeliveriesService; events: HubEvents; logger: Logger; metrics: Metrics; limits: RateLimits },
+  deps: { presence: PresenceService; drivers: DriversStore; deliveries: DeliveriesService; events: HubEvents; logger: Logger; metrics: Metrics; limits: RateLimits },
 ): void {
   const { presence, deliveries, events, metrics, limits } = deps;
   const connectLog = createLogThrottle();
 
   // Pushes go to the driver's room; the Redis adapter reaches whichever node holds the socket.
   events.on('delivery:assigned', ({ driverId, assignment }) => nsp.to(driverRoom(driverId)).emit('assignment', assignment));
+  events.on('driver:revoked', ({ driverId }) => nsp.in(driverRoom(driverId)).disconnectSockets(true));
   events.on('delivery:cancelled', ({ driverId, deliveryId, reason }) =>
     nsp.to(driverRoom(driverId)).emit('delivery:cancelled', { deliveryId, reason }),
   );
@@ -31,6 +33,17 @@ export function attachDriversNamespace(
   nsp.use((socket, next) => {
     if (socket.data.role !== 'driver') return next(Object.assign(new Error('FORBIDDEN'), { data: { code: 'FORBIDDEN', message: 'driver token required' } }));
     next();
+  });
+
+  // A revoked token (the driver's token version moved on) or a removed driver is refused at the door.
+  nsp.use(async (socket, next) => {
+    try {
+      const current = (await deps.drivers.tokenVersions([socket.data.subject])).get(socket.data.subject);
+      if (current !== undefined && (socket.data.tokenVersion ?? 0) === current) return next();
+      next(Object.assign(new Error('TOKEN_INVALID'), { data: { code: 'TOKEN_INVALID', message: current === undefined ? 'no such driver' : 'token revoked' } }));
+    } catch {
+      next(Object.assign(new Error('SERVICE_UNAVAILABLE'), { data: { code: 'SERVICE_UNAVAILABLE', message: 'try again shortly' } }));
+    }
   });
 
   // Per driver, not per address: the newest connection wins anyway, so this only caps how often it may win.

@@ -1,4 +1,4 @@
-import { and, desc, eq, type SQL, sql } from 'drizzle-orm';
+import { and, desc, eq, inArray, type SQL, sql } from 'drizzle-orm';
 import type { DriverStatus, DriverView } from '../../../shared/src/schemas.js';
 import type { Database, DbOrTx } from '../platform/db.js';
 import { drivers } from '../platform/schema.js';
@@ -18,6 +18,8 @@ export interface DriverPresenceRow {
   lat: number | null;
   lng: number | null;
 }
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** Great-circle distance in metres between a row's (lat, lng) columns and a point, in SQL. */
 export function haversineSql(latCol: unknown, lngCol: unknown, lat: number, lng: number) {
@@ -58,14 +60,34 @@ export function createDriversStore(database: Database) {
       const [row] = await db
         .insert(drivers)
         .values({ name: input.name, phone: input.phone ?? null, vehicle: input.vehicle ?? null })
-        .returning({ id: drivers.id, name: drivers.name, status: drivers.status });
+        .returning({ id: drivers.id, name: drivers.name, status: drivers.status, tokenVersion: drivers.tokenVersion });
       return row;
     },
 
-    async exists(id: string): Promise<boolean> {
-      const rows = await db.select({ id: drivers.id }).from(drivers).where(eq(drivers.id, id)).limit(1);
-      return rows.length === 1;
+    /** Current token versions of the given drivers; a driver missing from the map no longer exists. */
+    async tokenVersions(ids: readonly string[]): Promise<Map<string, number>> {
+      const found = new Map<string, number>();
+      const valid = ids.filter((id) => UUID.test(id));
+      for (let i = 0; i < valid.length; i += 1000) {
+        const rows = await db
+          .select({ id: drivers.id, version: drivers.tokenVersion })
+          .from(drivers)
+          .where(inArray(drivers.id, valid.slice(i, i + 1000)));
+        for (const row of rows) found.set(row.id, row.version);
+      }
+      return found;
     },
+
+    /** Revokes every token issued to the driver so far; answers the new version (null: no such driver). */
+    async revokeTokens(id: string): Promise<number | null> {
+      const [row] = await db
+        .update(drivers)
+        .set({ tokenVersion: sql`${drivers.tokenVersion} + 1`, updatedAt: new Date() })
+        .where(eq(drivers.id, id))
+        .returning({ version: drivers.tokenVersion });
+      return row?.version ?? null;
+    },
+
 
     async list(limit = 10_000): Promise<DriverView[]> {
       const rows = await db
