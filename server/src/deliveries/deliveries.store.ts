@@ -44,9 +44,6 @@ export function toDeliveryView(row: DeliveryRow): DeliveryView {
   };
 }
 
-/** Thrown inside a transaction to roll it back when the sellerOrderId turned out to exist. */
-class TwinExists extends Error {}
-
 export function toAssignmentPush(row: DeliveryRow): AssignmentPush {
   const view = toDeliveryView(row);
   return {
@@ -63,29 +60,23 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
   const { database, drivers, outbox } = deps;
   const { db } = database;
 
-  interface Step {
-    from: DeliveryStatus | null;
-    to: DeliveryStatus;
-    actor: string;
-    reason: string | null;
-  }
-
-  /** The audit rows of one change (one or more steps, one statement) and the outbox row of its last step. */
-  async function record(tx: Tx, row: DeliveryRow, steps: readonly Step[]): Promise<void> {
-    await tx.insert(deliveryEvents).values(
-      steps.map((step) => ({
-        deliveryId: row.id,
-        fromStatus: step.from,
-        toStatus: step.to,
-        driverId: step.to === 'PENDING' ? null : row.driverId,
-        actor: step.actor,
-        reason: step.reason,
-        at: row.updatedAt,
-      })),
-    );
-    const last = steps[steps.length - 1];
-    const type = OUTBOX_TYPE[last.to];
-    if (type && last.from !== null) {
+  async function record(
+    tx: Tx,
+    row: DeliveryRow,
+    from: DeliveryStatus | null,
+    actor: string,
+    reason: string | null,
+  ): Promise<void> {
+    await tx.insert(deliveryEvents).values({
+      deliveryId: row.id,
+      fromStatus: from,
+      toStatus: row.status,
+      driverId: row.driverId,
+      actor,
+      reason,
+    });
+    const type = OUTBOX_TYPE[row.status];
+    if (type && from !== null) {
       await outbox.enqueue(tx, {
         deliveryId: row.id,
         type,
@@ -94,27 +85,26 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
           sellerOrderId: row.sellerOrderId,
           orderCode: row.orderCode,
           status: row.status,
-          previousStatus: last.from,
+          previousStatus: from,
           driverId: row.driverId,
-          reason: last.reason,
+          reason,
           at: row.updatedAt.toISOString(),
         },
       });
     }
   }
 
-  /** Claims the first free candidate; the ranking records who was passed over and who was never tried. */
+  /** Tries candidates nearest first; the first successful conditional claim wins. */
   async function claimFirst(tx: Tx, candidates: readonly Candidate[]): Promise<{ chosen: Candidate | null; ranked: RankedCandidate[] }> {
-    const chosenId = await drivers.claimFirst(
-      tx,
-      candidates.map((c) => c.driverId),
-    );
-    const chosenAt = candidates.findIndex((c) => c.driverId === chosenId);
-    const ranked: RankedCandidate[] = candidates.map((c, i) => ({
-      ...c,
-      outcome: i === chosenAt ? 'chosen' : chosenAt === -1 || i < chosenAt ? 'taken' : 'not-tried',
-    }));
-    return { chosen: chosenAt === -1 ? null : candidates[chosenAt], ranked };
+    const ranked: RankedCandidate[] = candidates.map((c) => ({ ...c, outcome: 'not-tried' }));
+    for (const candidate of ranked) {
+      if (await drivers.claim(tx, candidate.driverId)) {
+        candidate.outcome = 'chosen';
+        return { chosen: candidate, ranked };
+      }
+      candidate.outcome = 'taken';
+    }
+    return { chosen: null, ranked };
   }
 
   async function assignInTx(tx: Tx, row: DeliveryRow, chosen: Candidate, ranked: RankedCandidate[]): Promise<DeliveryRow> {
@@ -124,7 +114,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
       .set({ status: 'ASSIGNED', driverId: chosen.driverId, distanceMeters: chosen.distanceMeters, candidates: ranked, assignedAt: now, updatedAt: now })
       .where(eq(deliveries.id, row.id))
       .returning();
-    await record(tx, assigned, [{ from: row.status, to: 'ASSIGNED', actor: 'hub', reason: null }]);
+    await record(tx, assigned, row.status, 'hub', null);
     return assigned;
   }
 
@@ -182,45 +172,34 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
       order: SellerOrderReady,
       candidates: readonly Candidate[],
     ): Promise<{ delivery: DeliveryRow; chosen: Candidate | null } | null> {
-      try {
-        return await db.transaction(async (tx) => {
-          // Claim first, then insert the delivery already in its final state: five round trips.
-          const { chosen, ranked } = await claimFirst(tx, candidates);
-          const now = new Date();
-          const [created] = await tx
-            .insert(deliveries)
-            .values({
-              sellerOrderId: order.sellerOrderId,
-              orderCode: order.orderCode,
-              sellerId: order.sellerId ?? null,
-              status: chosen ? 'ASSIGNED' : 'PENDING',
-              driverId: chosen?.driverId ?? null,
-              distanceMeters: chosen?.distanceMeters ?? null,
-              candidates: ranked.length > 0 ? ranked : null,
-              assignedAt: chosen ? now : null,
-              pickupLat: order.pickup.lat,
-              pickupLng: order.pickup.lng,
-              pickupAddress: order.pickup.address ?? null,
-              dropoffLat: order.dropoff.lat,
-              dropoffLng: order.dropoff.lng,
-              dropoffAddress: order.dropoff.address ?? null,
-              customer: order.customer ?? null,
-              notes: order.notes ?? null,
-              createdAt: now,
-              updatedAt: now,
-            })
-            .onConflictDoNothing({ target: deliveries.sellerOrderId })
-            .returning();
-          // A concurrent twin won: undo this transaction's claim with everything else.
-          if (!created) throw new TwinExists();
-          const opened: Step = { from: null, to: 'PENDING', actor: 'webhook', reason: null };
-          await record(tx, created, chosen ? [opened, { from: 'PENDING', to: 'ASSIGNED', actor: 'hub', reason: null }] : [opened]);
-          return { delivery: created, chosen };
-        });
-      } catch (err) {
-        if (err instanceof TwinExists) return null;
-        throw err;
-      }
+      return db.transaction(async (tx) => {
+        const [created] = await tx
+          .insert(deliveries)
+          .values({
+            sellerOrderId: order.sellerOrderId,
+            orderCode: order.orderCode,
+            sellerId: order.sellerId ?? null,
+            status: 'PENDING',
+            pickupLat: order.pickup.lat,
+            pickupLng: order.pickup.lng,
+            pickupAddress: order.pickup.address ?? null,
+            dropoffLat: order.dropoff.lat,
+            dropoffLng: order.dropoff.lng,
+            dropoffAddress: order.dropoff.address ?? null,
+            customer: order.customer ?? null,
+            notes: order.notes ?? null,
+          })
+          .onConflictDoNothing({ target: deliveries.sellerOrderId })
+          .returning();
+        if (!created) return null;
+        await record(tx, created, null, 'webhook', null);
+        const { chosen, ranked } = await claimFirst(tx, candidates);
+        if (!chosen) {
+          if (ranked.length > 0) await tx.update(deliveries).set({ candidates: ranked }).where(eq(deliveries.id, created.id));
+          return { delivery: created, chosen: null };
+        }
+        return { delivery: await assignInTx(tx, created, chosen, ranked), chosen };
+      });
     },
 
     /** Pending deliveries, oldest first, for the periodic retry. */
@@ -289,7 +268,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
           .set({ status: input.to, updatedAt: new Date() })
           .where(eq(deliveries.id, row.id))
           .returning();
-        await record(tx, updated, [{ from: row.status, to: input.to, actor: input.actor, reason: input.reason }]);
+        await record(tx, updated, row.status, input.actor, input.reason);
         const terminal = input.to === 'DELIVERED' || input.to === 'FAILED' || input.to === 'CANCELLED';
         const released = terminal && row.driverId ? await drivers.release(tx, row.driverId) : null;
         return { delivery: updated, previousStatus: row.status, changed: true, released };

@@ -129,28 +129,22 @@ export function createDriversStore(database: Database) {
     },
 
     /**
-     * The claim: a conditional write, never read-then-write. Takes the first of `ids` (in order)
-     * that is AVAILABLE without an active delivery, in one statement. A driver another transaction
-     * is claiming right now is skipped, not waited for, so concurrent orders spread over the
-     * candidates instead of queueing on the nearest one. Answers the claimed id, or null.
+     * The claim: a conditional write, never read-then-write. Succeeds only for an AVAILABLE driver
+     * without an active delivery; concurrent claims on the same row serialize on its lock.
      */
-    async claimFirst(executor: DbOrTx, ids: readonly string[]): Promise<string | null> {
-      if (ids.length === 0) return null;
-      const rows = await database.rows<{ id: string }>(
-        sql`
-        update drivers set status = 'BUSY', updated_at = now()
-        where status = 'AVAILABLE' and id = (
-          select d.id from jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb) with ordinality as c(id, rank)
-          join drivers d on d.id = c.id::uuid
-          where d.status = 'AVAILABLE'
-            and not exists (select 1 from deliveries x where x.driver_id = d.id and x.status in ('ASSIGNED', 'PICKED_UP'))
-          order by c.rank
-          limit 1
-          for update of d skip locked)
-        returning id`,
-        executor,
-      );
-      return rows[0]?.id ?? null;
+    async claim(executor: DbOrTx, id: string): Promise<boolean> {
+      const rows = await executor
+        .update(drivers)
+        .set({ status: 'BUSY', updatedAt: new Date() })
+        .where(
+          and(
+            eq(drivers.id, id),
+            eq(drivers.status, 'AVAILABLE'),
+            sql`not exists (select 1 from deliveries d where d.driver_id = ${drivers.id} and d.status in ('ASSIGNED', 'PICKED_UP'))`,
+          ),
+        )
+        .returning({ id: drivers.id });
+      return rows.length === 1;
     },
 
     async position(id: string): Promise<{ lat: number; lng: number } | null> {
