@@ -1,0 +1,101 @@
+/**
+ * Preloaded (`--import`) into every server process the bench starts: the hub and both baselines.
+ * It measures the same things the same way in each of them and answers the parent over IPC:
+ * event-loop delay (perf_hooks, 10 ms resolution as prom-client's default metrics use; the
+ * resolution is subtracted so 0 means "on time"), CPU time, RSS, and a forced GC on request
+ * (the process is started with --expose-gc), and a V8 CPU profile of a chosen window.
+ */
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
+import { constants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+import { serveRpc, wallMs } from './lib.js';
+
+const RESOLUTION_MS = 10;
+const histogram = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
+histogram.enable();
+let cpuAt = process.cpuUsage();
+let wallAt = performance.now();
+
+/** GC pauses in the current window: count, total and longest, by kind (minor = scavenge). */
+let gc = { minorCount: 0, minorMs: 0, majorCount: 0, majorMs: 0, maxPauseMs: 0 };
+new PerformanceObserver((list) => {
+  for (const entry of list.getEntries()) {
+    const kind = (entry as unknown as { detail?: { kind?: number } }).detail?.kind;
+    if (kind === constants.NODE_PERFORMANCE_GC_MINOR) {
+      gc.minorCount += 1;
+      gc.minorMs += entry.duration;
+    } else {
+      gc.majorCount += 1;
+      gc.majorMs += entry.duration;
+    }
+    gc.maxPauseMs = Math.max(gc.maxPauseMs, entry.duration);
+  }
+}).observe({ entryTypes: ['gc'] });
+
+const lagMs = (nanos: number) => Math.max(0, nanos / 1e6 - RESOLUTION_MS);
+
+function stats() {
+  const cpu = process.cpuUsage(cpuAt);
+  const elapsedMs = performance.now() - wallAt;
+  const memory = process.memoryUsage();
+  return {
+    pid: process.pid,
+    lagP50Ms: lagMs(histogram.percentile(50)),
+    lagP99Ms: lagMs(histogram.percentile(99)),
+    lagMaxMs: lagMs(histogram.max),
+    lagSamples: histogram.count,
+    cpuPercent: elapsedMs > 0 ? ((cpu.user + cpu.system) / 1000 / elapsedMs) * 100 : 0,
+    windowMs: elapsedMs,
+    gc: { ...gc, minorMs: Math.round(gc.minorMs), majorMs: Math.round(gc.majorMs), maxPauseMs: Math.round(gc.maxPauseMs) },
+    rssBytes: memory.rss,
+    heapUsedBytes: memory.heapUsed,
+    externalBytes: memory.external,
+    /** Baselines count what they have done with the pings here; the hub reports its own count on /metrics. */
+    received: (globalThis as { __benchReceived?: number }).__benchReceived ?? null,
+    extra: (globalThis as { __benchExtra?: () => Record<string, number> }).__benchExtra?.() ?? null,
+    /** When the counters were read, on this process's clock. */
+    at: wallMs(),
+  };
+}
+
+export type ServerStats = ReturnType<typeof stats>;
+
+/** V8's CPU profiler (what --cpu-prof uses), started and stopped for one measured window. */
+let profiler: Session | null = null;
+
+serveRpc({
+  profileStart: async ({ intervalUs = 1000 }: { intervalUs?: number } = {}) => {
+    profiler = new Session();
+    profiler.connect();
+    await profiler.post('Profiler.enable');
+    await profiler.post('Profiler.setSamplingInterval', { interval: intervalUs });
+    await profiler.post('Profiler.start');
+    return true;
+  },
+  profileStop: async ({ path }: { path: string }) => {
+    if (!profiler) return false;
+    const { profile } = await profiler.post('Profiler.stop');
+    profiler.disconnect();
+    profiler = null;
+    writeFileSync(path, JSON.stringify(profile));
+    return true;
+  },
+  stats: () => stats(),
+  /** Starts a new measurement window for lag and CPU. */
+  reset: () => {
+    histogram.reset();
+    gc = { minorCount: 0, minorMs: 0, majorCount: 0, majorMs: 0, maxPauseMs: 0 };
+    cpuAt = process.cpuUsage();
+    wallAt = performance.now();
+    return true;
+  },
+  gc: async () => {
+    const gc = (globalThis as { gc?: () => void }).gc;
+    if (!gc) return false;
+    for (let i = 0; i < 3; i++) {
+      gc();
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    return true;
+  },
+});

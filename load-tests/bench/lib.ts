@@ -1,0 +1,221 @@
+/**
+ * Small helpers shared by the bench parent and its child processes: time, statistics, a table
+ * printer, and a request/reply protocol over Node's IPC channel.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+
+/** Wall-clock milliseconds with sub-millisecond resolution, comparable across processes on one machine. */
+export const wallMs = (): number => performance.timeOrigin + performance.now();
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+export function percentile(sorted: readonly number[], p: number): number | null {
+  if (sorted.length === 0) return null;
+  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[rank];
+}
+
+export interface Summary {
+  count: number;
+  p50: number | null;
+  p90: number | null;
+  p99: number | null;
+  max: number | null;
+  mean: number | null;
+}
+
+export function summarize(values: readonly number[], digits = 2): Summary {
+  const sorted = [...values].sort((a, b) => a - b);
+  const round = (v: number | null) => (v === null ? null : Number(v.toFixed(digits)));
+  const mean = sorted.length ? sorted.reduce((s, v) => s + v, 0) / sorted.length : null;
+  return {
+    count: sorted.length,
+    p50: round(percentile(sorted, 50)),
+    p90: round(percentile(sorted, 90)),
+    p99: round(percentile(sorted, 99)),
+    max: round(sorted.length ? sorted[sorted.length - 1] : null),
+    mean: round(mean),
+  };
+}
+
+export const round = (v: number | null | undefined, digits = 2): number | null =>
+  v === null || v === undefined || !Number.isFinite(v) ? null : Number(v.toFixed(digits));
+
+export function ratio(a: number | null | undefined, b: number | null | undefined, digits = 2): number | null {
+  if (a === null || a === undefined || b === null || b === undefined || b === 0) return null;
+  return round(a / b, digits);
+}
+
+/** A free TCP port on 127.0.0.1 (released before use: a small race, acceptable for a bench). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export function table(rows: readonly (readonly unknown[])[]): string {
+  const text = rows.map((row) => row.map((cell) => (cell === null || cell === undefined ? '-' : String(cell))));
+  const widths: number[] = [];
+  for (const row of text) {
+    row.forEach((cell, i) => {
+      widths[i] = Math.max(widths[i] ?? 0, cell.length);
+    });
+  }
+  return text.map((row) => row.map((cell, i) => cell.padEnd(widths[i])).join('  ').trimEnd()).join('\n');
+}
+
+/** Polls `check` until it returns a value other than undefined/false, or throws after `timeoutMs`. */
+export async function waitFor<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs: number, everyMs = 50): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const value = await check();
+      if (value !== undefined && value !== false) return value as T;
+    } catch (err) {
+      lastError = err;
+    }
+    await sleep(everyMs);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (${(lastError as Error).message})` : ''}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPC: the parent calls a child's commands; children answer and may push events.
+
+interface RpcRequest {
+  rpc: number;
+  cmd: string;
+  args?: unknown;
+}
+
+interface RpcReply {
+  rpc: number;
+  ok: boolean;
+  result?: unknown;
+  error?: string;
+}
+
+export interface RpcEvent {
+  event: string;
+  data: unknown;
+}
+
+/** Parent side of a child that serves commands (see `serveRpc`). */
+export class RpcChild {
+  private next = 1;
+  private readonly pending = new Map<number, { resolve: (v: any) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private exited = false;
+
+  constructor(
+    readonly name: string,
+    readonly proc: ChildProcess,
+    onEvent?: (event: RpcEvent) => void,
+  ) {
+    proc.on('message', (message: any) => {
+      if (message && typeof message.rpc === 'number') {
+        const waiter = this.pending.get(message.rpc);
+        if (!waiter) return;
+        this.pending.delete(message.rpc);
+        clearTimeout(waiter.timer);
+        const reply = message as RpcReply;
+        if (reply.ok) waiter.resolve(reply.result);
+        else waiter.reject(new Error(`${name}: ${reply.error}`));
+      } else if (message && typeof message.event === 'string') {
+        onEvent?.(message as RpcEvent);
+      }
+    });
+    proc.once('exit', (code, signal) => {
+      this.exited = true;
+      for (const [, waiter] of this.pending) {
+        clearTimeout(waiter.timer);
+        waiter.reject(new Error(`${name} exited (${code ?? signal}) with a call pending`));
+      }
+      this.pending.clear();
+    });
+  }
+
+  get alive(): boolean {
+    return !this.exited;
+  }
+
+  call<T = any>(cmd: string, args?: unknown, timeoutMs = 120_000): Promise<T> {
+    if (this.exited) return Promise.reject(new Error(`${this.name} has exited`));
+    const rpc = this.next++;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(rpc);
+        reject(new Error(`${this.name}: ${cmd} timed out after ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(rpc, { resolve, reject, timer });
+      this.proc.send({ rpc, cmd, args } satisfies RpcRequest);
+    });
+  }
+
+  /** Asks politely, then kills; resolves when the process is gone. */
+  async stop(signal: NodeJS.Signals = 'SIGTERM', graceMs = 15_000): Promise<void> {
+    if (this.exited) return;
+    const gone = new Promise<void>((resolve) => this.proc.once('exit', () => resolve()));
+    this.proc.kill(signal);
+    const timer = setTimeout(() => this.proc.kill('SIGKILL'), graceMs);
+    await gone;
+    clearTimeout(timer);
+  }
+}
+
+/** Child side: answers the parent's calls with the named handlers. */
+export function serveRpc(handlers: Record<string, (args: any) => unknown>): void {
+  process.on('message', async (message: any) => {
+    if (!message || typeof message.rpc !== 'number' || typeof message.cmd !== 'string') return;
+    const handler = handlers[message.cmd];
+    let reply: RpcReply;
+    try {
+      if (!handler) throw new Error(`unknown command ${message.cmd}`);
+      reply = { rpc: message.rpc, ok: true, result: await handler(message.args) };
+    } catch (err) {
+      reply = { rpc: message.rpc, ok: false, error: (err as Error).stack ?? String(err) };
+    }
+    process.send?.(reply);
+  });
+  // The parent going away ends the child: no orphaned load generators.
+  process.on('disconnect', () => process.exit(0));
+}
+
+export function emitEvent(event: string, data: unknown): void {
+  process.send?.({ event, data } satisfies RpcEvent);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole-machine CPU, from /proc/stat: other work on the machine (a test run, another bench) skews
+// every figure here, so each scenario records how busy the machine was.
+
+export interface CpuTimes {
+  idle: number;
+  total: number;
+}
+
+export function readCpuTimes(): CpuTimes | null {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n')[0];
+    const fields = line.trim().split(/\s+/).slice(1).map(Number);
+    const idle = (fields[3] ?? 0) + (fields[4] ?? 0);
+    return { idle, total: fields.reduce((a, b) => a + b, 0) };
+  } catch {
+    return null;
+  }
+}
+
+/** Percent of all cores busy between two readings. */
+export function machineBusyPercent(a: CpuTimes | null, b: CpuTimes | null): number | null {
+  if (!a || !b || b.total === a.total) return null;
+  return round((1 - (b.idle - a.idle) / (b.total - a.total)) * 100, 0);
+}

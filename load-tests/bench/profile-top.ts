@@ -1,0 +1,131 @@
+/**
+ * Reads a V8 .cpuprofile (from --cpu-prof or the bench's --profile) and lists the functions with
+ * the most self time, and self time per package or source file.
+ *
+ *   npx tsx load-tests/bench/profile-top.ts <file.cpuprofile> [--top 25]
+ */
+import { readFileSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  children?: number[];
+}
+
+interface CpuProfile {
+  nodes: ProfileNode[];
+  samples: number[];
+  timeDeltas: number[];
+  startTime: number;
+  endTime: number;
+}
+
+export interface ProfileEntry {
+  name: string;
+  where: string;
+  selfMs: number;
+  percentOfBusy: number;
+}
+
+export interface ProfileSummary {
+  totalMs: number;
+  idleMs: number;
+  busyMs: number;
+  gcMs: number;
+  topFunctions: ProfileEntry[];
+  byModule: { module: string; selfMs: number; percentOfBusy: number }[];
+}
+
+/** server/src/x.ts, shared/src/x.ts, node_modules/<pkg>, node:<internal>, or the V8 pseudo-frames. */
+export function moduleOf(url: string, functionName: string): string {
+  if (!url) return functionName.startsWith('(') ? functionName : '(native)';
+  const path = url.replace(/^file:\/\//, '');
+  const nm = path.lastIndexOf('node_modules/');
+  if (nm >= 0) {
+    const rest = path.slice(nm + 'node_modules/'.length).split('/');
+    return `node_modules/${rest[0].startsWith('@') ? `${rest[0]}/${rest[1]}` : rest[0]}`;
+  }
+  const src = path.search(/(server|shared|load-tests)\//);
+  if (src >= 0) return path.slice(src);
+  if (path.startsWith('node:')) return path.split('/')[0];
+  return path;
+}
+
+export function summarizeProfile(profile: CpuProfile, top = 25): ProfileSummary {
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const selfUs = new Map<number, number>();
+  for (let i = 0; i < profile.samples.length; i++) {
+    const delta = profile.timeDeltas[i + 1] ?? 0;
+    selfUs.set(profile.samples[i], (selfUs.get(profile.samples[i]) ?? 0) + delta);
+  }
+  const fn = new Map<string, { name: string; where: string; us: number }>();
+  const mod = new Map<string, number>();
+  let totalUs = 0;
+  let idleUs = 0;
+  let gcUs = 0;
+  for (const [id, us] of selfUs) {
+    const node = byId.get(id)!;
+    const { functionName, url, lineNumber } = node.callFrame;
+    totalUs += us;
+    if (functionName === '(idle)') {
+      idleUs += us;
+      continue;
+    }
+    if (functionName === '(garbage collector)') gcUs += us;
+    const module = moduleOf(url, functionName);
+    const where = url ? `${module}:${lineNumber + 1}` : module;
+    const key = `${functionName}|${where}`;
+    const entry = fn.get(key) ?? { name: functionName || '(anonymous)', where, us: 0 };
+    entry.us += us;
+    fn.set(key, entry);
+    mod.set(module, (mod.get(module) ?? 0) + us);
+  }
+  const busyUs = totalUs - idleUs;
+  const pct = (us: number) => Number(((us / Math.max(1, busyUs)) * 100).toFixed(1));
+  return {
+    totalMs: Math.round(totalUs / 1000),
+    idleMs: Math.round(idleUs / 1000),
+    busyMs: Math.round(busyUs / 1000),
+    gcMs: Math.round(gcUs / 1000),
+    topFunctions: [...fn.values()]
+      .sort((a, b) => b.us - a.us)
+      .slice(0, top)
+      .map((e) => ({ name: e.name, where: e.where, selfMs: Math.round(e.us / 1000), percentOfBusy: pct(e.us) })),
+    byModule: [...mod.entries()]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, top)
+      .map(([module, us]) => ({ module, selfMs: Math.round(us / 1000), percentOfBusy: pct(us) })),
+  };
+}
+
+export function readProfile(path: string): CpuProfile {
+  return JSON.parse(readFileSync(path, 'utf8')) as CpuProfile;
+}
+
+export function formatProfile(summary: ProfileSummary, top = 25): string {
+  const lines = [
+    `total ${summary.totalMs} ms, busy ${summary.busyMs} ms (${((summary.busyMs / Math.max(1, summary.totalMs)) * 100).toFixed(0)}%), GC ${summary.gcMs} ms`,
+    '',
+    'self%  self ms  function  (where)',
+    ...summary.topFunctions.slice(0, top).map((e) => `${String(e.percentOfBusy).padStart(5)}  ${String(e.selfMs).padStart(7)}  ${e.name}  (${e.where})`),
+    '',
+    'self%  self ms  module',
+    ...summary.byModule.slice(0, 15).map((m) => `${String(m.percentOfBusy).padStart(5)}  ${String(m.selfMs).padStart(7)}  ${m.module}`),
+  ];
+  return lines.join('\n');
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string' } } });
+  if (positionals.length === 0) {
+    console.error('usage: tsx load-tests/bench/profile-top.ts <file.cpuprofile> [--top 25]');
+    process.exit(2);
+  }
+  const top = Number(values.top ?? 25);
+  for (const path of positionals) {
+    console.log(`== ${path}`);
+    console.log(formatProfile(summarizeProfile(readProfile(path), top), top));
+  }
+}

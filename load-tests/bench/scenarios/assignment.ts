@@ -1,0 +1,248 @@
+/**
+ * assignment: K drivers online, AVAILABLE and placed around a city centre (10 km disc), pinging
+ * in the background; "seller order ready" webhooks, signed like Vendure signs them, come in
+ *   1. at a fixed rate (open loop: a request is sent on schedule whether or not earlier ones have
+ *      answered) for a few seconds: latency from the request's start to the `assignment` event
+ *      arriving at the chosen driver's socket (the load generator timestamps it);
+ *   2. then as fast as the hub answers (many requests in flight): assignments per second.
+ * Every order's pickup is a random point in an 8 km disc, so nearby drivers exist for each.
+ */
+import { randomUUID } from 'node:crypto';
+import { Agent, request } from 'node:http';
+import { Redis } from 'ioredis';
+import { signWebhook } from '../../../shared/src/webhooks.js';
+import {
+  CENTRE,
+  Cleanup,
+  createBenchDatabase,
+  deletePrefix,
+  hubEnv,
+  insertDrivers,
+  LoadGroup,
+  metricValue,
+  mintTokens,
+  positionsAround,
+  redisPrefix,
+  SHARED_REDIS_URL,
+  spawnServer,
+  WEBHOOK_SECRET,
+} from '../infra.js';
+import { machineBusyPercent, readCpuTimes, round, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
+import type { ProfileSummary } from '../profile-top.js';
+import { profiled, type RunContext, type ScenarioOutput, type TargetCheck } from '../context.js';
+
+interface Posted {
+  sellerOrderId: string;
+  t0: number;
+  t1: number;
+  status: number;
+  outcome: string;
+}
+
+function postOrder(agent: Agent, url: string, sellerOrderId: string, pickup: [number, number], dropoff: [number, number]): Promise<Posted> {
+  const body = JSON.stringify({
+    sellerOrderId,
+    orderCode: sellerOrderId.slice(-10).toUpperCase(),
+    pickup: { lat: pickup[0], lng: pickup[1], address: 'Bench shop' },
+    dropoff: { lat: dropoff[0], lng: dropoff[1] },
+  });
+  const t0 = wallMs();
+  const headers = {
+    'content-type': 'application/json',
+    'content-length': String(Buffer.byteLength(body)),
+    ...signWebhook(WEBHOOK_SECRET, `msg_${randomUUID()}`, Date.now() / 1000, body),
+  };
+  return new Promise((resolve) => {
+    const req = request(`${url}/events/seller-order-ready`, { method: 'POST', headers, agent, timeout: 30_000 }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        let outcome = `http-${res.statusCode}`;
+        try {
+          const parsed = JSON.parse(Buffer.concat(chunks).toString());
+          outcome = parsed.status ?? parsed.error?.code ?? outcome;
+        } catch {}
+        resolve({ sellerOrderId, t0, t1: wallMs(), status: res.statusCode ?? 0, outcome });
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', (err) => resolve({ sellerOrderId, t0, t1: wallMs(), status: 0, outcome: `error:${err.message}` }));
+    req.end(body);
+  });
+}
+
+function analyse(posted: Posted[], pushes: Map<string, number>, seconds: number) {
+  const outcomes: Record<string, number> = {};
+  for (const p of posted) outcomes[p.outcome] = (outcomes[p.outcome] ?? 0) + 1;
+  const assigned = posted.filter((p) => p.outcome === 'ASSIGNED');
+  const toDriver: number[] = [];
+  let missingPush = 0;
+  for (const p of assigned) {
+    const at = pushes.get(p.sellerOrderId);
+    if (at === undefined) missingPush += 1;
+    else toDriver.push(at - p.t0);
+  }
+  const first = Math.min(...posted.map((p) => p.t0));
+  const last = Math.max(...posted.map((p) => p.t1));
+  return {
+    orders: posted.length,
+    outcomes,
+    assigned: assigned.length,
+    missingPush,
+    requestToDriverMs: summarize(toDriver),
+    requestToResponseMs: summarize(posted.map((p) => p.t1 - p.t0)),
+    offeredPerSec: round(posted.length / seconds, 1),
+    assignedPerSec: round((assigned.length / Math.max(1, last - first)) * 1000, 1),
+    elapsedSeconds: round((last - first) / 1000, 2),
+  };
+}
+
+export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
+  const drivers = ctx.num('drivers', 10_000, 3_000);
+  const rate = ctx.num('rate', 200);
+  const seconds = ctx.num('seconds', 10, 5);
+  const maxOrders = ctx.num('max-orders', 3000, 800);
+  const concurrency = ctx.num('concurrency', 256, 128);
+  const pingHz = ctx.num('ping-hz', 0.5);
+  const generators = ctx.num('generators', 2);
+  const cleanup = new Cleanup();
+  const profiles: Record<string, ProfileSummary> = {};
+  const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
+  try {
+    const db = await createBenchDatabase(cleanup);
+    const prefix = redisPrefix();
+    cleanup.add(`redis keys ${prefix}`, () => deletePrefix(SHARED_REDIS_URL, prefix));
+    const hub = await spawnServer('hub', cleanup, { name: `assignment-hub-${ctx.runId}`, env: hubEnv(db, prefix, { NODE_ID: 'bench-assign', ...ctx.hubEnv }), logDir: ctx.logDir });
+    const ids = await insertDrivers(db, drivers);
+    const tokens = await mintTokens('driver', ids);
+    const positions = positionsAround(drivers, 10);
+    const group = await LoadGroup.start(cleanup, generators, 'assignment');
+    await group.init({ mode: 'sio', url: hub.url, waitSession: true }, tokens, positions);
+    const connected = await group.connect(100);
+    ctx.log(`assignment: ${connected.connected} drivers connected in ${connected.seconds.toFixed(1)} s (${connected.failed} failed)`);
+    ctx.log(`status: ${JSON.stringify(await group.all('goAvailable', { concurrency: 50 }))}; positions: ${JSON.stringify(await group.all('placeAll', { concurrency: 100 }))}`);
+    const redis = new Redis(SHARED_REDIS_URL);
+    cleanup.add('redis client', () => redis.disconnect());
+    const onMap = await waitFor(
+      'every driver in drivers:geo',
+      async () => {
+        const n = await redis.zcard(`${prefix}drivers:geo`);
+        return n >= connected.connected ? n : undefined;
+      },
+      60_000,
+      250,
+    ).catch(async () => redis.zcard(`${prefix}drivers:geo`));
+    ctx.log(`${onMap} drivers in drivers:geo; background pings ${Math.round(connected.connected * pingHz)}/s`);
+    await group.setRate(connected.connected * pingHz);
+    await sleep(3000);
+
+    const randomOrder = (): [[number, number], [number, number]] => [positionsAround(1, 8)[0], positionsAround(1, 3, { lat: CENTRE.lat + 0.02, lng: CENTRE.lng })[0]];
+    const pushes = new Map<string, number>();
+    const collectPushes = async (expected: number) => {
+      await waitFor(
+        'assignment pushes',
+        async () => {
+          for (const [id, at] of await group.drainAssignments()) if (!pushes.has(id)) pushes.set(id, at);
+          return pushes.size >= expected ? true : undefined;
+        },
+        10_000,
+        200,
+      ).catch(() => {});
+    };
+
+    // 1. Fixed rate, open loop.
+    ctx.log(`fixed rate: ${rate} orders/s for ${seconds} s`);
+    await hub.reset();
+    const fixedCpu = readCpuTimes();
+    const total = Math.round(rate * seconds);
+    const inflight: Promise<Posted>[] = [];
+    const started = performance.now();
+    await new Promise<void>((resolve) => {
+      const timer = setInterval(() => {
+        const due = Math.min(total, Math.floor(((performance.now() - started) * rate) / 1000));
+        while (inflight.length < due) {
+          const [pickup, dropoff] = randomOrder();
+          inflight.push(postOrder(agent, hub.url, `bench-fixed-${inflight.length}-${randomUUID().slice(0, 8)}`, pickup, dropoff));
+        }
+        if (inflight.length >= total) {
+          clearInterval(timer);
+          resolve();
+        }
+      }, 2);
+    });
+    const fixedPosted = await Promise.all(inflight);
+    const fixedStats = await hub.stats();
+    await collectPushes(fixedPosted.filter((p) => p.outcome === 'ASSIGNED').length);
+    const fixed = { ...analyse(fixedPosted, pushes, seconds), machineBusyPercent: machineBusyPercent(fixedCpu, readCpuTimes()), hubLagP99Ms: round(fixedStats.lagP99Ms), hubCpuPercent: round(fixedStats.cpuPercent, 0) };
+    ctx.log(`fixed rate: ${JSON.stringify(fixed)}`);
+    await sleep(2000);
+
+    // 2. As fast as the hub goes: `concurrency` requests in flight.
+    ctx.log(`max throughput: ${maxOrders} orders, ${concurrency} in flight`);
+    await hub.reset();
+    const maxCpu = readCpuTimes();
+    const maxPosted: Posted[] = [];
+    const maxStarted = performance.now();
+    await profiled(
+      ctx,
+      hub,
+      'assignment-max',
+      async () => {
+        let next = 0;
+        await Promise.all(
+          Array.from({ length: concurrency }, async () => {
+            while (next < maxOrders) {
+              const i = next++;
+              const [pickup, dropoff] = randomOrder();
+              maxPosted.push(await postOrder(agent, hub.url, `bench-max-${i}-${randomUUID().slice(0, 8)}`, pickup, dropoff));
+            }
+          }),
+        );
+      },
+      profiles,
+    );
+    const maxSeconds = (performance.now() - maxStarted) / 1000;
+    const maxStats = await hub.stats();
+    await collectPushes(pushes.size + maxPosted.filter((p) => p.outcome === 'ASSIGNED').length);
+    const max = { ...analyse(maxPosted, pushes, maxSeconds), concurrency, machineBusyPercent: machineBusyPercent(maxCpu, readCpuTimes()), hubLagP99Ms: round(maxStats.lagP99Ms), hubCpuPercent: round(maxStats.cpuPercent, 0) };
+    ctx.log(`max throughput: ${JSON.stringify(max)}`);
+    const metrics = (await hub.metricsText())!;
+    await group.close();
+
+    const checks: TargetCheck[] = [
+      {
+        name: `assignment p99 at ${rate}/s, ${connected.connected} drivers`,
+        target: '<= 25 ms',
+        measured: `${fixed.requestToDriverMs.p99} ms (p50 ${fixed.requestToDriverMs.p50} ms)`,
+        met: fixed.requestToDriverMs.p99 === null ? null : fixed.requestToDriverMs.p99 <= 25 && fixed.missingPush === 0,
+      },
+      {
+        name: 'assignments per second per node',
+        target: '>= 1000/s',
+        measured: `${max.assignedPerSec}/s`,
+        met: max.assignedPerSec === null ? null : max.assignedPerSec >= 1000,
+      },
+    ];
+    const rows = [
+      ['phase', 'orders', 'assigned', 'other outcomes', 'req->driver p50', 'p99', 'max', 'req->response p99', 'assigned/s', 'hub CPU %'],
+      ['fixed', fixed.orders, fixed.assigned, JSON.stringify(fixed.outcomes), fixed.requestToDriverMs.p50, fixed.requestToDriverMs.p99, fixed.requestToDriverMs.max, fixed.requestToResponseMs.p99, fixed.assignedPerSec, fixed.hubCpuPercent],
+      ['max', max.orders, max.assigned, JSON.stringify(max.outcomes), max.requestToDriverMs.p50, max.requestToDriverMs.p99, max.requestToDriverMs.max, max.requestToResponseMs.p99, max.assignedPerSec, max.hubCpuPercent],
+    ];
+    return {
+      results: {
+        drivers: connected.connected,
+        connectSeconds: round(connected.seconds, 1),
+        backgroundPingsPerSec: Math.round(connected.connected * pingHz),
+        fixedRate: { rate, seconds, ...fixed },
+        maxThroughput: max,
+        hubAssignmentsTotal: metricValue(metrics, 'hub_assignments_total'),
+      },
+      checks,
+      table: table(rows),
+      profiles,
+    };
+  } finally {
+    agent.destroy();
+    await cleanup.runAll();
+  }
+}
