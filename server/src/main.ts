@@ -43,7 +43,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     if (config.RUN_MIGRATIONS) await database.migrate();
   } catch (err) {
     await database.close().catch(() => {});
-    throw new Error(`PostgreSQL is not usable (${database.kind}): ${(err as Error).message}`);
+    throw new Error(`PostgreSQL is not usable (${database.kind}): ${(err as Error).message}`, { cause: err });
   }
 
   let redis: RedisClients | null = null;

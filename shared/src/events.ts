@@ -48,8 +48,8 @@ export interface DispatchServerEvents {
 export type ClientToServerEvents = DriverClientEvents & DispatchClientEvents;
 export type ServerToClientEvents = DriverServerEvents & DispatchServerEvents;
 
-// biome-ignore lint/complexity/noBannedTypes: no inter-server events are used yet
-export type InterServerEvents = {};
+/** No inter-server events are shared with clients; the hub's own are private to its realtime edge. */
+export type InterServerEvents = Record<string, never>;
 
 export interface SocketData {
   role: Role;
