@@ -19,7 +19,7 @@ import { cpus, freemem, totalmem } from 'node:os';
 import { join } from 'node:path';
 import type { RunContext, Scenario, ScenarioOutput } from './bench/context.js';
 import { Cleanup, RESULTS_DIR, ROOT } from './bench/infra.js';
-import { machineBusyPercent, readCpuTimes, sleep, table } from './bench/lib.js';
+import { foreignCpuPercent, machineBusyPercent, readCpuTimes, sampleProcesses, sleep, table } from './bench/lib.js';
 import { assignment } from './bench/scenarios/assignment.js';
 import { connections } from './bench/scenarios/connections.js';
 import { fanout } from './bench/scenarios/fanout.js';
@@ -99,19 +99,21 @@ async function acquireLock(log: (m: string) => void): Promise<void> {
   }
 }
 
-/** Waits (bounded) until the machine is mostly idle; returns how busy it was when the scenario began. */
-async function waitForQuiet(log: (m: string) => void, maxWaitMs: number, busyLimit = 15): Promise<number | null> {
+/** Waits (bounded) until other processes leave the machine alone; returns how busy it was then. */
+async function waitForQuiet(log: (m: string) => void, maxWaitMs: number): Promise<{ machineBusyPercent: number | null; foreignCpuPercent: number }> {
   const deadline = Date.now() + maxWaitMs;
   let told = false;
   for (;;) {
     const a = readCpuTimes();
-    await sleep(1000);
+    const pa = sampleProcesses();
+    await sleep(2000);
     const busy = machineBusyPercent(a, readCpuTimes());
-    if (busy === null || busy <= busyLimit || Date.now() > deadline) {
-      if (busy !== null && busy > busyLimit) log(`machine still ${busy}% busy after ${maxWaitMs / 1000} s; starting anyway (noted in the result)`);
-      return busy;
+    const foreign = foreignCpuPercent(pa, sampleProcesses());
+    if (foreign <= 10 || Date.now() > deadline) {
+      if (foreign > 10) log(`other processes still use ${foreign}% CPU after ${maxWaitMs / 1000} s; starting anyway (noted in the result)`);
+      return { machineBusyPercent: busy, foreignCpuPercent: foreign };
     }
-    if (!told) log(`machine ${busy}% busy (other work running); waiting up to ${maxWaitMs / 1000} s for it to settle`);
+    if (!told) log(`other processes use ${foreign}% CPU (machine ${busy}% busy); waiting up to ${maxWaitMs / 1000} s`);
     told = true;
   }
 }
@@ -164,6 +166,7 @@ async function main(): Promise<void> {
   for (const scenario of names) {
     const busyBefore = await waitForQuiet(say, Number(values['quiet-wait-s'] ?? 120) * 1000);
     const cpuAtStart = readCpuTimes();
+    const procsAtStart = sampleProcesses();
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
     const runId = `${scenario}-${stamp}-${randomBytes(2).toString('hex')}`;
     const logDir = join(RESULTS_DIR, 'logs', runId);
@@ -210,7 +213,9 @@ async function main(): Promise<void> {
       durationSeconds: Math.round((Date.now() - started) / 1000),
       machine: machine(),
       /** Whole-machine CPU busy (all cores): just before the scenario, and on average during it. */
-      machineBusyPercent: { before: busyBefore, during: machineBusyPercent(cpuAtStart, readCpuTimes()) },
+      machineBusyPercent: { before: busyBefore.machineBusyPercent, during: machineBusyPercent(cpuAtStart, readCpuTimes()) },
+      /** CPU (% of one core) of processes outside this bench, PostgreSQL and Redis: other work on the machine. */
+      foreignCpuPercent: { before: busyBefore.foreignCpuPercent, during: foreignCpuPercent(procsAtStart, sampleProcesses()) },
       git: gitState(),
       hubEnv,
       results: output.results,
@@ -222,6 +227,9 @@ async function main(): Promise<void> {
     console.log(JSON.stringify(report, null, 2));
     console.log(`\n${scenario}${quick ? ' (quick)' : ''} — ${report.durationSeconds} s, written to ${file}\n`);
     console.log(output.table);
+    if ((report.foreignCpuPercent.during ?? 0) > 15) {
+      console.log(`\nWARNING: processes outside the bench used ${report.foreignCpuPercent.during}% of a core on average during this run; its figures are disturbed.`);
+    }
     if (output.checks.length) {
       console.log('');
       console.log(table([['target', 'goal', 'measured', 'met'], ...output.checks.map((c) => [c.name, c.target, c.measured, c.met === null ? 'n/a' : c.met ? 'yes' : 'NO'])]));

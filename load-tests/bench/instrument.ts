@@ -45,6 +45,8 @@ function stats() {
     lagMaxMs: lagMs(histogram.max),
     lagSamples: histogram.count,
     cpuPercent: elapsedMs > 0 ? ((cpu.user + cpu.system) / 1000 / elapsedMs) * 100 : 0,
+    /** The kernel's share (syscalls: socket reads and writes). */
+    sysPercent: elapsedMs > 0 ? (cpu.system / 1000 / elapsedMs) * 100 : 0,
     windowMs: elapsedMs,
     gc: { ...gc, minorMs: Math.round(gc.minorMs), majorMs: Math.round(gc.majorMs), maxPauseMs: Math.round(gc.maxPauseMs) },
     rssBytes: memory.rss,

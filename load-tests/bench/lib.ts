@@ -3,7 +3,7 @@
  * printer, and a request/reply protocol over Node's IPC channel.
  */
 import type { ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 
 /** Wall-clock milliseconds with sub-millisecond resolution, comparable across processes on one machine. */
@@ -218,4 +218,57 @@ export function readCpuTimes(): CpuTimes | null {
 export function machineBusyPercent(a: CpuTimes | null, b: CpuTimes | null): number | null {
   if (!a || !b || b.total === a.total) return null;
   return round((1 - (b.idle - a.idle) / (b.total - a.total)) * 100, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU used by processes that are neither this bench's (descendants of this process) nor the
+// shared PostgreSQL and Redis servers: a test suite or another bench running at the same time.
+
+const CLOCK_TICKS = 100;
+
+interface ProcSample {
+  at: number;
+  ticks: Map<number, { ticks: number; ppid: number; comm: string }>;
+}
+
+export function sampleProcesses(): ProcSample {
+  const ticks = new Map<number, { ticks: number; ppid: number; comm: string }>();
+  let entries: string[] = [];
+  try {
+    entries = readdirSync('/proc');
+  } catch {}
+  for (const entry of entries) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const close = stat.lastIndexOf(')');
+      const comm = stat.slice(stat.indexOf('(') + 1, close);
+      const fields = stat.slice(close + 2).split(' ');
+      ticks.set(pid, { ticks: Number(fields[11]) + Number(fields[12]), ppid: Number(fields[1]), comm });
+    } catch {}
+  }
+  return { at: performance.now(), ticks };
+}
+
+/** Percent of one core used between two samples by processes outside this bench and outside PostgreSQL/Redis. */
+export function foreignCpuPercent(a: ProcSample, b: ProcSample): number {
+  const ours = new Set<number>([process.pid]);
+  let grew = true;
+  while (grew) {
+    grew = false;
+    for (const [pid, p] of b.ticks) {
+      if (!ours.has(pid) && ours.has(p.ppid)) {
+        ours.add(pid);
+        grew = true;
+      }
+    }
+  }
+  let used = 0;
+  for (const [pid, p] of b.ticks) {
+    if (ours.has(pid) || p.comm.startsWith('postgres') || p.comm.startsWith('redis-server') || pid <= 2) continue;
+    used += p.ticks - (a.ticks.get(pid)?.ticks ?? p.ticks);
+  }
+  const seconds = (b.at - a.at) / 1000;
+  return seconds > 0 ? round((used / CLOCK_TICKS / seconds) * 100, 0)! : 0;
 }

@@ -27,7 +27,7 @@ import {
   spawnServer,
   WEBHOOK_SECRET,
 } from '../infra.js';
-import { machineBusyPercent, readCpuTimes, round, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
+import { foreignCpuPercent, machineBusyPercent, readCpuTimes, round, sampleProcesses, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
 import type { ProfileSummary } from '../profile-top.js';
 import { profiled, type RunContext, type ScenarioOutput, type TargetCheck } from '../context.js';
 
@@ -154,6 +154,7 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
     ctx.log(`fixed rate: ${rate} orders/s for ${seconds} s`);
     await hub.reset();
     const fixedCpu = readCpuTimes();
+    const fixedProcs = sampleProcesses();
     const total = Math.round(rate * seconds);
     const inflight: Promise<Posted>[] = [];
     const started = performance.now();
@@ -173,7 +174,7 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
     const fixedPosted = await Promise.all(inflight);
     const fixedStats = await hub.stats();
     await collectPushes(fixedPosted.filter((p) => p.outcome === 'ASSIGNED').length);
-    const fixed = { ...analyse(fixedPosted, pushes, seconds), machineBusyPercent: machineBusyPercent(fixedCpu, readCpuTimes()), hubLagP99Ms: round(fixedStats.lagP99Ms), hubCpuPercent: round(fixedStats.cpuPercent, 0) };
+    const fixed = { ...analyse(fixedPosted, pushes, seconds), machineBusyPercent: machineBusyPercent(fixedCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(fixedProcs, sampleProcesses()), hubLagP99Ms: round(fixedStats.lagP99Ms), hubCpuPercent: round(fixedStats.cpuPercent, 0), hubSysPercent: round(fixedStats.sysPercent, 0) };
     ctx.log(`fixed rate: ${JSON.stringify(fixed)}`);
     await sleep(2000);
 
@@ -181,6 +182,7 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
     ctx.log(`max throughput: ${maxOrders} orders, ${concurrency} in flight`);
     await hub.reset();
     const maxCpu = readCpuTimes();
+    const maxProcs = sampleProcesses();
     const maxPosted: Posted[] = [];
     const maxStarted = performance.now();
     await profiled(
@@ -204,7 +206,7 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
     const maxSeconds = (performance.now() - maxStarted) / 1000;
     const maxStats = await hub.stats();
     await collectPushes(pushes.size + maxPosted.filter((p) => p.outcome === 'ASSIGNED').length);
-    const max = { ...analyse(maxPosted, pushes, maxSeconds), concurrency, machineBusyPercent: machineBusyPercent(maxCpu, readCpuTimes()), hubLagP99Ms: round(maxStats.lagP99Ms), hubCpuPercent: round(maxStats.cpuPercent, 0) };
+    const max = { ...analyse(maxPosted, pushes, maxSeconds), concurrency, machineBusyPercent: machineBusyPercent(maxCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(maxProcs, sampleProcesses()), hubLagP99Ms: round(maxStats.lagP99Ms), hubCpuPercent: round(maxStats.cpuPercent, 0), hubSysPercent: round(maxStats.sysPercent, 0) };
     ctx.log(`max throughput: ${JSON.stringify(max)}`);
     const metrics = (await hub.metricsText())!;
     await group.close();
