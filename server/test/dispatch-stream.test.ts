@@ -12,6 +12,7 @@ import {
   onDutyDriver,
   order,
   postWebhook,
+  redisFor,
   startCluster,
   startTestHub,
   type TestDatabase,
@@ -259,5 +260,83 @@ describe.skipIf(!hasSharedPostgres())('/dispatch stream across three nodes', () 
     expect(d.updates.filter((u) => u.id === res.body.deliveryId && u.status === 'ASSIGNED')).toHaveLength(1);
     expect(d.updates.filter((u) => u.id === res.body.deliveryId && u.status === 'PICKED_UP')).toHaveLength(1);
     expect(d.updates.find((u) => u.status === 'PICKED_UP')?.previousStatus).toBe('ASSIGNED');
+  });
+
+  it('when a driver on node 0 goes on and off duty and then takes a delivery through, then dispatchers on nodes 0 and 1 each get every driver:status and delivery:updated once and in order', async () => {
+    const pickup = { lat: 35, lng: 45 };
+    const driver = await onDutyDriver(hubs[0], { lat: pickup.lat + 0.001, lng: pickup.lng }, 'Toggler');
+    opened.push(driver);
+    const here = await connectDispatcher(hubs[0]);
+    const there = await connectDispatcher(hubs[1]);
+    opened.push(here, there);
+    // The setup's own events may still be on their way: only what follows counts.
+    await sleep(300);
+    for (const d of [here, there]) {
+      d.statuses.length = 0;
+      d.updates.length = 0;
+    }
+
+    // Back to back, so that several changes share one tick and one Redis message.
+    const toggles = ['OFFLINE', 'AVAILABLE', 'OFFLINE', 'AVAILABLE', 'OFFLINE', 'AVAILABLE'];
+    for (const status of toggles) expect((await driver.emitAck('status', { status })).ok).toBe(true);
+    const o = order({ pickup });
+    const res = await postWebhook(hubs[0], '/events/seller-order-ready', o);
+    expect(res.status).toBe(200);
+    expect(res.body.driverId).toBe(driver.id);
+    const deliveryId: string = res.body.deliveryId;
+    expect((await driver.emitAck('delivery:update', { deliveryId, status: 'PICKED_UP' })).ok).toBe(true);
+    expect((await driver.emitAck('delivery:update', { deliveryId, status: 'DELIVERED' })).ok).toBe(true);
+
+    const statusesOf = (d: Dispatcher) => d.statuses.filter((s) => s.id === driver.id).map((s) => s.status);
+    const updatesOf = (d: Dispatcher) => d.updates.filter((u) => u.id === deliveryId).map((u) => `${u.previousStatus}->${u.status}`);
+    const expectedStatuses = [...toggles, 'BUSY', 'AVAILABLE'];
+    const expectedUpdates = ['PENDING->ASSIGNED', 'ASSIGNED->PICKED_UP', 'PICKED_UP->DELIVERED'];
+    for (const [d, where] of [[here, 'node 0'], [there, 'node 1']] as const) {
+      await eventually(() => statusesOf(d).length >= expectedStatuses.length && updatesOf(d).length >= expectedUpdates.length, `every event on ${where}`);
+    }
+    await sleep(300); // a repeat would arrive within a few ticks
+    for (const d of [here, there]) {
+      expect(statusesOf(d)).toEqual(expectedStatuses);
+      expect(updatesOf(d)).toEqual(expectedUpdates);
+      const stamps = d.statuses.filter((s) => s.id === driver.id).map((s) => s.ts);
+      expect(stamps).toEqual([...stamps].sort((a, b) => a - b));
+    }
+    expect(there.updates.find((u) => u.id === deliveryId && u.status === 'ASSIGNED')).toMatchObject({
+      sellerOrderId: o.sellerOrderId,
+      orderCode: o.orderCode,
+      driverId: driver.id,
+    });
+  });
+
+  it('when many drivers on node 0 change status at once, then node 0 shares them in fewer Redis messages than events and a dispatcher on node 2 gets each one', async () => {
+    const drivers = [];
+    for (let i = 0; i < 10; i++) drivers.push(await onDutyDriver(hubs[0], { lat: 36 + i * 0.01, lng: 46 }, `Crowd ${i}`));
+    opened.push(...drivers);
+    const d = await connectDispatcher(hubs[2]);
+    opened.push(d);
+    await sleep(300);
+    d.statuses.length = 0;
+
+    const redis = redisFor(hubs[0]);
+    let carried = 0;
+    try {
+      // Every /dispatch message between nodes: emits, server-side emits and their replies.
+      await redis.psubscribe(`${hubs[0].config.REDIS_PREFIX}socket.io*#/dispatch#*`);
+      redis.on('pmessageBuffer', (_pattern: Buffer, _channel: Buffer, message: Buffer) => {
+        // Position batches are not what this change is about.
+        if (message[0] === 0x7b && JSON.parse(message.toString()).data?.[0] === 'drivers:moved') return;
+        carried += 1;
+      });
+
+      await Promise.all(drivers.map(async (x) => expect((await x.emitAck('status', { status: 'OFFLINE' })).ok).toBe(true)));
+      const ids = new Set(drivers.map((x) => x.id));
+      await eventually(() => d.statuses.filter((s) => ids.has(s.id)).length >= drivers.length, 'every OFFLINE on node 2');
+      await sleep(300);
+      for (const x of drivers) expect(d.statuses.filter((s) => s.id === x.id)).toEqual([expect.objectContaining({ status: 'OFFLINE' })]);
+      expect(carried).toBeGreaterThan(0);
+      expect(carried).toBeLessThan(drivers.length);
+    } finally {
+      redis.disconnect();
+    }
   });
 });

@@ -10,8 +10,15 @@ import { onEvent, parsePayload, refuseOtherEvents } from '../platform/socket-edg
 import type { DriversStore } from '../presence/drivers.store.js';
 import type { PresenceService } from '../presence/presence.service.js';
 
+/** A `/dispatch` event other than the position batches, as the clients receive it. */
+export type DispatchEvent =
+  | { event: 'driver:status'; payload: Parameters<DispatchServerEvents['driver:status']>[0] }
+  | { event: 'delivery:updated'; payload: Parameters<DispatchServerEvents['delivery:updated']>[0] };
+
 interface DispatchInterServer {
   'drivers:moved': (moves: DriverMoved[]) => void;
+  /** One node's status and delivery events of one tick, in the order they happened there. */
+  'dispatch:events': (batch: DispatchEvent[]) => void;
 }
 
 export type DispatchNamespace = Namespace<DispatchClientEvents, DispatchServerEvents, DispatchInterServer, SocketData & { viewport?: Viewport }>;
@@ -28,6 +35,11 @@ export function inViewport(move: { lat: number; lng: number }, viewport: Viewpor
  * The `/dispatch` namespace: a snapshot on connect, then one `drivers:moved` batch per node per
  * tick. Each node shares its batch with the others (serverSideEmit) and every node filters it
  * for its own dispatchers' viewports.
+ *
+ * `driver:status` and `delivery:updated` travel the same way on a shorter tick: a plain
+ * `nsp.emit` costs one Redis PUBLISH per event (two per assignment), even with no dispatcher
+ * connected anywhere, so each node sends one batch per tick and every node replays it to its
+ * own dispatchers as the individual events clients expect.
  */
 export function attachDispatchNamespace(
   nsp: DispatchNamespace,
@@ -39,6 +51,8 @@ export function attachDispatchNamespace(
     logger: Logger;
     metrics: Metrics;
     tickMs: number;
+    /** How long status and delivery events wait to share one Redis message; 50 ms by default. */
+    eventTickMs?: number;
     /** True when the Redis adapter links this node to others. */
     clustered: boolean;
     limits: RateLimits;
@@ -66,8 +80,41 @@ export function attachDispatchNamespace(
   }, deps.tickMs);
   timer.unref();
 
-  events.on('driver:status', ({ driverId, status }) => nsp.emit('driver:status', { id: driverId, status, ts: Date.now() }));
-  events.on('delivery:updated', ({ delivery, previousStatus }) => nsp.emit('delivery:updated', { ...delivery, previousStatus }));
+  // Local only: the sender's batch never comes back to it (the Redis adapter drops requests
+  // carrying its own uid), and other nodes' dispatchers get it from their own node.
+  function emitLocally(batch: DispatchEvent[]): void {
+    for (const e of batch) {
+      if (e.event === 'driver:status') nsp.local.emit('driver:status', e.payload);
+      else nsp.local.emit('delivery:updated', e.payload);
+    }
+  }
+
+  nsp.on('dispatch:events', (batch) => emitLocally(batch));
+
+  let pending: DispatchEvent[] = [];
+  let stopped = false;
+
+  function share(): void {
+    if (pending.length === 0) return;
+    const batch = pending;
+    pending = [];
+    nsp.serverSideEmit('dispatch:events', batch);
+  }
+
+  function record(e: DispatchEvent): void {
+    // This node's dispatchers need not wait for the tick: only the Redis message is batched.
+    emitLocally([e]);
+    if (!deps.clustered) return;
+    pending.push(e);
+    // Shutdown still produces events (drivers dropped as their sockets close) while Redis is up.
+    if (stopped) share();
+  }
+
+  const eventTimer = setInterval(share, deps.eventTickMs ?? 50);
+  eventTimer.unref();
+
+  events.on('driver:status', ({ driverId, status }) => record({ event: 'driver:status', payload: { id: driverId, status, ts: Date.now() } }));
+  events.on('delivery:updated', ({ delivery, previousStatus }) => record({ event: 'delivery:updated', payload: { ...delivery, previousStatus } }));
 
   nsp.use((socket, next) => {
     if (socket.data.role !== 'dispatcher' && socket.data.role !== 'admin') {
@@ -97,5 +144,12 @@ export function attachDispatchNamespace(
     }
   });
 
-  return { stop: () => clearInterval(timer) };
+  return {
+    stop() {
+      clearInterval(timer);
+      clearInterval(eventTimer);
+      stopped = true;
+      share();
+    },
+  };
 }
