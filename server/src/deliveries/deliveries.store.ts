@@ -1,6 +1,8 @@
+import { randomUUID } from 'node:crypto';
 import { and, asc, desc, eq, sql } from 'drizzle-orm';
 import type { AssignmentPush, DeliveryStatus, DeliveryView, ListDeliveriesQuery, SellerOrderReady } from '../../../shared/src/schemas.js';
-import type { Database, DbOrTx, Tx } from '../platform/db.js';
+import { OUTBOX_INSERT, type OutboxEventType } from '../outbox/outbox.store.js';
+import { type Database, type DbOrTx, rowMapper, type Tx, uniqueViolation } from '../platform/db.js';
 import { deliveries, deliveryEvents } from '../platform/schema.js';
 import type { DriversStore } from '../presence/drivers.store.js';
 import { haversineSql } from '../presence/drivers.store.js';
@@ -11,8 +13,70 @@ export type RankedCandidate = Candidate & { outcome: 'chosen' | 'taken' | 'not-t
 
 /** What the outbox needs to write a status event in the caller's transaction. */
 export interface OutboxWriter {
-  enqueue(executor: DbOrTx, event: { deliveryId: string; type: string; payload: unknown }): Promise<unknown>;
+  enqueue(executor: DbOrTx, event: { deliveryId: string; type: OutboxEventType; payload: unknown }): Promise<unknown>;
 }
+
+export type CreateOutcome =
+  | { created: true; delivery: DeliveryRow; chosen: Candidate | null }
+  | { created: false; delivery: DeliveryRow };
+
+const SELLER_ORDER_KEY = 'deliveries_seller_order_id_key';
+const toDeliveryRow = rowMapper(deliveries);
+
+/**
+ * $1 id, $2 sellerOrderId, $3 orderCode, $4 sellerId, $5-$7 pickup lat/lng/address, $8-$10 dropoff,
+ * $11 customer (json), $12 notes, $13 candidates (json [{id, dist, ord}], nearest first), $14 now,
+ * $15 the assigned event's payload without its driverId. Returns the new row with fresh = true,
+ * or the existing one with fresh = false.
+ *
+ * The claim locks the candidate rows in order (FOR UPDATE under LIMIT): a row another statement
+ * holds is waited for and then re-checked, so a driver claimed meanwhile is passed over and the
+ * next candidate taken. The active-delivery test is the partial unique index's twin.
+ */
+const CREATE_AND_ASSIGN = `
+with input as (
+  select c.id, c.dist, c.ord from jsonb_to_recordset($13::jsonb) as c(id uuid, dist float8, ord int)
+), known as (
+  select * from deliveries where seller_order_id = $2::text
+), pick as (
+  select d.id, i.dist, i.ord
+  from input i join drivers d on d.id = i.id
+  where not exists (select 1 from known)
+    and d.status = 'AVAILABLE'
+    and not exists (select 1 from deliveries a where a.driver_id = d.id and a.status in ('ASSIGNED', 'PICKED_UP'))
+  order by i.ord
+  limit 1
+  for update of d
+), claimed as (
+  update drivers set status = 'BUSY', updated_at = $14::timestamptz
+  from pick where drivers.id = pick.id
+  returning drivers.id, pick.dist, pick.ord
+), created as (
+  insert into deliveries (id, seller_order_id, order_code, seller_id, status, driver_id,
+    pickup_lat, pickup_lng, pickup_address, dropoff_lat, dropoff_lng, dropoff_address, customer, notes,
+    distance_meters, candidates, assigned_at, created_at, updated_at)
+  select $1::uuid, $2::text, $3::text, $4::text, case when c.id is null then 'PENDING' else 'ASSIGNED' end, c.id,
+    $5::float8, $6::float8, $7::text, $8::float8, $9::float8, $10::text, $11::jsonb, $12::text,
+    c.dist,
+    (select jsonb_agg(jsonb_build_object('driverId', i.id, 'distanceMeters', i.dist, 'outcome',
+        case when i.ord = c.ord then 'chosen' when c.ord is null or i.ord < c.ord then 'taken' else 'not-tried' end) order by i.ord)
+      from input i),
+    case when c.id is null then null else $14::timestamptz end, $14::timestamptz, $14::timestamptz
+  from (select 1) as one left join claimed c on true
+  where not exists (select 1 from known)
+  returning *
+), audit as (
+  insert into delivery_events (delivery_id, from_status, to_status, driver_id, actor, at)
+  select id, null, 'PENDING', null, 'webhook', created_at from created
+  union all
+  select id, 'PENDING', 'ASSIGNED', driver_id, 'hub', assigned_at from created where status = 'ASSIGNED'
+), notified as (
+  ${OUTBOX_INSERT} select id, 'delivery.assigned', $15::jsonb || jsonb_build_object('driverId', driver_id)
+  from created where status = 'ASSIGNED'
+)
+select true as fresh, * from created
+union all
+select false as fresh, * from known`;
 
 export interface TransitionResult {
   delivery: DeliveryRow;
@@ -22,13 +86,37 @@ export interface TransitionResult {
   released: { id: string; status: string; lat: number | null; lng: number | null } | null;
 }
 
-const OUTBOX_TYPE: Partial<Record<DeliveryStatus, string>> = {
+const OUTBOX_TYPE: Partial<Record<DeliveryStatus, OutboxEventType>> = {
   ASSIGNED: 'delivery.assigned',
   PICKED_UP: 'delivery.picked_up',
   DELIVERED: 'delivery.delivered',
   FAILED: 'delivery.failed',
   CANCELLED: 'delivery.cancelled',
 };
+
+/** The status event Vendure is told about; the same shape whichever write path makes it. */
+export function statusEvent(
+  row: Pick<DeliveryRow, 'id' | 'sellerOrderId' | 'orderCode' | 'status' | 'driverId'> & { updatedAt: Date | string },
+  from: DeliveryStatus,
+  reason: string | null,
+): { deliveryId: string; type: OutboxEventType; payload: Record<string, unknown> } {
+  const type = OUTBOX_TYPE[row.status];
+  if (!type) throw new Error(`no status event for ${row.status}`);
+  return {
+    deliveryId: row.id,
+    type,
+    payload: {
+      deliveryId: row.id,
+      sellerOrderId: row.sellerOrderId,
+      orderCode: row.orderCode,
+      status: row.status,
+      previousStatus: from,
+      driverId: row.driverId,
+      reason,
+      at: typeof row.updatedAt === 'string' ? row.updatedAt : row.updatedAt.toISOString(),
+    },
+  };
+}
 
 export function toDeliveryView(row: DeliveryRow): DeliveryView {
   return {
@@ -75,23 +163,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
       actor,
       reason,
     });
-    const type = OUTBOX_TYPE[row.status];
-    if (type && from !== null) {
-      await outbox.enqueue(tx, {
-        deliveryId: row.id,
-        type,
-        payload: {
-          deliveryId: row.id,
-          sellerOrderId: row.sellerOrderId,
-          orderCode: row.orderCode,
-          status: row.status,
-          previousStatus: from,
-          driverId: row.driverId,
-          reason,
-          at: row.updatedAt.toISOString(),
-        },
-      });
-    }
+    if (from !== null && OUTBOX_TYPE[row.status]) await outbox.enqueue(tx, statusEvent(row, from, reason));
   }
 
   /** Tries candidates nearest first; the first successful conditional claim wins. */
@@ -165,41 +237,51 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
     },
 
     /**
-     * Creates the delivery and claims the first free candidate in one transaction. Returns null
-     * when the sellerOrderId already exists (a retry or a concurrent twin): the caller answers from it.
+     * The webhook's whole write in one statement, so one round trip and no transaction held open
+     * across the network: when no delivery exists for the sellerOrderId, the first free candidate
+     * is claimed (a locked, re-checked conditional write), the delivery inserted in its final state,
+     * its audit rows and the `delivery.assigned` outbox event written. When one exists, nothing is
+     * written and it is returned. A twin that commits after this statement's snapshot makes the
+     * insert fail on the unique key, which rolls the claim back; the twin's row is returned then.
      */
-    async createAndAssign(
-      order: SellerOrderReady,
-      candidates: readonly Candidate[],
-    ): Promise<{ delivery: DeliveryRow; chosen: Candidate | null } | null> {
-      return db.transaction(async (tx) => {
-        const [created] = await tx
-          .insert(deliveries)
-          .values({
-            sellerOrderId: order.sellerOrderId,
-            orderCode: order.orderCode,
-            sellerId: order.sellerId ?? null,
-            status: 'PENDING',
-            pickupLat: order.pickup.lat,
-            pickupLng: order.pickup.lng,
-            pickupAddress: order.pickup.address ?? null,
-            dropoffLat: order.dropoff.lat,
-            dropoffLng: order.dropoff.lng,
-            dropoffAddress: order.dropoff.address ?? null,
-            customer: order.customer ?? null,
-            notes: order.notes ?? null,
-          })
-          .onConflictDoNothing({ target: deliveries.sellerOrderId })
-          .returning();
-        if (!created) return null;
-        await record(tx, created, null, 'webhook', null);
-        const { chosen, ranked } = await claimFirst(tx, candidates);
-        if (!chosen) {
-          if (ranked.length > 0) await tx.update(deliveries).set({ candidates: ranked }).where(eq(deliveries.id, created.id));
-          return { delivery: created, chosen: null };
-        }
-        return { delivery: await assignInTx(tx, created, chosen, ranked), chosen };
-      });
+    async createAndAssign(order: SellerOrderReady, candidates: readonly Candidate[]): Promise<CreateOutcome> {
+      const id = randomUUID();
+      const now = new Date().toISOString();
+      const assignedEvent = statusEvent(
+        { id, sellerOrderId: order.sellerOrderId, orderCode: order.orderCode, status: 'ASSIGNED', driverId: null, updatedAt: now },
+        'PENDING',
+        null,
+      );
+      const params = [
+        id,
+        order.sellerOrderId,
+        order.orderCode,
+        order.sellerId ?? null,
+        order.pickup.lat,
+        order.pickup.lng,
+        order.pickup.address ?? null,
+        order.dropoff.lat,
+        order.dropoff.lng,
+        order.dropoff.address ?? null,
+        order.customer ? JSON.stringify(order.customer) : null,
+        order.notes ?? null,
+        JSON.stringify(candidates.map((c, ord) => ({ id: c.driverId, dist: c.distanceMeters, ord }))),
+        now,
+        JSON.stringify(assignedEvent.payload),
+      ];
+      try {
+        const [raw] = await database.query<Record<string, unknown> & { fresh: boolean }>(CREATE_AND_ASSIGN, params);
+        if (!raw) throw new Error('create-and-assign returned no row');
+        const delivery = toDeliveryRow(raw);
+        if (!raw.fresh) return { created: false, delivery };
+        const chosen = delivery.driverId ? { driverId: delivery.driverId, distanceMeters: delivery.distanceMeters ?? 0 } : null;
+        return { created: true, delivery, chosen };
+      } catch (err) {
+        if (uniqueViolation(err) !== SELLER_ORDER_KEY) throw err;
+        const twin = await this.findBySellerOrderId(order.sellerOrderId);
+        if (!twin) throw err;
+        return { created: false, delivery: twin };
+      }
     },
 
     /** Pending deliveries, oldest first, for the periodic retry. */

@@ -83,8 +83,9 @@ export function createDispatchService(deps: DispatchDeps) {
 
   async function announce(row: DeliveryRow, previousStatus: DeliveryRow['status'] | null): Promise<void> {
     if (row.status === 'ASSIGNED' && row.driverId) {
-      await presence.claimed(row.driverId);
+      // The push goes first: the driver is waiting for it, and PostgreSQL already made the claim.
       events.emit('delivery:assigned', { driverId: row.driverId, assignment: toAssignmentPush(row) });
+      await presence.claimed(row.driverId);
     }
     events.emit('delivery:updated', { delivery: toDeliveryView(row), previousStatus });
   }
@@ -122,33 +123,27 @@ export function createDispatchService(deps: DispatchDeps) {
     /** The webhook's work: idempotent by sellerOrderId, PostgreSQL judges the claim. */
     async orderReady(order: SellerOrderReady): Promise<OrderReadyReply> {
       const started = performance.now();
-      const existing = await deliveries.findBySellerOrderId(order.sellerOrderId);
-      if (existing) return answerRetry(existing, order);
-
       const { source, candidates } = await candidatesNear(order.pickup);
-      let result = await deliveries.createAndAssign(order, candidates);
-      if (!result) {
-        const twin = await deliveries.findBySellerOrderId(order.sellerOrderId);
-        if (!twin) throw new HubError('INTERNAL', 'delivery vanished');
-        return answerRetry(twin, order);
-      }
-      if (!result.chosen && candidates.length >= CANDIDATES) {
+      const outcome = await deliveries.createAndAssign(order, candidates);
+      if (!outcome.created) return answerRetry(outcome.delivery, order);
+      let { delivery, chosen } = outcome;
+      if (!chosen && candidates.length >= CANDIDATES) {
         // Every proposed driver was claimed by a concurrent order: look further before calling it PENDING.
         const tried = new Set(candidates.map((c) => c.driverId));
         const wider = (await candidatesNear(order.pickup, CANDIDATES * 6)).candidates.filter((c) => !tried.has(c.driverId));
-        const second = wider.length > 0 ? await deliveries.assignPending(result.delivery.id, wider) : null;
-        if (second) result = second;
+        const second = wider.length > 0 ? await deliveries.assignPending(delivery.id, wider) : null;
+        if (second) ({ delivery, chosen } = second);
       }
-      await announce(result.delivery, result.chosen ? 'PENDING' : null);
-      if (result.chosen) {
+      await announce(delivery, chosen ? 'PENDING' : null);
+      if (chosen) {
         metrics.assignments.inc({ source });
         metrics.assignmentSeconds.observe((performance.now() - started) / 1000);
       }
       log.info(
-        { delivery: result.delivery.id, sellerOrderId: order.sellerOrderId, driver: result.chosen?.driverId ?? null, source },
-        result.chosen ? 'delivery assigned' : 'delivery pending: no driver free',
+        { delivery: delivery.id, sellerOrderId: order.sellerOrderId, driver: chosen?.driverId ?? null, source },
+        chosen ? 'delivery assigned' : 'delivery pending: no driver free',
       );
-      return replyFor(result.delivery, false);
+      return replyFor(delivery, false);
     },
 
     async activeAssignment(driverId: string): Promise<DriverSession['activeDelivery']> {

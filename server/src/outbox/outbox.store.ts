@@ -21,6 +21,12 @@ export interface OutboxEventInput {
 
 export type OutboxRow = typeof outbox.$inferSelect;
 
+/**
+ * The head of an insert for a caller that writes its event inside a larger statement; a
+ * `select delivery_id, type, payload ...` follows it. Every other column takes its default.
+ */
+export const OUTBOX_INSERT = 'insert into outbox (delivery_id, type, payload)';
+
 /** A row handed to one relay for one send; `attempts` already counts this attempt. */
 export type ClaimedEvent = Pick<OutboxRow, 'id' | 'seq' | 'deliveryId' | 'type' | 'payload' | 'attempts' | 'createdAt' | 'nextAttemptAt'>;
 

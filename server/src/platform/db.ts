@@ -1,8 +1,8 @@
 import { mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { PGlite } from '@electric-sql/pglite';
-import { type ExtractTablesWithRelations, sql } from 'drizzle-orm';
-import type { PgDatabase, PgQueryResultHKT, PgTransaction } from 'drizzle-orm/pg-core';
+import { type ExtractTablesWithRelations, getTableColumns, sql } from 'drizzle-orm';
+import type { PgDatabase, PgQueryResultHKT, PgTable, PgTransaction } from 'drizzle-orm/pg-core';
 import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
 import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator';
 import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
@@ -25,6 +25,12 @@ export interface Database {
   readonly kind: 'postgres' | 'pglite';
   /** Rows of a raw query, the same shape whichever driver runs it. */
   rows<T>(query: ReturnType<typeof sql>, executor?: DbOrTx): Promise<T[]>;
+  /**
+   * A hot statement written as plain text with $1..$n: no query building per call, and on
+   * PostgreSQL a named prepared statement per connection (parsed and planned once). Values come
+   * back as the driver gives them (timestamps may be strings): map them with `rowMapper`.
+   */
+  query<T = Record<string, unknown>>(text: string, params: readonly unknown[]): Promise<T[]>;
   ping(timeoutMs?: number): Promise<boolean>;
   migrate(): Promise<void>;
   close(): Promise<void>;
@@ -39,6 +45,28 @@ export interface DatabaseOptions {
 function rowsOf<T>(result: unknown): T[] {
   // postgres.js returns an array of rows; PGlite returns { rows }.
   return Array.isArray(result) ? (result as T[]) : ((result as { rows: T[] }).rows ?? []);
+}
+
+/** Maps raw snake_case rows of `table` (from `Database.query`) to what drizzle's own selects return. */
+export function rowMapper<TTable extends PgTable>(table: TTable): (raw: Record<string, unknown>) => TTable['$inferSelect'] {
+  const columns = Object.entries(getTableColumns(table)).map(([key, column]) => ({ key, name: column.name, column }));
+  return (raw) => {
+    const row: Record<string, unknown> = {};
+    for (const { key, name, column } of columns) {
+      const value = raw[name];
+      row[key] = value === null || value === undefined ? null : column.mapFromDriverValue(value);
+    }
+    return row as TTable['$inferSelect'];
+  };
+}
+
+/** The constraint a unique violation (SQLSTATE 23505) broke, wherever the driver put it; null for any other error. */
+export function uniqueViolation(err: unknown): string | null {
+  for (let e = err as { code?: unknown; constraint_name?: unknown; constraint?: unknown; cause?: unknown } | null; e; e = e.cause as typeof e) {
+    if (e.code === '23505') return String(e.constraint_name ?? e.constraint ?? '');
+    if (e.cause === e) break;
+  }
+  return null;
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
@@ -77,6 +105,8 @@ export function openDatabase(opts: DatabaseOptions): Database {
     return {
       ...queries(db),
       kind: 'postgres',
+      query: async <T>(text: string, params: readonly unknown[]) =>
+        (await client.unsafe(text, params as never[], { prepare: true })) as unknown as T[],
       async migrate() {
         // Several replicas may start together: a session advisory lock lets one migrate at a time.
         const lock = await client.reserve();
@@ -97,6 +127,7 @@ export function openDatabase(opts: DatabaseOptions): Database {
   return {
     ...queries(db),
     kind: 'pglite',
+    query: async <T>(text: string, params: readonly unknown[]) => (await client.query<T>(text, params as unknown[])).rows,
     migrate: () => migratePglite(drizzlePglite(client), { migrationsFolder: MIGRATIONS_DIR }),
     close: () => client.close(),
   };
