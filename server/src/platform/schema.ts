@@ -26,12 +26,6 @@ export const drivers = pgTable(
     status: text('status').$type<DriverStatus>().notNull().default('OFFLINE'),
     /** The driver asked to work (went AVAILABLE) and has not gone off duty: a reconnect brings it back. */
     onDuty: boolean('on_duty').notNull().default(false),
-    lat: doublePrecision('lat'),
-    lng: doublePrecision('lng'),
-    heading: doublePrecision('heading'),
-    speed: doublePrecision('speed'),
-    positionAt: ts('position_at'),
-    lastSeenAt: ts('last_seen_at'),
     /** The socket that currently speaks for this driver; a stale socket's disconnect must not take it offline. */
     sessionId: text('session_id'),
     /** Bumped to revoke every token issued before. */
@@ -39,11 +33,25 @@ export const drivers = pgTable(
     createdAt: ts('created_at').notNull().defaultNow(),
     updatedAt: ts('updated_at').notNull().defaultNow(),
   },
-  (t) => [
-    index('drivers_available_idx').on(t.lat, t.lng).where(sql`${t.status} = 'AVAILABLE'`),
-    index('drivers_live_idx').on(t.lastSeenAt).where(sql`${t.status} <> 'OFFLINE'`),
-  ],
+  (t) => [index('drivers_live_idx').on(t.id).where(sql`${t.status} <> 'OFFLINE'`)],
 );
+
+/**
+ * Where each driver was last seen and when it was last heard from. Written thousands of times a
+ * second in batches, so it lives apart from `drivers`: those writes never hold a lock an
+ * assignment's claim on the driver row would wait for. No index but the key, so updates stay HOT.
+ */
+export const driverPositions = pgTable('driver_positions', {
+  driverId: uuid('driver_id')
+    .primaryKey()
+    .references(() => drivers.id, { onDelete: 'cascade' }),
+  lat: doublePrecision('lat'),
+  lng: doublePrecision('lng'),
+  heading: doublePrecision('heading'),
+  speed: doublePrecision('speed'),
+  positionAt: ts('position_at'),
+  lastSeenAt: ts('last_seen_at'),
+});
 
 export const deliveries = pgTable(
   'deliveries',
@@ -120,4 +128,4 @@ export const outbox = pgTable(
   ],
 );
 
-export const schema = { drivers, deliveries, deliveryEvents, outbox };
+export const schema = { drivers, driverPositions, deliveries, deliveryEvents, outbox };

@@ -1,7 +1,7 @@
 import { and, desc, eq, inArray, type SQL, sql } from 'drizzle-orm';
 import type { DriverStatus, DriverView } from '../../../shared/src/schemas.js';
 import type { Database, DbOrTx } from '../platform/db.js';
-import { drivers } from '../platform/schema.js';
+import { driverPositions, drivers } from '../platform/schema.js';
 
 export interface DriverPosition {
   id: string;
@@ -37,9 +37,24 @@ const resolvedStatus = (onDuty: boolean | null = null) => sql`case
   when ${onDuty === null ? sql`drivers.on_duty` : sql`${onDuty}::boolean`} then 'AVAILABLE'
   else 'OFFLINE' end`;
 
+/** A driver's last known coordinate, read beside a statement on `drivers`. */
+const positionOf = (column: 'lat' | 'lng') =>
+  sql<number | null>`(select p.${sql.raw(column)} from ${driverPositions} p where p.driver_id = ${drivers.id})`;
+
+/** Ids in one order for every batch write, so two batches never lock the same rows in opposite orders. */
+const sortedJson = (ids: readonly string[]) => JSON.stringify([...ids].sort());
+
 export function createDriversStore(database: Database) {
   const { db } = database;
-  const presenceColumns = { id: drivers.id, status: drivers.status, lat: drivers.lat, lng: drivers.lng };
+  const presenceColumns = { id: drivers.id, status: drivers.status, lat: positionOf('lat'), lng: positionOf('lng') };
+
+  /** The driver was heard from now (only an existing driver gets a row). */
+  async function seen(executor: DbOrTx, id: string): Promise<void> {
+    await executor.execute(sql`
+      insert into driver_positions (driver_id, last_seen_at)
+      select id, now() from drivers where id = ${id}
+      on conflict (driver_id) do update set last_seen_at = excluded.last_seen_at`);
+  }
 
   /** One conditional update of a driver row, answering its new presence (null when no row matched). */
   async function updatePresence(
@@ -95,19 +110,22 @@ export function createDriversStore(database: Database) {
           id: drivers.id,
           name: drivers.name,
           status: drivers.status,
-          lat: drivers.lat,
-          lng: drivers.lng,
-          lastSeenAt: drivers.lastSeenAt,
+          lat: driverPositions.lat,
+          lng: driverPositions.lng,
+          lastSeenAt: driverPositions.lastSeenAt,
         })
         .from(drivers)
-        .orderBy(desc(drivers.lastSeenAt))
+        .leftJoin(driverPositions, eq(driverPositions.driverId, drivers.id))
+        .orderBy(sql`${driverPositions.lastSeenAt} desc nulls last`, desc(drivers.createdAt))
         .limit(limit);
       return rows.map((r) => ({ ...r, lastSeenAt: r.lastSeenAt?.toISOString() ?? null }));
     },
 
     /** A socket now speaks for the driver; status comes back from duty and deliveries, not from the app. */
     async connect(id: string, sessionId: string): Promise<DriverPresenceRow | null> {
-      return updatePresence(db, { sessionId, lastSeenAt: new Date(), status: resolvedStatus() }, eq(drivers.id, id));
+      // Heard from first: a sweep between the two writes must not find the driver silent.
+      await seen(db, id);
+      return updatePresence(db, { sessionId, status: resolvedStatus() }, eq(drivers.id, id));
     },
 
     /** Only the socket that still speaks for the driver may take it offline. */
@@ -116,7 +134,8 @@ export function createDriversStore(database: Database) {
     },
 
     async setDuty(id: string, onDuty: boolean): Promise<DriverPresenceRow | null> {
-      return updatePresence(db, { onDuty, status: resolvedStatus(onDuty), lastSeenAt: new Date() }, eq(drivers.id, id));
+      await seen(db, id);
+      return updatePresence(db, { onDuty, status: resolvedStatus(onDuty) }, eq(drivers.id, id));
     },
 
     /** A BUSY driver whose delivery ended: back to AVAILABLE if still connected and on duty. */
@@ -148,28 +167,39 @@ export function createDriversStore(database: Database) {
     },
 
     async position(id: string): Promise<{ lat: number; lng: number } | null> {
-      const [row] = await db.select({ lat: drivers.lat, lng: drivers.lng }).from(drivers).where(eq(drivers.id, id));
+      const [row] = await db
+        .select({ lat: driverPositions.lat, lng: driverPositions.lng })
+        .from(driverPositions)
+        .where(eq(driverPositions.driverId, id));
       return row && row.lat !== null && row.lng !== null ? { lat: row.lat, lng: row.lng } : null;
     },
 
-    /** Last known positions of many drivers in one statement. */
+    /** Last known positions of many drivers in one statement (drivers that no longer exist are skipped). */
     async flushPositions(positions: readonly DriverPosition[]): Promise<void> {
       if (positions.length === 0) return;
       const json = JSON.stringify(
-        positions.map((p) => ({ id: p.id, lat: p.lat, lng: p.lng, heading: p.heading, speed: p.speed, at: p.at.toISOString() })),
+        [...positions]
+          .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+          .map((p) => ({ id: p.id, lat: p.lat, lng: p.lng, heading: p.heading, speed: p.speed, at: p.at.toISOString() })),
       );
       await db.execute(sql`
-        update drivers set lat = v.lat, lng = v.lng, heading = v.heading, speed = v.speed,
-          position_at = v.at, last_seen_at = greatest(drivers.last_seen_at, v.at)
+        insert into driver_positions (driver_id, lat, lng, heading, speed, position_at, last_seen_at)
+        select v.id, v.lat, v.lng, v.heading, v.speed, v.at, v.at
         from jsonb_to_recordset(${json}::jsonb) as v(id uuid, lat float8, lng float8, heading float8, speed float8, at timestamptz)
-        where drivers.id = v.id`);
+        where exists (select 1 from drivers d where d.id = v.id)
+        on conflict (driver_id) do update set lat = excluded.lat, lng = excluded.lng, heading = excluded.heading,
+          speed = excluded.speed, position_at = excluded.position_at,
+          last_seen_at = greatest(driver_positions.last_seen_at, excluded.last_seen_at)`);
     },
 
     /** Connected but quiet drivers stay alive in PostgreSQL too (the sweeper's source of truth). */
     async touch(ids: readonly string[]): Promise<void> {
       if (ids.length === 0) return;
-      await db.execute(sql`update drivers set last_seen_at = now()
-        where id in (select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb)::uuid)`);
+      await db.execute(sql`
+        insert into driver_positions (driver_id, last_seen_at)
+        select d.id, now() from drivers d
+        join jsonb_array_elements_text(${sortedJson(ids)}::jsonb) as v(id) on d.id = v.id::uuid
+        on conflict (driver_id) do update set last_seen_at = excluded.last_seen_at`);
     },
 
     /** Takes drivers whose heartbeat went silent offline; safe when several nodes run it at once. */
@@ -177,8 +207,9 @@ export function createDriversStore(database: Database) {
       return database.rows<DriverPresenceRow>(sql`
         update drivers set status = 'OFFLINE', session_id = null, updated_at = now()
         where status <> 'OFFLINE'
-          and (last_seen_at is null or last_seen_at < now() - make_interval(secs => ${ttlSeconds}))
-        returning id, status, lat, lng`);
+          and not exists (select 1 from driver_positions p
+            where p.driver_id = drivers.id and p.last_seen_at >= now() - make_interval(secs => ${ttlSeconds}))
+        returning id, status, ${positionOf('lat')} as lat, ${positionOf('lng')} as lng`);
     },
 
     /** Nearest AVAILABLE drivers from PostgreSQL alone (Redis down or disabled): bounding box, then distance. */
@@ -190,13 +221,13 @@ export function createDriversStore(database: Database) {
     ): Promise<{ driverId: string; distanceMeters: number }[]> {
       const dLat = radiusMeters / 111_320;
       const dLng = radiusMeters / (111_320 * Math.max(0.01, Math.cos((point.lat * Math.PI) / 180)));
-      const distance = haversineSql(drivers.lat, drivers.lng, point.lat, point.lng);
+      const distance = haversineSql(sql`p.lat`, sql`p.lng`, point.lat, point.lng);
       const rows = await database.rows<{ id: string; distance: number }>(sql`
-        select id, ${distance} as distance from drivers
-        where status = 'AVAILABLE'
-          and lat between ${point.lat - dLat} and ${point.lat + dLat}
-          and lng between ${point.lng - dLng} and ${point.lng + dLng}
-          and last_seen_at > now() - make_interval(secs => ${freshSeconds})
+        select d.id, ${distance} as distance from drivers d join driver_positions p on p.driver_id = d.id
+        where d.status = 'AVAILABLE'
+          and p.lat between ${point.lat - dLat} and ${point.lat + dLat}
+          and p.lng between ${point.lng - dLng} and ${point.lng + dLng}
+          and p.last_seen_at > now() - make_interval(secs => ${freshSeconds})
           and ${distance} <= ${radiusMeters}
         order by distance asc
         limit ${limit}`);
@@ -207,15 +238,16 @@ export function createDriversStore(database: Database) {
     async presenceOf(ids: readonly string[]): Promise<DriverPresenceRow[]> {
       if (ids.length === 0) return [];
       return database.rows<DriverPresenceRow>(sql`
-        select id, status, lat, lng from drivers
-        where id in (select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb)::uuid)`);
+        select d.id, d.status, p.lat, p.lng from drivers d left join driver_positions p on p.driver_id = d.id
+        where d.id in (select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb)::uuid)`);
     },
 
     /** Everyone the hub thinks is live, to rebuild Redis. */
     async live(): Promise<DriverPresenceRow[]> {
       return db
-        .select(presenceColumns)
+        .select({ id: drivers.id, status: drivers.status, lat: driverPositions.lat, lng: driverPositions.lng })
         .from(drivers)
+        .leftJoin(driverPositions, eq(driverPositions.driverId, drivers.id))
         .where(sql`${drivers.status} <> 'OFFLINE'`);
     },
   };
