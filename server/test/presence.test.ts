@@ -206,6 +206,26 @@ describe('driver presence', () => {
     );
   });
 
+  it('when thousands of GEO members lose their heartbeat, then the expiry sweep removes exactly those, one slice at a time', async () => {
+    const prefix = `${hub.config.REDIS_PREFIX}expiry:`;
+    const store = createPresenceStore({ redis, breaker: new CircuitBreaker(), prefix, heartbeatTtlSeconds: 30 });
+    const ids = Array.from({ length: 2600 }, (_, i) => `driver-${String(i).padStart(4, '0')}`);
+    const silent = new Set(ids.filter((_, i) => i % 3 === 0));
+    const pipeline = redis.pipeline();
+    for (const [i, id] of ids.entries()) {
+      pipeline.geoadd(`${prefix}drivers:geo`, BERLIN.lng + i * 1e-5, BERLIN.lat, id);
+      if (!silent.has(id)) pipeline.set(`${prefix}driver:online:${id}`, '1', 'EX', 30);
+    }
+    await pipeline.exec();
+    const removed = await store.expiredDrivers();
+    expect(new Set(removed)).toEqual(silent);
+    const left = await redis.zrange(`${prefix}drivers:geo`, 0, -1);
+    expect(left.length).toBe(ids.length - silent.size);
+    expect(left.some((id) => silent.has(id))).toBe(false);
+    const keysLeft = await redis.keys(`${prefix}*`);
+    if (keysLeft.length) await redis.del(...keysLeft);
+  });
+
   it.skipIf(!hasSharedPostgres())('when a hub process is killed with SIGKILL, then its drivers go OFFLINE by heartbeat expiry and leave the GEO set', async () => {
     const child = await spawnHub(envFrom(hub.config, { NODE_ID: 'victim', HEARTBEAT_TTL_SECONDS: '2' }));
     const victimHub = { url: child.url } as TestHub;

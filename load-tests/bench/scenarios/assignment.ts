@@ -84,6 +84,11 @@ function analyse(posted: Posted[], pushes: Map<string, number>, seconds: number)
   }
   const first = Math.min(...posted.map((p) => p.t0));
   const last = Math.max(...posted.map((p) => p.t1));
+  /** When the slowest requests were sent and how they ended: a tail that starts with the run is start-up, one spread out is stalls. */
+  const slowest = [...posted]
+    .sort((a, b) => b.t1 - b.t0 - (a.t1 - a.t0))
+    .slice(0, 10)
+    .map((p) => ({ sentAtMs: round(p.t0 - first, 0), tookMs: round(p.t1 - p.t0, 0), outcome: p.outcome }));
   return {
     orders: posted.length,
     outcomes,
@@ -94,6 +99,7 @@ function analyse(posted: Posted[], pushes: Map<string, number>, seconds: number)
     offeredPerSec: round(posted.length / seconds, 1),
     assignedPerSec: round((assigned.length / Math.max(1, last - first)) * 1000, 1),
     elapsedSeconds: round((last - first) / 1000, 2),
+    slowest,
   };
 }
 

@@ -15,7 +15,7 @@ export interface PresenceDeps {
   logger: Logger;
   metrics: Metrics;
   activeAssignment: (driverId: string) => Promise<DriverSession['activeDelivery']>;
-  config: { heartbeatTtlSeconds: number; locationTickMs: number; positionFlushMs: number };
+  config: { heartbeatTtlSeconds: number; locationTickMs: number; positionFlushMs: number; reconcileMs?: number };
 }
 
 /** The newest of a batch of fixes: by client timestamp when all have one, else the last sent. */
@@ -37,6 +37,8 @@ export function createPresenceService(deps: PresenceDeps) {
   let toRedis = new Map<string, DriverPosition>();
   let toPostgres = new Map<string, DriverPosition>();
   let moved = new Map<string, DriverMoved>();
+  /** Local drivers that pinged since the last heartbeat round: their fixes already kept them alive. */
+  let heardSinceTouch = new Set<string>();
   const timers: NodeJS.Timeout[] = [];
   let redisLost = false;
   let reconcileSoon = false;
@@ -113,7 +115,11 @@ export function createPresenceService(deps: PresenceDeps) {
   }
 
   async function keepLocalAlive(): Promise<void> {
-    const ids = [...local.keys()];
+    // A pinging driver's heartbeat is refreshed by its fixes (Redis each tick, PostgreSQL each
+    // flush); only the quiet ones need a write here, which keeps this round small at scale.
+    const heard = heardSinceTouch;
+    heardSinceTouch = new Set();
+    const ids = [...local.keys()].filter((id) => !heard.has(id));
     if (ids.length === 0) return;
     await Promise.allSettled([drivers.touch(ids), bestEffort('touch', () => presence!.touch(ids))]);
   }
@@ -216,7 +222,9 @@ export function createPresenceService(deps: PresenceDeps) {
       every(Math.max(200, ttlMs / 3), keepLocalAlive, 'heartbeat');
       every(Math.max(200, ttlMs / 3), sweep, 'sweep');
       every(1000, () => repairRedis(), 'repair');
-      every(5000, reconcile, 'reconcile');
+      // The full comparison reads every live driver from both stores: a safety net, not the main
+      // path (a failed write asks for a reconcile on the next repair round by itself).
+      every(deps.config.reconcileMs ?? 30_000, reconcile, 'reconcile');
       if (presence?.available) repairRedis().catch(() => {});
     },
 
@@ -268,6 +276,7 @@ export function createPresenceService(deps: PresenceDeps) {
       };
       toRedis.set(driverId, position);
       toPostgres.set(driverId, position);
+      heardSinceTouch.add(driverId);
       metrics.pingsReceived.inc(fixes.length);
     },
 

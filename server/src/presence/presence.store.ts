@@ -63,17 +63,28 @@ else
 end
 return 1`;
 
-/** Drivers the hash calls live whose heartbeat is gone; they also leave the GEO set at once. */
+/**
+ * GEO members whose heartbeat is gone leave the GEO set. One slice of the set per call, so Redis is
+ * never blocked for a scan of every driver. ARGV: first index, count. Returns the next index (0 when
+ * the set was walked to its end), then the ids removed.
+ */
 const EXPIRED = `
+local first = tonumber(ARGV[1])
+local members = redis.call('ZRANGE', KEYS[1], first, first + tonumber(ARGV[2]) - 1)
 local expired = {}
-local all = redis.call('HGETALL', KEYS[2])
-for i = 1, #all, 2 do
-  if all[i + 1] ~= 'OFFLINE' and redis.call('EXISTS', KEYS[3] .. all[i]) == 0 then
-    redis.call('ZREM', KEYS[1], all[i])
-    expired[#expired + 1] = all[i]
+for i = 1, #members do
+  if redis.call('EXISTS', KEYS[3] .. members[i]) == 0 then
+    expired[#expired + 1] = members[i]
   end
 end
-return expired`;
+for i = 1, #expired do
+  redis.call('ZREM', KEYS[1], expired[i])
+end
+local nextIndex = 0
+if #members == tonumber(ARGV[2]) then nextIndex = first + #members - #expired end
+return { nextIndex, expired }`;
+
+const EXPIRED_SLICE = 1000;
 
 export interface Fix {
   id: string;
@@ -107,7 +118,7 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
   type Scripted = Redis & {
     hubWriteFixes(...args: (string | number)[]): Promise<DriverStatus[]>;
     hubSetStatus(...args: (string | number)[]): Promise<number>;
-    hubExpired(...args: string[]): Promise<string[]>;
+    hubExpired(...args: (string | number)[]): Promise<[number, string[]]>;
   };
   const scripted = redis as Scripted;
 
@@ -178,9 +189,16 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
       return guarded(() => redis.hgetall(keys.status));
     },
 
-    /** Ids whose heartbeat expired while the hash still calls them live; they leave the GEO set here. */
+    /** GEO members whose heartbeat expired leave the set here; a slice per call, Redis free in between. */
     async expiredDrivers(): Promise<string[]> {
-      return guarded(() => scripted.hubExpired(...keyArgs));
+      const expired: string[] = [];
+      let next = 0;
+      do {
+        const [after, ids] = await guarded(() => scripted.hubExpired(...keyArgs, next, EXPIRED_SLICE));
+        expired.push(...ids);
+        next = Number(after);
+      } while (next > 0);
+      return expired;
     },
 
     /** Replaces the whole presence picture in one MULTI (after Redis was wiped or came back). */
