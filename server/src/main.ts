@@ -73,6 +73,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
       heartbeatTtlSeconds: config.HEARTBEAT_TTL_SECONDS,
       locationTickMs: config.LOCATION_TICK_MS,
       positionFlushMs: config.POSITION_FLUSH_MS,
+      reconcileMs: config.RECONCILE_MS,
     },
   });
   const dispatch = createDispatchService({

@@ -213,13 +213,13 @@ describe('driver presence', () => {
     const silent = new Set(ids.filter((_, i) => i % 3 === 0));
     const pipeline = redis.pipeline();
     for (const [i, id] of ids.entries()) {
-      pipeline.geoadd(`${prefix}drivers:geo`, BERLIN.lng + i * 1e-5, BERLIN.lat, id);
+      pipeline.geoadd(`${prefix}drivers:geo`, String(BERLIN.lng + i * 1e-5), String(BERLIN.lat), id);
       if (!silent.has(id)) pipeline.set(`${prefix}driver:online:${id}`, '1', 'EX', 30);
     }
     await pipeline.exec();
     const removed = await store.expiredDrivers();
     expect(new Set(removed)).toEqual(silent);
-    const left = await redis.zrange(`${prefix}drivers:geo`, 0, -1);
+    const left = await redis.zrange(`${prefix}drivers:geo`, '0', '-1');
     expect(left.length).toBe(ids.length - silent.size);
     expect(left.some((id) => silent.has(id))).toBe(false);
     const keysLeft = await redis.keys(`${prefix}*`);

@@ -15,7 +15,7 @@ export interface PresenceDeps {
   logger: Logger;
   metrics: Metrics;
   activeAssignment: (driverId: string) => Promise<DriverSession['activeDelivery']>;
-  config: { heartbeatTtlSeconds: number; locationTickMs: number; positionFlushMs: number; reconcileMs?: number };
+  config: { heartbeatTtlSeconds: number; locationTickMs: number; positionFlushMs: number; reconcileMs: number };
 }
 
 /** The newest of a batch of fixes: by client timestamp when all have one, else the last sent. */
@@ -40,6 +40,11 @@ export function createPresenceService(deps: PresenceDeps) {
   /** Local drivers that pinged since the last heartbeat round: their fixes already kept them alive. */
   let heardSinceTouch = new Set<string>();
   const timers: NodeJS.Timeout[] = [];
+  /** GEO writes: at most one script call in flight; fixes that arrive meanwhile ride the next one. */
+  let geoWrite: Promise<void> | null = null;
+  let geoTimer: NodeJS.Timeout | null = null;
+  let geoWriteStartedAt = 0;
+  let stopped = false;
   let redisLost = false;
   let reconcileSoon = false;
   let flushing: Promise<void> = Promise.resolve();
@@ -98,6 +103,26 @@ export function createPresenceService(deps: PresenceDeps) {
       if (statuses) knownStatus.set(p.id, status);
       moved.set(p.id, { id: p.id, lat: p.lat, lng: p.lng, heading: p.heading, speed: p.speed, status, ts: p.at.getTime() });
     });
+  }
+
+  /**
+   * Fixes go to Redis as soon as the previous script call has answered and `locationTickMs` has
+   * passed since it started: under light load a fix waits at most one tick, under heavy load the
+   * batch grows while a call is in flight, so calls stay few and latency stays one round trip.
+   */
+  function scheduleGeoWrite(): void {
+    if (geoWrite || geoTimer || stopped) return;
+    const wait = Math.max(0, geoWriteStartedAt + deps.config.locationTickMs - performance.now());
+    geoTimer = setTimeout(() => {
+      geoTimer = null;
+      geoWriteStartedAt = performance.now();
+      geoWrite = flushToRedis()
+        .catch((err) => log.warn({ err: (err as Error).message }, 'geo write failed'))
+        .finally(() => {
+          geoWrite = null;
+          if (toRedis.size > 0) scheduleGeoWrite();
+        });
+    }, wait);
   }
 
   async function flushToPostgres(): Promise<void> {
@@ -217,20 +242,23 @@ export function createPresenceService(deps: PresenceDeps) {
   return {
     start(): void {
       const ttlMs = deps.config.heartbeatTtlSeconds * 1000;
-      every(deps.config.locationTickMs, flushToRedis, 'geo');
       every(deps.config.positionFlushMs, flushToPostgres, 'positions');
       every(Math.max(200, ttlMs / 3), keepLocalAlive, 'heartbeat');
       every(Math.max(200, ttlMs / 3), sweep, 'sweep');
       every(1000, () => repairRedis(), 'repair');
       // The full comparison reads every live driver from both stores: a safety net, not the main
       // path (a failed write asks for a reconcile on the next repair round by itself).
-      every(deps.config.reconcileMs ?? 30_000, reconcile, 'reconcile');
+      every(deps.config.reconcileMs, reconcile, 'reconcile');
       if (presence?.available) repairRedis().catch(() => {});
     },
 
     async stop(): Promise<void> {
+      stopped = true;
       for (const timer of timers) clearInterval(timer);
       timers.length = 0;
+      if (geoTimer) clearTimeout(geoTimer);
+      geoTimer = null;
+      await geoWrite;
       await flushing;
       await Promise.allSettled([...inflight]);
       await flushToRedis().catch(() => {});
@@ -277,6 +305,7 @@ export function createPresenceService(deps: PresenceDeps) {
       toRedis.set(driverId, position);
       toPostgres.set(driverId, position);
       heardSinceTouch.add(driverId);
+      scheduleGeoWrite();
       metrics.pingsReceived.inc(fixes.length);
     },
 

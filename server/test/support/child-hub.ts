@@ -68,6 +68,7 @@ export function envFrom(config: Config, extra: Record<string, string> = {}): Rec
     HEARTBEAT_TTL_SECONDS: String(config.HEARTBEAT_TTL_SECONDS),
     LOCATION_TICK_MS: String(config.LOCATION_TICK_MS),
     POSITION_FLUSH_MS: String(config.POSITION_FLUSH_MS),
+    RECONCILE_MS: String(config.RECONCILE_MS),
     ...extra,
   };
 }

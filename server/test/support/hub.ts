@@ -66,6 +66,7 @@ export function testConfig(db: TestDatabase, env: Record<string, string | undefi
       LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
       LOCATION_TICK_MS: '20',
       POSITION_FLUSH_MS: '200',
+      RECONCILE_MS: '2000',
       MAP_TICK_MS: '100',
       // Several hubs and their clients share one test process: a busy event loop must not read as a Redis timeout.
       REDIS_COMMAND_TIMEOUT_MS: '2000',
