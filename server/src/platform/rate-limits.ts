@@ -34,13 +34,51 @@ export type RateLimitName = keyof typeof DEFAULT_RATE_LIMITS;
 export type RateLimitRules = Partial<Record<RateLimitName, Omit<RateRule, 'scope'> & { scope?: RateRule['scope'] }>>;
 
 export interface RateLimits {
-  /** Takes one point from `key`'s budget: null when allowed, else the milliseconds until it may retry. */
-  consume(name: RateLimitName, key: string): Promise<number | null>;
+  /**
+   * Takes one point from `key`'s budget: null when allowed, else the milliseconds until it may
+   * retry. A node-scoped rule answers synchronously (no promise on the per-ping path).
+   */
+  consume(name: RateLimitName, key: string): number | null | Promise<number | null>;
 }
 
 interface Pair {
   memory: RateLimiterMemory;
   shared: RateLimiterRedis | null;
+  local: WindowCounters | null;
+}
+
+/**
+ * Fixed-window counters in this process, checked synchronously. rate-limiter-flexible's memory
+ * limiter answers with a promise and keeps a timer per key; at thousands of pings a second that
+ * was a measurable share of the hub's CPU and garbage, for a rule that needs neither.
+ */
+export class WindowCounters {
+  private windows = new Map<string, { endsAt: number; used: number }>();
+  private nextSweepAt = 0;
+
+  constructor(
+    private readonly points: number,
+    private readonly windowMs: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  consume(key: string): number | null {
+    const now = this.now();
+    if (now >= this.nextSweepAt) this.sweep(now);
+    let window = this.windows.get(key);
+    if (!window || now >= window.endsAt) {
+      window = { endsAt: now + this.windowMs, used: 0 };
+      this.windows.set(key, window);
+    }
+    window.used += 1;
+    return window.used <= this.points ? null : Math.max(1, window.endsAt - now);
+  }
+
+  /** Ended windows go, once per window length, so keys of departed drivers do not pile up. */
+  private sweep(now: number): void {
+    for (const [key, window] of this.windows) if (now >= window.endsAt) this.windows.delete(key);
+    this.nextSweepAt = now + this.windowMs;
+  }
 }
 
 /**
@@ -68,24 +106,29 @@ export function createRateLimits(opts: { redis: Redis | null; breaker?: CircuitB
           insuranceLimiter: memory,
         })
       : null;
-    pairs[name] = { memory, shared };
+    pairs[name] = { memory, shared, local: scope === 'node' ? new WindowCounters(points, seconds * 1000) : null };
   }
 
   return {
-    async consume(name, key) {
-      const { memory, shared } = pairs[name];
-      // With the circuit open Redis is known to be away: do not wait for a command timeout per event.
-      const limiter = shared && opts.breaker?.state !== 'open' ? shared : memory;
-      try {
-        await limiter.consume(key);
-        return null;
-      } catch (err) {
-        if (err instanceof RateLimiterRes) return Math.max(1, Math.ceil(err.msBeforeNext));
-        // Only reachable if the memory limiter itself broke: a broken limiter must not lock drivers out.
-        return null;
-      }
+    consume(name, key) {
+      const { local } = pairs[name];
+      return local ? local.consume(key) : consumeShared(name, key);
     },
   };
+
+  async function consumeShared(name: RateLimitName, key: string): Promise<number | null> {
+    const { memory, shared } = pairs[name];
+    // With the circuit open Redis is known to be away: do not wait for a command timeout per event.
+    const limiter = shared && opts.breaker?.state !== 'open' ? shared : memory;
+    try {
+      await limiter.consume(key);
+      return null;
+    } catch (err) {
+      if (err instanceof RateLimiterRes) return Math.max(1, Math.ceil(err.msBeforeNext));
+      // Only reachable if the memory limiter itself broke: a broken limiter must not lock drivers out.
+      return null;
+    }
+  }
 }
 
 /**

@@ -40,7 +40,7 @@ export interface EdgeDeps {
   logger: Logger;
   metrics: Metrics;
   /** Consulted before the payload is even parsed: null to go on, else milliseconds until a retry may pass. */
-  limit?: () => Promise<number | null>;
+  limit?: () => number | null | Promise<number | null>;
 }
 
 /** Per socket: when its last rate-limit line was written, and how many refusals went unlogged since. */
@@ -73,32 +73,41 @@ export function onEvent<T extends object>(
   deps: EdgeDeps,
   handler: (payload: unknown) => Promise<T> | T,
 ): void {
-  socket.on(event, async (...args: unknown[]) => {
+  const refuse = (ack: ((reply: AckReply<T>) => void) | undefined, retryAfterMs: number) => {
+    noteRateLimited(socket, event, retryAfterMs, deps);
+    ack?.({ ok: false, error: rateLimitedBody(`${event} events`, retryAfterMs) });
+  };
+  const fail = (ack: ((reply: AckReply<T>) => void) | undefined, err: unknown) => {
+    const hubError = toHubError(err);
+    deps.metrics.inputRejected.inc({ event, code: hubError.code });
+    const level = hubError.code === 'INTERNAL' || hubError.code === 'SERVICE_UNAVAILABLE' ? 'error' : 'info';
+    deps.logger[level]({ event, code: hubError.code, err: err instanceof HubError ? undefined : (err as Error)?.message }, 'socket event refused');
+    ack?.({ ok: false, error: hubError.toBody() });
+  };
+  // Synchronous all the way when the limit and the handler are (a location ping): no promise per event.
+  const run = (ack: ((reply: AckReply<T>) => void) | undefined, payload: unknown) => {
+    try {
+      const result = handler(payload);
+      if (result instanceof Promise) result.then((body) => ack?.({ ok: true, ...body }), (err) => fail(ack, err));
+      else ack?.({ ok: true, ...result });
+    } catch (err) {
+      fail(ack, err);
+    }
+  };
+  socket.on(event, (...args: unknown[]) => {
     const last = args[args.length - 1];
     const ack = typeof last === 'function' ? (last as (reply: AckReply<T>) => void) : undefined;
     const payload = ack ? args.slice(0, -1)[0] : args[0];
-    if (deps.limit) {
-      // A limiter that breaks lets the event through rather than locking drivers out.
-      const retryAfterMs = await deps.limit().catch(() => null);
-      if (retryAfterMs !== null) {
-        noteRateLimited(socket, event, retryAfterMs, deps);
-        ack?.({ ok: false, error: rateLimitedBody(`${event} events`, retryAfterMs) });
-        return;
-      }
-    }
+    let limited: number | null | Promise<number | null> = null;
     try {
-      const result = await handler(payload);
-      ack?.({ ok: true, ...result });
-    } catch (err) {
-      const hubError = toHubError(err);
-      deps.metrics.inputRejected.inc({ event, code: hubError.code });
-      const level = hubError.code === 'INTERNAL' || hubError.code === 'SERVICE_UNAVAILABLE' ? 'error' : 'info';
-      deps.logger[level](
-        { event, code: hubError.code, err: err instanceof HubError ? undefined : (err as Error)?.message },
-        'socket event refused',
-      );
-      ack?.({ ok: false, error: hubError.toBody() });
+      limited = deps.limit ? deps.limit() : null;
+    } catch {
+      // A limiter that breaks lets the event through rather than locking drivers out.
     }
+    if (limited instanceof Promise) {
+      limited.catch(() => null).then((retryAfterMs) => (retryAfterMs === null ? run(ack, payload) : refuse(ack, retryAfterMs)));
+    } else if (limited !== null) refuse(ack, limited);
+    else run(ack, payload);
   });
 }
 

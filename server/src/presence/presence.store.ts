@@ -25,23 +25,27 @@ export function presenceKeys(prefix: string): PresenceKeys {
 /**
  * Heartbeats and GEO positions for many drivers in one call. The status check and the GEOADD are
  * one atomic step, so a late ping can never put a BUSY or OFFLINE driver back into the GEO set.
- * ARGV: ttlSeconds, then (id, lng, lat) triples. Returns each driver's status, in order.
+ * ARGV: ttlSeconds, then the fixes as one JSON array of [id, lng, lat] (one argument to encode
+ * rather than three per fix). Returns each driver's status initial (A, B, O), in order, as one string.
  */
 const WRITE_FIXES = `
 local ttl = tonumber(ARGV[1])
+local fixes = cjson.decode(ARGV[2])
 local statuses = {}
-for i = 2, #ARGV, 3 do
-  local id = ARGV[i]
+for i = 1, #fixes do
+  local id = fixes[i][1]
   redis.call('SET', KEYS[3] .. id, '1', 'EX', ttl)
   local status = redis.call('HGET', KEYS[2], id)
   if status == 'AVAILABLE' then
-    redis.call('GEOADD', KEYS[1], ARGV[i + 1], ARGV[i + 2], id)
+    redis.call('GEOADD', KEYS[1], fixes[i][2], fixes[i][3], id)
   else
     redis.call('ZREM', KEYS[1], id)
   end
-  statuses[#statuses + 1] = status or 'OFFLINE'
+  statuses[i] = string.sub(status or 'OFFLINE', 1, 1)
 end
-return statuses`;
+return table.concat(statuses)`;
+
+const STATUS_BY_INITIAL: Record<string, DriverStatus> = { A: 'AVAILABLE', B: 'BUSY', O: 'OFFLINE' };
 
 /**
  * Sets a driver's status; only an AVAILABLE driver with a live heartbeat and a known position
@@ -116,7 +120,7 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
   redis.defineCommand('hubSetStatus', { numberOfKeys: 3, lua: SET_STATUS });
   redis.defineCommand('hubExpired', { numberOfKeys: 3, lua: EXPIRED });
   type Scripted = Redis & {
-    hubWriteFixes(...args: (string | number)[]): Promise<DriverStatus[]>;
+    hubWriteFixes(...args: (string | number)[]): Promise<string>;
     hubSetStatus(...args: (string | number)[]): Promise<number>;
     hubExpired(...args: (string | number)[]): Promise<[number, string[]]>;
   };
@@ -140,9 +144,9 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
     async writeFixes(fixes: readonly Fix[]): Promise<DriverStatus[]> {
       const statuses: DriverStatus[] = [];
       for (let start = 0; start < fixes.length; start += FIXES_PER_CALL) {
-        const args: (string | number)[] = [...keyArgs, ttl];
-        for (const fix of fixes.slice(start, start + FIXES_PER_CALL)) args.push(fix.id, fix.lng, fix.lat);
-        statuses.push(...(await guarded(() => scripted.hubWriteFixes(...args))));
+        const packed = JSON.stringify(fixes.slice(start, start + FIXES_PER_CALL).map((fix) => [fix.id, fix.lng, fix.lat]));
+        const initials = await guarded(() => scripted.hubWriteFixes(...keyArgs, ttl, packed));
+        for (const initial of initials) statuses.push(STATUS_BY_INITIAL[initial] ?? 'OFFLINE');
       }
       return statuses;
     },
