@@ -75,7 +75,12 @@ interface TargetResult {
   steps: Step[];
   sustainedPerSec: number | null;
   stopReason: string;
-  latency?: {
+  latency?: LatencyResult;
+  /** The same probe at half the sustained rate: the server's own latency with the machine not saturated. */
+  latencyAtHalf?: LatencyResult;
+}
+
+interface LatencyResult {
     atRatePerSec: number;
     pingToGeoMs: ReturnType<typeof summarize>;
     timeouts: number;
@@ -84,7 +89,6 @@ interface TargetResult {
     serverGc: unknown;
     serverCpuPercent: number;
     proberLagP99Ms: number;
-  };
 }
 
 export async function ingest(ctx: RunContext): Promise<ScenarioOutput> {
@@ -148,7 +152,7 @@ export async function ingest(ctx: RunContext): Promise<ScenarioOutput> {
     });
   }
 
-  const rows: unknown[][] = [['server', 'sockets', 'sustained pings/s', 'vs ws', 'vs sio+geo', 'stop reason', 'geo p50 ms', 'geo p99 ms', 'at rate']];
+  const rows: unknown[][] = [['server', 'sockets', 'sustained pings/s', 'vs ws', 'vs sio+geo', 'stop reason', 'geo p50 ms', 'geo p99 ms', 'at rate', 'p99 at 50%']];
   for (const r of Object.values(results)) {
     rows.push([
       r.kind,
@@ -160,6 +164,7 @@ export async function ingest(ctx: RunContext): Promise<ScenarioOutput> {
       r.latency?.pingToGeoMs.p50,
       r.latency?.pingToGeoMs.p99,
       r.latency?.atRatePerSec,
+      r.latencyAtHalf ? `${r.latencyAtHalf.pingToGeoMs.p99} ms at ${r.latencyAtHalf.atRatePerSec}/s` : null,
     ]);
   }
   return {
@@ -348,14 +353,15 @@ async function runTarget(
       stopReason,
     };
 
-    if (prober && sustained) {
-      const rate = Math.round((sustained * 0.8) / 100) * 100;
+    const probeAt = async (fraction: number): Promise<LatencyResult> => {
+      const rate = Math.round((sustained! * fraction) / 100) * 100;
       await group.setRate(rate);
       await sleep(2000);
       await server.reset();
-      const run = await profiled(ctx, server, `ingest-${kind}-80pct`, () => prober.call('run', { durationMs: o.latencyMs, intervalMs: 100 }, o.latencyMs + 60_000), profiles);
+      const label = `ingest-${kind}-${Math.round(fraction * 100)}pct`;
+      const run = await profiled(ctx, server, label, () => prober!.call('run', { durationMs: o.latencyMs, intervalMs: 100 }, o.latencyMs + 60_000), profiles);
       const stats = await server.stats();
-      result.latency = {
+      const latency: LatencyResult = {
         atRatePerSec: rate,
         pingToGeoMs: summarize(run.latencies),
         timeouts: run.timeouts,
@@ -365,7 +371,12 @@ async function runTarget(
         serverCpuPercent: round(stats.cpuPercent, 0)!,
         proberLagP99Ms: round(run.proberLagP99Ms)!,
       };
-      ctx.log(`[${kind}] ping -> GEO at ${rate}/s: ${JSON.stringify(result.latency.pingToGeoMs)}, timeouts ${run.timeouts}, server lag p99 ${result.latency.serverLagP99Ms} ms max ${result.latency.serverLagMaxMs} ms, GC ${JSON.stringify(stats.gc)}`);
+      ctx.log(`[${kind}] ping -> GEO at ${rate}/s: ${JSON.stringify(latency.pingToGeoMs)}, timeouts ${run.timeouts}, server lag p99 ${latency.serverLagP99Ms} ms max ${latency.serverLagMaxMs} ms, GC ${JSON.stringify(stats.gc)}`);
+      return latency;
+    };
+    if (prober && sustained) {
+      result.latencyAtHalf = await probeAt(0.5);
+      result.latency = await probeAt(0.8);
     }
     await group.setRate(0);
     if (kind === 'hub') {
