@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { and, asc, desc, eq, sql } from 'drizzle-orm';
 import type { AssignmentPush, DeliveryStatus, DeliveryView, ListDeliveriesQuery, SellerOrderReady } from '../../../shared/src/schemas.js';
 import { OUTBOX_INSERT, type OutboxEventType } from '../outbox/outbox.store.js';
-import { type Database, type DbOrTx, rowMapper, type Tx, uniqueViolation } from '../platform/db.js';
+import { type Database, type DbOrTx, retryOnConflict, rowMapper, type Tx, uniqueViolation } from '../platform/db.js';
 import { deliveries, deliveryEvents } from '../platform/schema.js';
 import type { DriversStore } from '../presence/drivers.store.js';
 import { haversineSql } from '../presence/drivers.store.js';
@@ -21,6 +21,7 @@ export type CreateOutcome =
   | { created: false; delivery: DeliveryRow };
 
 const SELLER_ORDER_KEY = 'deliveries_seller_order_id_key';
+
 const toDeliveryRow = rowMapper(deliveries);
 
 /**
@@ -270,7 +271,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
         JSON.stringify(assignedEvent.payload),
       ];
       try {
-        const [raw] = await database.query<Record<string, unknown> & { fresh: boolean }>(CREATE_AND_ASSIGN, params);
+        const [raw] = await retryOnConflict(() => database.query<Record<string, unknown> & { fresh: boolean }>(CREATE_AND_ASSIGN, params));
         if (!raw) throw new Error('create-and-assign returned no row');
         const delivery = toDeliveryRow(raw);
         if (!raw.fresh) return { created: false, delivery };

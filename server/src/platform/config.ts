@@ -43,7 +43,7 @@ const envSchema = z.object({
   POSITION_FLUSH_MS: intFromEnv(1000, 50, 60_000),
   RECONCILE_MS: intFromEnv(30_000, 500, 3_600_000),
   LOCATION_TICK_MS: intFromEnv(5, 0, 5_000),
-  MAP_TICK_MS: intFromEnv(500, 50, 10_000),
+  MAP_TICK_MS: intFromEnv(50, 20, 10_000),
   SHUTDOWN_TIMEOUT_MS: intFromEnv(10_000, 100, 120_000),
   MAX_BODY_BYTES: intFromEnv(64 * 1024, 1024, 10 * 1024 * 1024),
   OUTBOX_POLL_MS: intFromEnv(1000, 20, 60_000),

@@ -69,6 +69,30 @@ export function uniqueViolation(err: unknown): string | null {
   return null;
 }
 
+/** PostgreSQL gave up on a statement to break a deadlock or a serialization conflict: running it again is safe. */
+export function isRetryableConflict(err: unknown): boolean {
+  for (let e = err as { code?: unknown; cause?: unknown } | null; e; e = e.cause as typeof e) {
+    if (e.code === '40P01' || e.code === '40001') return true;
+    if (e.cause === e) break;
+  }
+  return false;
+}
+
+/**
+ * Runs a single statement again when PostgreSQL cancelled it to break a deadlock (the statement
+ * changed nothing). A claim that passed over a taken driver keeps that row locked until it
+ * commits, so two claims walking overlapping candidates in opposite orders can deadlock.
+ */
+export async function retryOnConflict<T>(run: () => Promise<T>, attempts = 3): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await run();
+    } catch (err) {
+      if (attempt >= attempts || !isRetryableConflict(err)) throw err;
+    }
+  }
+}
+
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([

@@ -9,7 +9,8 @@ export interface DriverPosition {
   lng: number;
   heading: number | null;
   speed: number | null;
-  at: Date;
+  /** When the hub took the fix, ms since the epoch (a number: no Date per ping). */
+  atMs: number;
 }
 
 export interface DriverPresenceRow {
@@ -18,6 +19,8 @@ export interface DriverPresenceRow {
   lat: number | null;
   lng: number | null;
 }
+
+const POSITIONS_PER_STATEMENT = 2000;
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -174,22 +177,25 @@ export function createDriversStore(database: Database) {
       return row && row.lat !== null && row.lng !== null ? { lat: row.lat, lng: row.lng } : null;
     },
 
-    /** Last known positions of many drivers in one statement (drivers that no longer exist are skipped). */
+    /**
+     * Last known positions of many drivers (drivers that no longer exist are skipped), a slice per
+     * statement so neither the JSON building here nor the row locks there grow with the fleet.
+     */
     async flushPositions(positions: readonly DriverPosition[]): Promise<void> {
-      if (positions.length === 0) return;
-      const json = JSON.stringify(
-        [...positions]
-          .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
-          .map((p) => ({ id: p.id, lat: p.lat, lng: p.lng, heading: p.heading, speed: p.speed, at: p.at.toISOString() })),
-      );
-      await db.execute(sql`
-        insert into driver_positions (driver_id, lat, lng, heading, speed, position_at, last_seen_at)
-        select v.id, v.lat, v.lng, v.heading, v.speed, v.at, v.at
-        from jsonb_to_recordset(${json}::jsonb) as v(id uuid, lat float8, lng float8, heading float8, speed float8, at timestamptz)
-        where exists (select 1 from drivers d where d.id = v.id)
-        on conflict (driver_id) do update set lat = excluded.lat, lng = excluded.lng, heading = excluded.heading,
-          speed = excluded.speed, position_at = excluded.position_at,
-          last_seen_at = greatest(driver_positions.last_seen_at, excluded.last_seen_at)`);
+      const sorted = [...positions].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      for (let start = 0; start < sorted.length; start += POSITIONS_PER_STATEMENT) {
+        const slice = sorted.slice(start, start + POSITIONS_PER_STATEMENT);
+        const json = JSON.stringify(slice.map((p) => [p.id, p.lat, p.lng, p.heading, p.speed, p.atMs]));
+        await db.execute(sql`
+          insert into driver_positions (driver_id, lat, lng, heading, speed, position_at, last_seen_at)
+          select (v->>0)::uuid, (v->>1)::float8, (v->>2)::float8, (v->>3)::float8, (v->>4)::float8,
+            to_timestamp((v->>5)::float8 / 1000), to_timestamp((v->>5)::float8 / 1000)
+          from jsonb_array_elements(${json}::jsonb) as v
+          where exists (select 1 from drivers d where d.id = (v->>0)::uuid)
+          on conflict (driver_id) do update set lat = excluded.lat, lng = excluded.lng, heading = excluded.heading,
+            speed = excluded.speed, position_at = excluded.position_at,
+            last_seen_at = greatest(driver_positions.last_seen_at, excluded.last_seen_at)`);
+      }
     },
 
     /** Connected but quiet drivers stay alive in PostgreSQL too (the sweeper's source of truth). */

@@ -101,7 +101,7 @@ export function createPresenceService(deps: PresenceDeps) {
     batch.forEach((p, i) => {
       const status = statuses?.[i] ?? knownStatus.get(p.id) ?? 'OFFLINE';
       if (statuses) knownStatus.set(p.id, status);
-      moved.set(p.id, { id: p.id, lat: p.lat, lng: p.lng, heading: p.heading, speed: p.speed, status, ts: p.at.getTime() });
+      moved.set(p.id, { id: p.id, lat: p.lat, lng: p.lng, heading: p.heading, speed: p.speed, status, ts: p.atMs });
     });
   }
 
@@ -300,7 +300,7 @@ export function createPresenceService(deps: PresenceDeps) {
         lng: fix.lng,
         heading: fix.heading ?? null,
         speed: fix.speed ?? null,
-        at: new Date(),
+        atMs: Date.now(),
       };
       toRedis.set(driverId, position);
       toPostgres.set(driverId, position);
