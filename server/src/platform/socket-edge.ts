@@ -40,11 +40,14 @@ export interface EdgeDeps {
   logger: Logger;
   metrics: Metrics;
   /** Consulted before the payload is even parsed: null to go on, else milliseconds until a retry may pass. */
-  limit?: () => number | null | Promise<number | null>;
+  limit?: (socket: AnySocket) => number | null | Promise<number | null>;
 }
 
 /** Per socket: when its last rate-limit line was written, and how many refusals went unlogged since. */
 const rateLimitLog = new WeakMap<AnySocket, { until: number; suppressed: number }>();
+
+/** Who a log line about a socket is about: the socket and the token's subject. */
+const socketFields = (socket: AnySocket) => ({ socket: socket.id, subject: socket.data?.subject });
 
 function noteRateLimited(socket: AnySocket, event: string, retryAfterMs: number, deps: EdgeDeps): void {
   deps.metrics.rateLimited.inc({ event });
@@ -55,7 +58,7 @@ function noteRateLimited(socket: AnySocket, event: string, retryAfterMs: number,
     entry.suppressed += 1;
     return;
   }
-  deps.logger.warn({ event, retryAfterMs, refusedSinceLastLine: entry?.suppressed ?? 0 }, 'socket rate limited');
+  deps.logger.warn({ ...socketFields(socket), event, retryAfterMs, refusedSinceLastLine: entry?.suppressed ?? 0 }, 'socket rate limited');
   rateLimitLog.set(socket, { until: now + Math.max(retryAfterMs, 1000), suppressed: 0 });
 }
 
@@ -63,66 +66,75 @@ export function rateLimitedBody(what: string, retryAfterMs: number) {
   return { code: 'RATE_LIMITED' as const, message: `too many ${what}; retry in ${retryAfterMs} ms`, details: { retryAfterMs } };
 }
 
+/** A listener shared by every socket of a namespace: Socket.IO calls it with the socket as `this`. */
+export type SharedListener = (this: AnySocket, ...args: unknown[]) => void;
+
 /**
- * Registers a client event whose handler returns the ack body. Every failure becomes an
- * `{ ok: false, error }` ack, is logged once and counted; nothing a client sends can crash the process.
+ * The listener for a client event whose handler returns the ack body. Every failure becomes an
+ * `{ ok: false, error }` ack, is logged once and counted; nothing a client sends can crash the
+ * process. Built once per namespace and shared by its sockets (no closures per connection, which
+ * at tens of thousands of sockets is memory), and synchronous all the way when the limit and the
+ * handler are (a location ping: no promise per event).
  */
-export function onEvent<T extends object>(
-  socket: AnySocket,
+export function eventListener<T extends object>(
   event: string,
   deps: EdgeDeps,
-  handler: (payload: unknown) => Promise<T> | T,
-): void {
-  const refuse = (ack: ((reply: AckReply<T>) => void) | undefined, retryAfterMs: number) => {
+  handler: (socket: AnySocket, payload: unknown) => Promise<T> | T,
+): SharedListener {
+  type Ack = ((reply: AckReply<T>) => void) | undefined;
+  const refuse = (socket: AnySocket, ack: Ack, retryAfterMs: number) => {
     noteRateLimited(socket, event, retryAfterMs, deps);
     ack?.({ ok: false, error: rateLimitedBody(`${event} events`, retryAfterMs) });
   };
-  const fail = (ack: ((reply: AckReply<T>) => void) | undefined, err: unknown) => {
+  const fail = (socket: AnySocket, ack: Ack, err: unknown) => {
     const hubError = toHubError(err);
     deps.metrics.inputRejected.inc({ event, code: hubError.code });
     const level = hubError.code === 'INTERNAL' || hubError.code === 'SERVICE_UNAVAILABLE' ? 'error' : 'info';
-    deps.logger[level]({ event, code: hubError.code, err: err instanceof HubError ? undefined : (err as Error)?.message }, 'socket event refused');
+    deps.logger[level](
+      { ...socketFields(socket), event, code: hubError.code, err: err instanceof HubError ? undefined : (err as Error)?.message },
+      'socket event refused',
+    );
     ack?.({ ok: false, error: hubError.toBody() });
   };
-  // Synchronous all the way when the limit and the handler are (a location ping): no promise per event.
-  const run = (ack: ((reply: AckReply<T>) => void) | undefined, payload: unknown) => {
+  const run = (socket: AnySocket, ack: Ack, payload: unknown) => {
     try {
-      const result = handler(payload);
-      if (result instanceof Promise) result.then((body) => ack?.({ ok: true, ...body }), (err) => fail(ack, err));
+      const result = handler(socket, payload);
+      if (result instanceof Promise) result.then((body) => ack?.({ ok: true, ...body }), (err) => fail(socket, ack, err));
       else ack?.({ ok: true, ...result });
     } catch (err) {
-      fail(ack, err);
+      fail(socket, ack, err);
     }
   };
-  socket.on(event, (...args: unknown[]) => {
+  return function onClientEvent(this: AnySocket, ...args: unknown[]): void {
     const last = args[args.length - 1];
     const ack = typeof last === 'function' ? (last as (reply: AckReply<T>) => void) : undefined;
     const payload = ack ? args.slice(0, -1)[0] : args[0];
     let limited: number | null | Promise<number | null> = null;
     try {
-      limited = deps.limit ? deps.limit() : null;
+      limited = deps.limit ? deps.limit(this) : null;
     } catch {
       // A limiter that breaks lets the event through rather than locking drivers out.
     }
     if (limited instanceof Promise) {
-      limited.catch(() => null).then((retryAfterMs) => (retryAfterMs === null ? run(ack, payload) : refuse(ack, retryAfterMs)));
-    } else if (limited !== null) refuse(ack, limited);
-    else run(ack, payload);
-  });
+      limited.catch(() => null).then((retryAfterMs) => (retryAfterMs === null ? run(this, ack, payload) : refuse(this, ack, retryAfterMs)));
+    } else if (limited !== null) refuse(this, ack, limited);
+    else run(this, ack, payload);
+  };
 }
 
 /**
- * Events a namespace does not handle get a FORBIDDEN ack instead of silence (a dispatcher sending
- * `location` learns at once that it may not). Counted, not logged: unknown events cost nothing else.
+ * The catch-all listener for events a namespace does not handle: a FORBIDDEN ack instead of
+ * silence (a dispatcher sending `location` learns at once that it may not). Counted, not logged:
+ * unknown events cost nothing else. Shared by every socket of the namespace (`socket.onAny`).
  */
-export function refuseOtherEvents(socket: AnySocket, known: readonly string[], deps: { metrics: Metrics }): void {
+export function otherEventsRefuser(known: readonly string[], deps: { metrics: Metrics }): SharedListener {
   const allowed = new Set(known);
-  socket.onAny((event: unknown, ...args: unknown[]) => {
+  return function refuseOtherEvent(this: AnySocket, event: unknown, ...args: unknown[]): void {
     if (typeof event === 'string' && allowed.has(event)) return;
     deps.metrics.inputRejected.inc({ event: 'unknown', code: 'FORBIDDEN' });
     const last = args[args.length - 1];
     if (typeof last === 'function') {
-      (last as (reply: AckReply) => void)({ ok: false, error: { code: 'FORBIDDEN', message: `${socket.nsp.name} does not accept this event` } });
+      (last as (reply: AckReply) => void)({ ok: false, error: { code: 'FORBIDDEN', message: `${this.nsp.name} does not accept this event` } });
     }
-  });
+  };
 }

@@ -1,4 +1,4 @@
-import type { Namespace } from 'socket.io';
+import type { Namespace, Socket } from 'socket.io';
 import type { DriverClientEvents, DriverServerEvents, SocketData } from '../../../shared/src/events.js';
 import { deliveryUpdatePayload, driverStatusPayload, locationPayload } from '../../../shared/src/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
@@ -7,11 +7,12 @@ import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
 import { createLogThrottle, type RateLimits } from '../platform/rate-limits.js';
-import { onEvent, parsePayload, rateLimitedBody, refuseOtherEvents } from '../platform/socket-edge.js';
+import { eventListener, otherEventsRefuser, parsePayload, rateLimitedBody } from '../platform/socket-edge.js';
 import type { DriversStore } from './drivers.store.js';
 import type { PresenceService } from './presence.service.js';
 
 export type DriversNamespace = Namespace<DriverClientEvents, DriverServerEvents, Record<string, never>, SocketData>;
+type DriverSocket = Socket<any, any, any, SocketData>;
 
 export const driverRoom = (driverId: string) => `driver:${driverId}`;
 
@@ -57,35 +58,42 @@ export function attachDriversNamespace(
     next(Object.assign(new Error('RATE_LIMITED'), { data: rateLimitedBody('connections for this driver', retryAfterMs) }));
   });
 
+  // One listener per event for the whole namespace; each reads its socket from `this`.
+  // Budgets are per driver (the token's subject), so they hold across reconnects and across nodes.
+  const edge = { logger: deps.logger, metrics };
+  const locationEdge = { ...edge, limit: (socket: DriverSocket) => limits.consume('location', socket.data.subject) };
+  const actionEdge = { ...edge, limit: (socket: DriverSocket) => limits.consume('driverAction', socket.data.subject) };
+  const refuseOthers = otherEventsRefuser(['location', 'status', 'delivery:update'], edge);
+  const onLocation = eventListener('location', locationEdge, (socket, payload) => {
+    const parsed = parsePayload(locationPayload, payload, 'location');
+    const fixes = Array.isArray(parsed) ? parsed : [parsed];
+    presence.acceptFixes(socket.data.subject, fixes);
+    return { accepted: fixes.length };
+  });
+  const onStatus = eventListener('status', actionEdge, async (socket, payload) => {
+    const { status } = parsePayload(driverStatusPayload, payload, 'status');
+    return { status: await presence.setDuty(socket.data.subject, status) };
+  });
+  const onDeliveryUpdate = eventListener('delivery:update', actionEdge, async (socket, payload) => {
+    const update = parsePayload(deliveryUpdatePayload, payload, 'delivery update');
+    return { delivery: await deliveries.updateFromDriver(socket.data.subject, update) };
+  });
+  function onDisconnect(this: DriverSocket, reason: string): void {
+    const fields = { socket: this.id, driver: this.data.subject };
+    metrics.socketsConnected.dec({ namespace: '/drivers' });
+    presence.disconnect(this.data.subject, this.id).catch((err) => deps.logger.warn({ ...fields, err: (err as Error).message }, 'disconnect bookkeeping failed'));
+    deps.logger.debug({ ...fields, reason }, 'driver disconnected');
+  }
+
   nsp.on('connection', async (socket) => {
     const driverId = socket.data.subject;
-    const log = deps.logger.child({ socket: socket.id, driver: driverId });
     metrics.socketsConnected.inc({ namespace: '/drivers' });
-    const edge = { logger: log, metrics };
-    // Budgets are per driver (the token's subject), so they hold across reconnects and across nodes.
-    const locationEdge = { ...edge, limit: () => limits.consume('location', driverId) };
-    const actionEdge = { ...edge, limit: () => limits.consume('driverAction', driverId) };
     // Handlers are registered before any await so no early event is lost.
-    refuseOtherEvents(socket, ['location', 'status', 'delivery:update'], edge);
-    onEvent(socket, 'location', locationEdge, (payload) => {
-      const parsed = parsePayload(locationPayload, payload, 'location');
-      const fixes = Array.isArray(parsed) ? parsed : [parsed];
-      presence.acceptFixes(driverId, fixes);
-      return { accepted: fixes.length };
-    });
-    onEvent(socket, 'status', actionEdge, async (payload) => {
-      const { status } = parsePayload(driverStatusPayload, payload, 'status');
-      return { status: await presence.setDuty(driverId, status) };
-    });
-    onEvent(socket, 'delivery:update', actionEdge, async (payload) => {
-      const update = parsePayload(deliveryUpdatePayload, payload, 'delivery update');
-      return { delivery: await deliveries.updateFromDriver(driverId, update) };
-    });
-    socket.on('disconnect', (reason) => {
-      metrics.socketsConnected.dec({ namespace: '/drivers' });
-      presence.disconnect(driverId, socket.id).catch((err) => log.warn({ err: (err as Error).message }, 'disconnect bookkeeping failed'));
-      log.debug({ reason }, 'driver disconnected');
-    });
+    socket.onAny(refuseOthers);
+    socket.on('location', onLocation);
+    socket.on('status', onStatus);
+    socket.on('delivery:update', onDeliveryUpdate);
+    socket.on('disconnect', onDisconnect);
 
     try {
       // One connection speaks for a driver: the newest wins, on whichever node the old one lives.
@@ -95,10 +103,10 @@ export function attachDriversNamespace(
       if (!socket.connected) return;
       socket.emit('session', session);
       if (session.activeDelivery) socket.emit('assignment', session.activeDelivery);
-      log.debug({ status: session.status }, 'driver connected');
+      deps.logger.debug({ socket: socket.id, driver: driverId, status: session.status }, 'driver connected');
     } catch (err) {
       const code = err instanceof HubError ? err.code : 'SERVICE_UNAVAILABLE';
-      log.warn({ code, err: (err as Error).message }, 'driver session could not start');
+      deps.logger.warn({ socket: socket.id, driver: driverId, code, err: (err as Error).message }, 'driver session could not start');
       socket.disconnect(true);
     }
   });

@@ -6,7 +6,7 @@ import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
 import type { RateLimits } from '../platform/rate-limits.js';
-import { onEvent, parsePayload, refuseOtherEvents } from '../platform/socket-edge.js';
+import { eventListener, otherEventsRefuser, parsePayload } from '../platform/socket-edge.js';
 import type { DriversStore } from '../presence/drivers.store.js';
 import type { PresenceService } from '../presence/presence.service.js';
 
@@ -132,23 +132,25 @@ export function attachDispatchNamespace(
     next();
   });
 
+  const refuseOthers = otherEventsRefuser(['viewport'], { metrics });
+  // Per socket: each map window has its own viewport, so each gets its own budget.
+  const onViewport = eventListener('viewport', { logger: log, metrics, limit: (socket) => deps.limits.consume('viewport', socket.id) }, (socket, payload) => {
+    const viewport = parsePayload(viewportPayload, payload, 'viewport');
+    socket.data.viewport = viewport ?? undefined;
+    return {};
+  });
+  const onDisconnect = () => metrics.socketsConnected.dec({ namespace: '/dispatch' });
+
   nsp.on('connection', async (socket) => {
-    const socketLog = log.child({ socket: socket.id, dispatcher: socket.data.subject });
     metrics.socketsConnected.inc({ namespace: '/dispatch' });
-    socket.on('disconnect', () => metrics.socketsConnected.dec({ namespace: '/dispatch' }));
-    refuseOtherEvents(socket, ['viewport'], { metrics });
-    // Per socket: each map window has its own viewport, so each gets its own budget.
-    const limit = () => deps.limits.consume('viewport', socket.id);
-    onEvent(socket, 'viewport', { logger: socketLog, metrics, limit }, (payload) => {
-      const viewport = parsePayload(viewportPayload, payload, 'viewport');
-      socket.data.viewport = viewport ?? undefined;
-      return {};
-    });
+    socket.on('disconnect', onDisconnect);
+    socket.onAny(refuseOthers);
+    socket.on('viewport', onViewport);
     try {
       const [drivers, deliveries] = await Promise.all([deps.drivers.list(), deps.deliveries.listOpen(1000)]);
       socket.emit('snapshot', { drivers, deliveries });
     } catch (err) {
-      socketLog.warn({ err: (err as Error).message }, 'snapshot failed');
+      log.warn({ socket: socket.id, dispatcher: socket.data.subject, err: (err as Error).message }, 'snapshot failed');
       socket.disconnect(true);
     }
   });
