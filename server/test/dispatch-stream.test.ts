@@ -222,6 +222,35 @@ describe.skipIf(!hasSharedPostgres())('/dispatch stream across three nodes', () 
     await db?.drop();
   });
 
+  it('when no map is open on any node, then no position batches cross nodes; once one opens on node 2, node 0 sends it its drivers', async () => {
+    const driver = await onDutyDriver(hubs[0], { lat: 33, lng: 43 }, 'Unwatched');
+    opened.push(driver);
+    const redis = redisFor(hubs[0]);
+    let batchesOnRedis = 0;
+    try {
+      await redis.psubscribe(`${hubs[0].config.REDIS_PREFIX}socket.io*#/dispatch#*`);
+      redis.on('pmessageBuffer', (_pattern: Buffer, _channel: Buffer, message: Buffer) => {
+        if (message[0] === 0x7b && JSON.parse(message.toString()).data?.[0] === 'drivers:moved') batchesOnRedis += 1;
+      });
+      for (let i = 1; i <= 5; i++) {
+        expect((await driver.emitAck('location', { lat: 33 + i * 0.001, lng: 43 })).ok).toBe(true);
+        await sleep(60);
+      }
+      await sleep(300);
+      expect(batchesOnRedis).toBe(0);
+
+      const d = await connectDispatcher(hubs[2]);
+      opened.push(d);
+      await eventually(async () => {
+        await driver.emitAck('location', { lat: 33.5, lng: 43 });
+        return d.latest(driver.id)?.lat === 33.5;
+      }, 'node 0 streams to the map on node 2');
+      expect(batchesOnRedis).toBeGreaterThan(0);
+    } finally {
+      redis.disconnect();
+    }
+  });
+
   it('when drivers on nodes 0 and 1 move and node 0 assigns one of them, then a dispatcher on node 2 sees both move and the assignment', async () => {
     const pickup = { lat: 30, lng: 40 };
     const onNode0 = await onDutyDriver(hubs[0], { lat: pickup.lat + 0.05, lng: pickup.lng }, 'On node 0');
@@ -324,7 +353,7 @@ describe.skipIf(!hasSharedPostgres())('/dispatch stream across three nodes', () 
       await redis.psubscribe(`${hubs[0].config.REDIS_PREFIX}socket.io*#/dispatch#*`);
       redis.on('pmessageBuffer', (_pattern: Buffer, _channel: Buffer, message: Buffer) => {
         // Position batches are not what this change is about.
-        if (message[0] === 0x7b && JSON.parse(message.toString()).data?.[0] === 'drivers:moved') return;
+        if (message[0] === 0x7b && ['drivers:moved', 'dispatch:watching'].includes(JSON.parse(message.toString()).data?.[0])) return;
         carried += 1;
       });
 

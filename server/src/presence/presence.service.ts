@@ -36,7 +36,8 @@ export function createPresenceService(deps: PresenceDeps) {
   const knownStatus = new Map<string, DriverStatus>();
   let toRedis = new Map<string, DriverPosition>();
   let toPostgres = new Map<string, DriverPosition>();
-  let moved = new Map<string, DriverMoved>();
+  /** Positions that changed since the map last looked, with the status the GEO write saw. */
+  let moved = new Map<string, DriverPosition & { status: DriverStatus }>();
   /** Local drivers that pinged since the last heartbeat round: their fixes already kept them alive. */
   let heardSinceTouch = new Set<string>();
   const timers: NodeJS.Timeout[] = [];
@@ -101,7 +102,10 @@ export function createPresenceService(deps: PresenceDeps) {
     batch.forEach((p, i) => {
       const status = statuses?.[i] ?? knownStatus.get(p.id) ?? 'OFFLINE';
       if (statuses) knownStatus.set(p.id, status);
-      moved.set(p.id, { id: p.id, lat: p.lat, lng: p.lng, heading: p.heading, speed: p.speed, status, ts: p.atMs });
+      // The position object itself carries the status: no allocation per fix unless a map drains it.
+      const fresh = p as DriverPosition & { status: DriverStatus };
+      fresh.status = status;
+      moved.set(p.id, fresh);
     });
   }
 
@@ -333,9 +337,15 @@ export function createPresenceService(deps: PresenceDeps) {
     /** Positions that changed since the last call, for the live map. */
     drainMoves(): DriverMoved[] {
       if (moved.size === 0) return [];
-      const out = [...moved.values()];
+      const out: DriverMoved[] = [];
+      for (const p of moved.values()) out.push({ id: p.id, lat: p.lat, lng: p.lng, heading: p.heading, speed: p.speed, status: p.status, ts: p.atMs });
       moved = new Map();
       return out;
+    },
+
+    /** Nobody watches the map: forget what moved. */
+    discardMoves(): void {
+      if (moved.size > 0) moved = new Map();
     },
 
     isLocal(driverId: string): boolean {

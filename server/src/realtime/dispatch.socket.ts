@@ -18,11 +18,15 @@ export type DispatchEvent =
 interface DispatchInterServer {
   /** A node's position batch as JSON text: encoded once, natively, and parsed only where a map watches. */
   'drivers:moved': (moves: string) => void;
+  /** "A map is open on my node": sent every WATCH_ANNOUNCE_MS while one is, and at once when the first opens. */
+  'dispatch:watching': () => void;
   /** One node's status and delivery events of one tick, in the order they happened there. */
   'dispatch:events': (batch: DispatchEvent[]) => void;
 }
 
 export type DispatchNamespace = Namespace<DispatchClientEvents, DispatchServerEvents, DispatchInterServer, SocketData & { viewport?: Viewport }>;
+
+const WATCH_ANNOUNCE_MS = 1000;
 
 export function inViewport(move: { lat: number; lng: number }, viewport: Viewport | undefined): boolean {
   if (!viewport) return true;
@@ -70,6 +74,18 @@ export function attachDispatchNamespace(
     }
   }
 
+  // Nobody watching anywhere: position batches are neither built nor sent (most of their cost at
+  // tens of thousands of pings a second). Nodes with an open map say so every second.
+  let remoteWatchersUntil = 0;
+  nsp.on('dispatch:watching', () => {
+    remoteWatchersUntil = Date.now() + 3 * WATCH_ANNOUNCE_MS;
+  });
+  const announceWatching = () => {
+    if (deps.clustered && nsp.sockets.size > 0) nsp.serverSideEmit('dispatch:watching');
+  };
+  const watchTimer = setInterval(announceWatching, WATCH_ANNOUNCE_MS);
+  watchTimer.unref();
+
   nsp.on('drivers:moved', (packed) => {
     if (nsp.sockets.size === 0 || typeof packed !== 'string') return;
     try {
@@ -80,6 +96,10 @@ export function attachDispatchNamespace(
   });
 
   const timer = setInterval(() => {
+    if (nsp.sockets.size === 0 && Date.now() >= remoteWatchersUntil) {
+      deps.presence.discardMoves();
+      return;
+    }
     const moves = deps.presence.drainMoves();
     if (moves.length === 0) return;
     if (nsp.sockets.size > 0) deliverLocally(moves);
@@ -143,6 +163,8 @@ export function attachDispatchNamespace(
 
   nsp.on('connection', async (socket) => {
     metrics.socketsConnected.inc({ namespace: '/dispatch' });
+    // The first map on this node: the other nodes start sending their batches now, not in a second.
+    if (nsp.sockets.size === 1) announceWatching();
     socket.on('disconnect', onDisconnect);
     socket.onAny(refuseOthers);
     socket.on('viewport', onViewport);
@@ -159,6 +181,7 @@ export function attachDispatchNamespace(
     stop() {
       clearInterval(timer);
       clearInterval(eventTimer);
+      clearInterval(watchTimer);
       stopped = true;
       share();
     },
