@@ -3,6 +3,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { PrivateRedis, TcpProxy } from './support/faults.js';
 import {
   api,
+  createDriver,
   hasSharedPostgres,
   createTestDatabase,
   type DriverClient,
@@ -153,12 +154,18 @@ describe('redis down, slow or wiped', () => {
     const replies = await sendOrders(1);
     const busyId = replies[0].body.driverId;
     const freeId = drivers.find((d) => d.id !== busyId)!.id;
+    // A driver PostgreSQL calls OFFLINE that Redis believes free: only the Redis -> PostgreSQL walk finds it.
+    const ghost = await createDriver(hub, 'Ghost');
+    await direct.hset(`${prefix}drivers:status`, ghost.id, 'AVAILABLE');
+    await direct.geoadd(`${prefix}drivers:geo`, PLACE.lng, PLACE.lat, ghost.id);
     await direct.geoadd(`${prefix}drivers:geo`, PLACE.lng, PLACE.lat, busyId);
     await direct.hdel(`${prefix}drivers:status`, freeId);
     await direct.zrem(`${prefix}drivers:geo`, freeId);
     await eventually(async () => (await direct.geopos(`${prefix}drivers:geo`, busyId))[0] === null, 'busy driver out of geo', 10_000);
     await eventually(async () => (await direct.hget(`${prefix}drivers:status`, freeId)) === 'AVAILABLE', 'free driver status back', 10_000);
     await eventually(async () => (await direct.geopos(`${prefix}drivers:geo`, freeId))[0] !== null, 'free driver back in geo', 10_000);
+    await eventually(async () => (await direct.geopos(`${prefix}drivers:geo`, ghost.id))[0] === null, 'offline ghost out of geo', 10_000);
+    expect(await direct.hget(`${prefix}drivers:status`, ghost.id)).toBe('OFFLINE');
     await checkInvariants(1);
   });
 

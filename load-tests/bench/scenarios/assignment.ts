@@ -107,6 +107,7 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
   const drivers = ctx.num('drivers', 10_000, 3_000);
   const rate = ctx.num('rate', 200);
   const seconds = ctx.num('seconds', 10, 5);
+  const warmupSeconds = ctx.num('warmup-seconds', 2, 1);
   const maxOrders = ctx.num('max-orders', 3000, 800);
   const concurrency = ctx.num('concurrency', 256, 128);
   const pingHz = ctx.num('ping-hz', 0.5);
@@ -161,28 +162,39 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
       ).catch(() => {});
     };
 
+    /** Orders at `rate`/s for `forSeconds`, open loop: each is sent on schedule whether or not earlier ones answered. */
+    const openLoop = async (label: string, forSeconds: number): Promise<Posted[]> => {
+      const total = Math.round(rate * forSeconds);
+      const inflight: Promise<Posted>[] = [];
+      const started = performance.now();
+      await new Promise<void>((resolve) => {
+        const timer = setInterval(() => {
+          const due = Math.min(total, Math.floor(((performance.now() - started) * rate) / 1000));
+          while (inflight.length < due) {
+            const [pickup, dropoff] = randomOrder();
+            inflight.push(postOrder(agent, hub.url, `bench-${label}-${inflight.length}-${randomUUID().slice(0, 8)}`, pickup, dropoff));
+          }
+          if (inflight.length >= total) {
+            clearInterval(timer);
+            resolve();
+          }
+        }, 2);
+      });
+      return Promise.all(inflight);
+    };
+
+    // 0. Warm-up at the same rate, not counted: the HTTP connections, each pooled PostgreSQL
+    // connection's prepared statement and the JIT are first-minute costs, not the steady state.
+    ctx.log(`warm-up: ${rate} orders/s for ${warmupSeconds} s (not counted)`);
+    await openLoop('warmup', warmupSeconds);
+    await sleep(1000);
+
     // 1. Fixed rate, open loop.
     ctx.log(`fixed rate: ${rate} orders/s for ${seconds} s`);
     await hub.reset();
     const fixedCpu = readCpuTimes();
     const fixedProcs = sampleProcesses();
-    const total = Math.round(rate * seconds);
-    const inflight: Promise<Posted>[] = [];
-    const started = performance.now();
-    await new Promise<void>((resolve) => {
-      const timer = setInterval(() => {
-        const due = Math.min(total, Math.floor(((performance.now() - started) * rate) / 1000));
-        while (inflight.length < due) {
-          const [pickup, dropoff] = randomOrder();
-          inflight.push(postOrder(agent, hub.url, `bench-fixed-${inflight.length}-${randomUUID().slice(0, 8)}`, pickup, dropoff));
-        }
-        if (inflight.length >= total) {
-          clearInterval(timer);
-          resolve();
-        }
-      }, 2);
-    });
-    const fixedPosted = await Promise.all(inflight);
+    const fixedPosted = await openLoop('fixed', seconds);
     const fixedStats = await hub.stats();
     await collectPushes(fixedPosted.filter((p) => p.outcome === 'ASSIGNED').length);
     const fixed = { ...analyse(fixedPosted, pushes, seconds), machineBusyPercent: machineBusyPercent(fixedCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(fixedProcs, sampleProcesses()), hubLagP99Ms: round(fixedStats.lagP99Ms), hubCpuPercent: round(fixedStats.cpuPercent, 0), hubSysPercent: round(fixedStats.sysPercent, 0) };

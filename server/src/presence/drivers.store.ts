@@ -248,6 +248,15 @@ export function createDriversStore(database: Database) {
         where d.id in (select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb)::uuid)`);
     },
 
+    /** Live drivers with ids after `afterId`, in id order: the reconcile walks them a page at a time. */
+    async livePage(afterId: string | null, limit: number): Promise<DriverPresenceRow[]> {
+      return database.rows<DriverPresenceRow>(sql`
+        select d.id, d.status, p.lat, p.lng from drivers d left join driver_positions p on p.driver_id = d.id
+        where d.status <> 'OFFLINE' and (${afterId}::uuid is null or d.id > ${afterId}::uuid)
+        order by d.id
+        limit ${limit}`);
+    },
+
     /** Everyone the hub thinks is live, to rebuild Redis. */
     async live(): Promise<DriverPresenceRow[]> {
       return db

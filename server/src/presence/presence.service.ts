@@ -27,6 +27,9 @@ export function newestFix(fixes: readonly LocationFix[]): LocationFix {
   return newest;
 }
 
+/** Drivers per step of the reconcile walk. */
+const RECONCILE_PAGE = 1000;
+
 export function createPresenceService(deps: PresenceDeps) {
   const { drivers, presence, events, metrics } = deps;
   const log = deps.logger.child({ component: 'presence' });
@@ -171,21 +174,48 @@ export function createPresenceService(deps: PresenceDeps) {
    */
   async function reconcile(): Promise<void> {
     if (!redisUsable()) return;
-    const [live, statuses, members] = await Promise.all([drivers.live(), presence!.statuses(), presence!.geoMembers()]);
-    const liveById = new Map(live.map((row) => [row.id, row]));
-    const inGeo = new Set(members);
-    const suspects = new Set<string>();
-    for (const row of live) {
-      const geoRight = row.status === 'AVAILABLE' ? inGeo.has(row.id) || row.lat === null : !inGeo.has(row.id);
-      if (statuses[row.id] !== row.status || !geoRight) suspects.add(row.id);
+    // Walked a page at a time, with a round trip between pages: at tens of thousands of drivers a
+    // single read of everything blocked the event loop for hundreds of milliseconds.
+    /** Drivers that look wrong, with the PostgreSQL status they had when they were looked at. */
+    const suspects = new Map<string, DriverStatus>();
+    // PostgreSQL -> Redis: every live driver has the right status, and is in GEO exactly when AVAILABLE.
+    for (let after: string | null = null; ; ) {
+      const page = await drivers.livePage(after, RECONCILE_PAGE);
+      if (page.length === 0) break;
+      after = page[page.length - 1].id;
+      const { statuses, inGeo } = await presence!.lookup(page.map((row) => row.id));
+      page.forEach((row, i) => {
+        const geoRight = row.status === 'AVAILABLE' ? inGeo[i] || row.lat === null : !inGeo[i];
+        if (statuses[i] !== row.status || !geoRight) suspects.set(row.id, row.status);
+      });
+      if (page.length < RECONCILE_PAGE) break;
     }
-    for (const [id, status] of Object.entries(statuses)) if (status !== 'OFFLINE' && !liveById.has(id)) suspects.add(id);
-    for (const id of members) if (liveById.get(id)?.status !== 'AVAILABLE') suspects.add(id);
+    // Redis -> PostgreSQL: what Redis calls live, or has in GEO, must be so in PostgreSQL.
+    const checkAgainstPostgres = async (entries: [string, string | null][]) => {
+      if (entries.length === 0) return;
+      const rows = new Map((await drivers.presenceOf(entries.map(([id]) => id))).map((row) => [row.id, row]));
+      for (const [id, redisStatus] of entries) {
+        const pgStatus = rows.get(id)?.status ?? 'OFFLINE';
+        const wrong = redisStatus === null ? pgStatus !== 'AVAILABLE' : redisStatus !== 'OFFLINE' && pgStatus === 'OFFLINE';
+        if (wrong) suspects.set(id, pgStatus);
+      }
+    };
+    let cursor = '0';
+    do {
+      const [next, pairs] = await presence!.scanStatuses(cursor, RECONCILE_PAGE);
+      await checkAgainstPostgres(pairs.filter(([, status]) => status !== 'OFFLINE'));
+      cursor = next;
+    } while (cursor !== '0');
+    do {
+      const [next, members] = await presence!.scanGeo(cursor, RECONCILE_PAGE);
+      await checkAgainstPostgres(members.map((id) => [id, null]));
+      cursor = next;
+    } while (cursor !== '0');
     if (suspects.size === 0) return;
-    const ids = [...suspects];
-    for (let i = 0; i < ids.length; i += 5000) {
-      for (const row of await drivers.presenceOf(ids.slice(i, i + 5000))) {
-        if (row.status !== (liveById.get(row.id)?.status ?? 'OFFLINE')) continue; // changed since: its own write wins
+    const ids = [...suspects.keys()];
+    for (let i = 0; i < ids.length; i += RECONCILE_PAGE) {
+      for (const row of await drivers.presenceOf(ids.slice(i, i + RECONCILE_PAGE))) {
+        if (row.status !== suspects.get(row.id)) continue; // changed since: its own write wins
         const position = row.lat !== null && row.lng !== null ? { lat: row.lat, lng: row.lng } : null;
         await bestEffort('reconcile', () => presence!.setStatus(row.id, row.status, { position }));
       }

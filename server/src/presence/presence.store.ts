@@ -185,12 +185,27 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
       return reply.map(([driverId, dist]) => ({ driverId, distanceMeters: Number(dist) }));
     },
 
-    async geoMembers(): Promise<string[]> {
-      return guarded(() => redis.zrange(keys.geo, '0', '-1'));
+    /** Each driver's status in the hash (null when absent) and whether it is in the GEO set, in order. */
+    async lookup(ids: readonly string[]): Promise<{ statuses: (string | null)[]; inGeo: boolean[] }> {
+      if (ids.length === 0) return { statuses: [], inGeo: [] };
+      return guarded(async () => {
+        const [statuses, scores] = await Promise.all([redis.hmget(keys.status, ...ids), redis.call('ZMSCORE', keys.geo, ...ids) as Promise<(string | null)[]>]);
+        return { statuses, inGeo: scores.map((score) => score !== null) };
+      });
     },
 
-    async statuses(): Promise<Record<string, string>> {
-      return guarded(() => redis.hgetall(keys.status));
+    /** One step of a walk over the status hash: the next cursor ('0' at the end) and id/status pairs. */
+    async scanStatuses(cursor: string, count: number): Promise<[string, [string, string][]]> {
+      const [next, flat] = await guarded(() => redis.hscan(keys.status, cursor, 'COUNT', count));
+      const pairs: [string, string][] = [];
+      for (let i = 0; i < flat.length; i += 2) pairs.push([flat[i], flat[i + 1]]);
+      return [next, pairs];
+    },
+
+    /** One step of a walk over the GEO set: the next cursor ('0' at the end) and member ids. */
+    async scanGeo(cursor: string, count: number): Promise<[string, string[]]> {
+      const [next, flat] = await guarded(() => redis.zscan(keys.geo, cursor, 'COUNT', count));
+      return [next, flat.filter((_, i) => i % 2 === 0)];
     },
 
     /** GEO members whose heartbeat expired leave the set here; a slice per call, Redis free in between. */
