@@ -136,6 +136,11 @@ export function createApp(deps: AppDeps): HubApp {
   });
 
   const http = createAdaptorServer({ fetch: hono.fetch, overrideGlobalObjects: false }) as HttpServer;
+  // Longer than the idle timeouts of the clients and proxies in front (nginx, load balancers, the
+  // webhook sender's keep-alive pool): the side that closes an idle connection must be the client,
+  // or a request sent as the server closes it dies with ECONNRESET (Node's default is 5 s).
+  http.keepAliveTimeout = 65_000;
+  http.headersTimeout = 66_000;
   const io = new Server(http, {
     transports: ['websocket'],
     serveClient: false,
