@@ -206,6 +206,28 @@ describe('driver presence', () => {
     );
   });
 
+  it('when a driver pings several times a second, then its heartbeat key is rewritten every TTL/3 and not per ping, and it stays alive past the TTL', async () => {
+    const driver = await onDutyDriver(hub, BERLIN, 'Chatty');
+    try {
+      const started = Date.now();
+      let lowestPttl = Number.POSITIVE_INFINITY;
+      // 3 s of pings every 150 ms with a 2 s TTL: alive throughout, yet not rewritten on every fix.
+      while (Date.now() - started < 3000) {
+        expect((await driver.emitAck('location', { lat: BERLIN.lat + Math.random() * 1e-3, lng: BERLIN.lng })).ok).toBe(true);
+        await new Promise((r) => setTimeout(r, 150));
+        const pttl = await redis.pttl(keys.online(driver.id));
+        expect(pttl).toBeGreaterThan(0);
+        lowestPttl = Math.min(lowestPttl, pttl);
+      }
+      // Rewritten on every fix, the key would never fall much below the full 2 s.
+      expect(lowestPttl).toBeLessThan(1600);
+      expect(await inGeo(driver.id)).toBe(true);
+      expect(await pgStatus(driver.id)).toBe('AVAILABLE');
+    } finally {
+      driver.close();
+    }
+  });
+
   it('when thousands of GEO members lose their heartbeat, then the expiry sweep removes exactly those, one slice at a time', async () => {
     const prefix = `${hub.config.REDIS_PREFIX}expiry:`;
     const store = createPresenceStore({ redis, breaker: new CircuitBreaker(), prefix, heartbeatTtlSeconds: 30 });

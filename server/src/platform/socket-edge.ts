@@ -11,13 +11,16 @@ type AnySocket = Socket<any, any, any, any>;
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
 /** The path of the first string in `value` that PostgreSQL could not store faithfully, or null. */
-export function findUnstorableText(value: unknown, path: PropertyKey[] = []): PropertyKey[] | null {
+export function findUnstorableText(value: unknown): PropertyKey[] | null {
   // PostgreSQL text and jsonb cannot hold a NUL.
-  if (typeof value === 'string') return value.includes('\u0000') || LONE_SURROGATE.test(value) ? path : null;
+  if (typeof value === 'string') return value.includes('\u0000') || LONE_SURROGATE.test(value) ? [] : null;
   if (value === null || typeof value !== 'object') return null;
-  for (const [key, inner] of Object.entries(value)) {
-    const found = findUnstorableText(inner, [...path, key]);
-    if (found) return found;
+  // Runs on every location ping: the path is built only on the way back from a bad string.
+  for (const key in value) {
+    const inner = (value as Record<string, unknown>)[key];
+    if (inner === null || (typeof inner !== 'string' && typeof inner !== 'object')) continue;
+    const found = findUnstorableText(inner);
+    if (found) return [Array.isArray(value) ? Number(key) : key, ...found];
   }
   return null;
 }

@@ -43,6 +43,9 @@ export function createPresenceService(deps: PresenceDeps) {
   let moved = new Map<string, DriverPosition & { status: DriverStatus }>();
   /** Local drivers that pinged since the last heartbeat round: their fixes already kept them alive. */
   let heardSinceTouch = new Set<string>();
+  /** When this node last rewrote each local driver's heartbeat key with a fix. */
+  const beatAt = new Map<string, number>();
+  const beatEveryMs = (deps.config.heartbeatTtlSeconds * 1000) / 3;
   const timers: NodeJS.Timeout[] = [];
   /** GEO writes: at most one script call in flight; fixes that arrive meanwhile ride the next one. */
   let geoWrite: Promise<void> | null = null;
@@ -84,6 +87,9 @@ export function createPresenceService(deps: PresenceDeps) {
 
   async function publishStatus(row: DriverPresenceRow, heartbeat: 'refresh' | 'keep' | 'drop'): Promise<void> {
     knownStatus.set(row.id, row.status);
+    // A dropped heartbeat must come back with the next fix; a refreshed one need not for a while.
+    if (heartbeat === 'drop') beatAt.delete(row.id);
+    else if (heartbeat === 'refresh') beatAt.set(row.id, Date.now());
     const position = row.lat !== null && row.lng !== null ? { lat: row.lat, lng: row.lng } : null;
     await bestEffort('setStatus', () => presence!.setStatus(row.id, row.status, { position, heartbeat }));
     events.emit('driver:status', { driverId: row.id, status: row.status, position });
@@ -95,10 +101,19 @@ export function createPresenceService(deps: PresenceDeps) {
     toRedis = new Map();
     let statuses: DriverStatus[] | null = null;
     if (redisUsable()) {
+      // A driver pinging every second needs its heartbeat key rewritten only every TTL/3, not on
+      // every fix: most script steps are then a status read and a GEOADD.
+      const now = Date.now();
+      const fixes = batch.map((p) => {
+        const beat = now - (beatAt.get(p.id) ?? 0) >= beatEveryMs;
+        if (beat) beatAt.set(p.id, now);
+        return { id: p.id, lng: p.lng, lat: p.lat, beat };
+      });
       try {
-        statuses = await presence!.writeFixes(batch);
+        statuses = await presence!.writeFixes(fixes);
         metrics.geoWrites.inc();
       } catch (err) {
+        for (const fix of fixes) if (fix.beat) beatAt.delete(fix.id);
         redisWriteFailed('geo batch', err);
       }
     }
@@ -311,6 +326,7 @@ export function createPresenceService(deps: PresenceDeps) {
 
     async disconnect(driverId: string, socketId: string): Promise<void> {
       if (local.get(driverId) === socketId) local.delete(driverId);
+      if (!local.has(driverId)) beatAt.delete(driverId);
       toRedis.delete(driverId);
       const work = (async () => {
         const row = await drivers.disconnect(driverId, socketId);

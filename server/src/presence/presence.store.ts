@@ -25,8 +25,9 @@ export function presenceKeys(prefix: string): PresenceKeys {
 /**
  * Heartbeats and GEO positions for many drivers in one call. The status check and the GEOADD are
  * one atomic step, so a late ping can never put a BUSY or OFFLINE driver back into the GEO set.
- * ARGV: ttlSeconds, then the fixes as one JSON array of [id, lng, lat] (one argument to encode
- * rather than three per fix). Returns each driver's status initial (A, B, O), in order, as one string.
+ * ARGV: ttlSeconds, then the fixes as one JSON array of [id, lng, lat, beat] (one argument to
+ * encode rather than three per fix); beat 1 refreshes the heartbeat key. Returns each driver's
+ * status initial (A, B, O), in order, as one string.
  */
 const WRITE_FIXES = `
 local ttl = tonumber(ARGV[1])
@@ -34,7 +35,7 @@ local fixes = cjson.decode(ARGV[2])
 local statuses = {}
 for i = 1, #fixes do
   local id = fixes[i][1]
-  redis.call('SET', KEYS[3] .. id, '1', 'EX', ttl)
+  if fixes[i][4] == 1 then redis.call('SET', KEYS[3] .. id, '1', 'EX', ttl) end
   local status = redis.call('HGET', KEYS[2], id)
   if status == 'AVAILABLE' then
     redis.call('GEOADD', KEYS[1], fixes[i][2], fixes[i][3], id)
@@ -94,6 +95,8 @@ export interface Fix {
   id: string;
   lng: number;
   lat: number;
+  /** Refresh the heartbeat key with this fix (the caller spaces refreshes well inside the TTL). */
+  beat?: boolean;
 }
 
 export interface NearbyDriver {
@@ -144,7 +147,7 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
     async writeFixes(fixes: readonly Fix[]): Promise<DriverStatus[]> {
       const statuses: DriverStatus[] = [];
       for (let start = 0; start < fixes.length; start += FIXES_PER_CALL) {
-        const packed = JSON.stringify(fixes.slice(start, start + FIXES_PER_CALL).map((fix) => [fix.id, fix.lng, fix.lat]));
+        const packed = JSON.stringify(fixes.slice(start, start + FIXES_PER_CALL).map((fix) => [fix.id, fix.lng, fix.lat, fix.beat === false ? 0 : 1]));
         const initials = await guarded(() => scripted.hubWriteFixes(...keyArgs, ttl, packed));
         for (const initial of initials) statuses.push(STATUS_BY_INITIAL[initial] ?? 'OFFLINE');
       }
