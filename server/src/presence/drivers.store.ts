@@ -126,9 +126,21 @@ export function createDriversStore(database: Database) {
 
     /** A socket now speaks for the driver; status comes back from duty and deliveries, not from the app. */
     async connect(id: string, sessionId: string): Promise<DriverPresenceRow | null> {
-      // Heard from first: a sweep between the two writes must not find the driver silent.
-      await seen(db, id);
-      return updatePresence(db, { sessionId, status: resolvedStatus() }, eq(drivers.id, id));
+      // One statement: heard from and taken over together (a reconnect storm after a node dies
+      // is thousands of these), so a sweep can never see one without the other.
+      const [row] = await database.rows<DriverPresenceRow>(sql`
+        with seen as (
+          insert into driver_positions (driver_id, last_seen_at)
+          select id, now() from drivers where id = ${id}
+          on conflict (driver_id) do update set last_seen_at = excluded.last_seen_at
+          returning driver_id, lat, lng
+        ), taken as (
+          update drivers set session_id = ${sessionId}, status = ${resolvedStatus()}, updated_at = now()
+          where id = ${id}
+          returning id, status
+        )
+        select taken.id, taken.status, seen.lat, seen.lng from taken left join seen on seen.driver_id = taken.id`);
+      return row ?? null;
     },
 
     /** Only the socket that still speaks for the driver may take it offline. */

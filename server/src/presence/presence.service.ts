@@ -316,11 +316,12 @@ export function createPresenceService(deps: PresenceDeps) {
 
     /** A driver socket connected: it now speaks for the driver; status follows duty and deliveries. */
     async connect(driverId: string, socketId: string): Promise<DriverSession> {
-      const row = await drivers.connect(driverId, socketId);
+      // The active delivery is read alongside: the socket already joined its room, so an assignment
+      // committed after this read still reaches it as a push.
+      const [row, activeDelivery] = await Promise.all([drivers.connect(driverId, socketId), deps.activeAssignment(driverId)]);
       if (!row) throw new HubError('NOT_FOUND', 'driver not found');
       local.set(driverId, socketId);
       await publishStatus(row, 'refresh');
-      const activeDelivery = await deps.activeAssignment(driverId);
       return { driverId, status: row.status, activeDelivery };
     },
 
