@@ -1,8 +1,10 @@
+import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   api,
   connectDriver,
   createTestDatabase,
+  hasSharedPostgres,
   onDutyDriver,
   order,
   postWebhook,
@@ -98,6 +100,45 @@ describe('webhook and assignment', () => {
     expect((await redis.geopos(`${hub.config.REDIS_PREFIX}drivers:geo`, close.id))[0]).toBeNull();
     far.close();
     close.close();
+  });
+
+  it.skipIf(!hasSharedPostgres())('when a twin commits the same order while the webhook is claiming a driver, then the claim is rolled back and the twin is answered', async () => {
+    const place = nextArea();
+    const driver = await onDutyDriver(hub, near(place, 0.001), 'Almost');
+    const o = order({ pickup: place });
+    // Two connections: one holds the twin's transaction open, the other watches the hub wait on it.
+    const sql = postgres(db.url!, { max: 2, onnotice: () => {} });
+    try {
+      let twinId = '';
+      let reply: Promise<{ status: number; body: any }> | undefined;
+      await sql.begin(async (tx) => {
+        // The twin is written but not committed: the webhook's statement does not see it, claims
+        // the driver, and then waits on the unique key until the twin commits.
+        const [twin] = await tx`insert into deliveries (seller_order_id, order_code, status, pickup_lat, pickup_lng, dropoff_lat, dropoff_lng)
+          values (${o.sellerOrderId}, ${o.orderCode}, 'PENDING', ${o.pickup.lat}, ${o.pickup.lng}, ${o.dropoff.lat}, ${o.dropoff.lng}) returning id`;
+        twinId = twin.id;
+        reply = postWebhook(hub, READY, o);
+        await eventually(async () => {
+          const [waiting] = await sql`select count(*)::int as n from pg_stat_activity
+            where application_name = 'dispatch-hub' and datname = current_database() and wait_event_type = 'Lock'`;
+          return waiting.n > 0;
+        }, 'the webhook waiting on the twin');
+      });
+      const res = await reply!;
+      expect(res.status).toBe(202);
+      expect(res.body).toMatchObject({ status: 'PENDING', deliveryId: twinId, driverId: null, idempotent: true });
+      const [row] = await sql`select status from drivers where id = ${driver.id}`;
+      expect(row.status).toBe('AVAILABLE');
+      const [written] = await sql`select
+        (select count(*)::int from deliveries where seller_order_id = ${o.sellerOrderId}) as deliveries,
+        (select count(*)::int from deliveries where driver_id = ${driver.id}) as assigned,
+        (select count(*)::int from outbox where delivery_id = ${twinId}) as events`;
+      expect(written).toEqual({ deliveries: 1, assigned: 0, events: 0 });
+      expect(driver.assignments).toHaveLength(0);
+    } finally {
+      await sql.end();
+      driver.close();
+    }
   });
 
   it('when the same webhook is retried 50 times concurrently, then one delivery exists and every answer is the same', async () => {
