@@ -8,6 +8,7 @@ import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator';
 import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
 import { migrate as migratePostgres } from 'drizzle-orm/postgres-js/migrator';
 import postgres from 'postgres';
+import { causeChain } from './errors.js';
 import { schema } from './schema.js';
 
 export type Schema = typeof schema;
@@ -62,19 +63,13 @@ export function rowMapper<TTable extends PgTable>(table: TTable): (raw: Record<s
 
 /** The constraint a unique violation (SQLSTATE 23505) broke, wherever the driver put it; null for any other error. */
 export function uniqueViolation(err: unknown): string | null {
-  for (let e = err as { code?: unknown; constraint_name?: unknown; constraint?: unknown; cause?: unknown } | null; e; e = e.cause as typeof e) {
-    if (e.code === '23505') return String(e.constraint_name ?? e.constraint ?? '');
-    if (e.cause === e) break;
-  }
+  for (const e of causeChain(err)) if (e.code === '23505') return String(e.constraint_name ?? e.constraint ?? '');
   return null;
 }
 
 /** PostgreSQL gave up on a statement to break a deadlock or a serialization conflict: running it again is safe. */
 export function isRetryableConflict(err: unknown): boolean {
-  for (let e = err as { code?: unknown; cause?: unknown } | null; e; e = e.cause as typeof e) {
-    if (e.code === '40P01' || e.code === '40001') return true;
-    if (e.cause === e) break;
-  }
+  for (const e of causeChain(err)) if (e.code === '40P01' || e.code === '40001') return true;
   return false;
 }
 

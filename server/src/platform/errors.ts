@@ -49,11 +49,18 @@ export function toHubError(err: unknown): HubError {
 
 const PG_UNAVAILABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'CONNECT_TIMEOUT', '57P01', '57P03', '08006', '08001', '08003', '53300']);
 
+/** An error and its causes, outermost first: drivers and drizzle wrap the database's own error. */
+export function* causeChain(err: unknown): Generator<{ code?: unknown; constraint_name?: unknown; constraint?: unknown }> {
+  const seen = new Set<unknown>();
+  for (let e = err; e !== null && typeof e === 'object' && !seen.has(e); e = (e as { cause?: unknown }).cause) {
+    seen.add(e);
+    yield e as { code?: unknown };
+  }
+}
+
 export function isDatabaseUnavailable(err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code;
-  if (typeof code === 'string' && PG_UNAVAILABLE.has(code)) return true;
-  const cause = (err as { cause?: unknown } | null)?.cause;
-  return cause !== undefined && cause !== err && isDatabaseUnavailable(cause);
+  for (const e of causeChain(err)) if (typeof e.code === 'string' && PG_UNAVAILABLE.has(e.code)) return true;
+  return false;
 }
 
 export function validationError(issues: { path: PropertyKey[]; message: string }[], what = 'payload'): HubError {
