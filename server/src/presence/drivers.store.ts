@@ -44,6 +44,18 @@ const resolvedStatus = (onDuty: boolean | null = null) => sql`case
 const positionOf = (column: 'lat' | 'lng') =>
   sql<number | null>`(select p.${sql.raw(column)} from ${driverPositions} p where p.driver_id = ${drivers.id})`;
 
+/**
+ * Marks the drivers the `from` clause picks (aliased `d`) as heard from now; only existing drivers
+ * get a row. The one heartbeat upsert behind connect, duty changes and the quiet drivers' touch.
+ */
+const heardFrom = (from: SQL) => sql`
+  insert into driver_positions (driver_id, last_seen_at)
+  select d.id, now() from ${from}
+  on conflict (driver_id) do update set last_seen_at = excluded.last_seen_at`;
+
+/** Every presence read: the driver's status beside its last known coordinate. */
+const presenceSelect = sql`select d.id, d.status, p.lat, p.lng from drivers d left join driver_positions p on p.driver_id = d.id`;
+
 /** Ids in one order for every batch write, so two batches never lock the same rows in opposite orders. */
 const sortedJson = (ids: readonly string[]) => JSON.stringify([...ids].sort());
 
@@ -51,12 +63,20 @@ export function createDriversStore(database: Database) {
   const { db } = database;
   const presenceColumns = { id: drivers.id, status: drivers.status, lat: positionOf('lat'), lng: positionOf('lng') };
 
-  /** The driver was heard from now (only an existing driver gets a row). */
-  async function seen(executor: DbOrTx, id: string): Promise<void> {
-    await executor.execute(sql`
-      insert into driver_positions (driver_id, last_seen_at)
-      select id, now() from drivers where id = ${id}
-      on conflict (driver_id) do update set last_seen_at = excluded.last_seen_at`);
+  /**
+   * One statement: the driver is heard from and its row changed together, so a sweep can never
+   * see one without the other (a reconnect storm after a node dies is thousands of these).
+   */
+  async function heardAndSet(id: string, changes: SQL): Promise<DriverPresenceRow | null> {
+    const [row] = await database.rows<DriverPresenceRow>(sql`
+      with seen as (
+        ${heardFrom(sql`drivers d where d.id = ${id}`)}
+        returning driver_id, lat, lng
+      ), changed as (
+        update drivers set ${changes}, updated_at = now() where id = ${id} returning id, status
+      )
+      select changed.id, changed.status, seen.lat, seen.lng from changed left join seen on seen.driver_id = changed.id`);
+    return row ?? null;
   }
 
   /** One conditional update of a driver row, answering its new presence (null when no row matched). */
@@ -126,21 +146,7 @@ export function createDriversStore(database: Database) {
 
     /** A socket now speaks for the driver; status comes back from duty and deliveries, not from the app. */
     async connect(id: string, sessionId: string): Promise<DriverPresenceRow | null> {
-      // One statement: heard from and taken over together (a reconnect storm after a node dies
-      // is thousands of these), so a sweep can never see one without the other.
-      const [row] = await database.rows<DriverPresenceRow>(sql`
-        with seen as (
-          insert into driver_positions (driver_id, last_seen_at)
-          select id, now() from drivers where id = ${id}
-          on conflict (driver_id) do update set last_seen_at = excluded.last_seen_at
-          returning driver_id, lat, lng
-        ), taken as (
-          update drivers set session_id = ${sessionId}, status = ${resolvedStatus()}, updated_at = now()
-          where id = ${id}
-          returning id, status
-        )
-        select taken.id, taken.status, seen.lat, seen.lng from taken left join seen on seen.driver_id = taken.id`);
-      return row ?? null;
+      return heardAndSet(id, sql`session_id = ${sessionId}, status = ${resolvedStatus()}`);
     },
 
     /** Only the socket that still speaks for the driver may take it offline. */
@@ -149,8 +155,7 @@ export function createDriversStore(database: Database) {
     },
 
     async setDuty(id: string, onDuty: boolean): Promise<DriverPresenceRow | null> {
-      await seen(db, id);
-      return updatePresence(db, { onDuty, status: resolvedStatus(onDuty) }, eq(drivers.id, id));
+      return heardAndSet(id, sql`on_duty = ${onDuty}, status = ${resolvedStatus(onDuty)}`);
     },
 
     /** A BUSY driver whose delivery ended: back to AVAILABLE if still connected and on duty. */
@@ -213,11 +218,7 @@ export function createDriversStore(database: Database) {
     /** Connected but quiet drivers stay alive in PostgreSQL too (the sweeper's source of truth). */
     async touch(ids: readonly string[]): Promise<void> {
       if (ids.length === 0) return;
-      await db.execute(sql`
-        insert into driver_positions (driver_id, last_seen_at)
-        select d.id, now() from drivers d
-        join jsonb_array_elements_text(${sortedJson(ids)}::jsonb) as v(id) on d.id = v.id::uuid
-        on conflict (driver_id) do update set last_seen_at = excluded.last_seen_at`);
+      await db.execute(heardFrom(sql`drivers d join jsonb_array_elements_text(${sortedJson(ids)}::jsonb) as v(id) on d.id = v.id::uuid`));
     },
 
     /** Takes drivers whose heartbeat went silent offline; safe when several nodes run it at once. */
@@ -256,26 +257,20 @@ export function createDriversStore(database: Database) {
     async presenceOf(ids: readonly string[]): Promise<DriverPresenceRow[]> {
       if (ids.length === 0) return [];
       return database.rows<DriverPresenceRow>(sql`
-        select d.id, d.status, p.lat, p.lng from drivers d left join driver_positions p on p.driver_id = d.id
-        where d.id in (select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb)::uuid)`);
+        ${presenceSelect} where d.id in (select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb)::uuid)`);
     },
 
     /** Live drivers with ids after `afterId`, in id order: the reconcile walks them a page at a time. */
     async livePage(afterId: string | null, limit: number): Promise<DriverPresenceRow[]> {
       return database.rows<DriverPresenceRow>(sql`
-        select d.id, d.status, p.lat, p.lng from drivers d left join driver_positions p on p.driver_id = d.id
-        where d.status <> 'OFFLINE' and (${afterId}::uuid is null or d.id > ${afterId}::uuid)
+        ${presenceSelect} where d.status <> 'OFFLINE' and (${afterId}::uuid is null or d.id > ${afterId}::uuid)
         order by d.id
         limit ${limit}`);
     },
 
     /** Everyone the hub thinks is live, to rebuild Redis. */
     async live(): Promise<DriverPresenceRow[]> {
-      return db
-        .select({ id: drivers.id, status: drivers.status, lat: driverPositions.lat, lng: driverPositions.lng })
-        .from(drivers)
-        .leftJoin(driverPositions, eq(driverPositions.driverId, drivers.id))
-        .where(sql`${drivers.status} <> 'OFFLINE'`);
+      return database.rows<DriverPresenceRow>(sql`${presenceSelect} where d.status <> 'OFFLINE'`);
     },
   };
 }
