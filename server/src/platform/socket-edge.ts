@@ -49,8 +49,8 @@ export interface EdgeDeps {
 /** Per socket: when its last rate-limit line was written, and how many refusals went unlogged since. */
 const rateLimitLog = new WeakMap<AnySocket, { until: number; suppressed: number }>();
 
-/** Who a log line about a socket is about: the socket and the token's subject. */
-const socketFields = (socket: AnySocket) => ({ socket: socket.id, subject: socket.data?.subject });
+/** Who a log line about a socket is about, under the same keys as the namespaces' own lines. */
+const socketFields = (socket: AnySocket) => ({ socket: socket.id, [socket.data?.role === 'driver' ? 'driver' : 'dispatcher']: socket.data?.subject });
 
 function noteRateLimited(socket: AnySocket, event: string, retryAfterMs: number, deps: EdgeDeps): void {
   deps.metrics.rateLimited.inc({ event });
