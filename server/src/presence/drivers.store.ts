@@ -186,14 +186,6 @@ export function createDriversStore(database: Database) {
       return rows.length === 1;
     },
 
-    async position(id: string): Promise<{ lat: number; lng: number } | null> {
-      const [row] = await db
-        .select({ lat: driverPositions.lat, lng: driverPositions.lng })
-        .from(driverPositions)
-        .where(eq(driverPositions.driverId, id));
-      return row && row.lat !== null && row.lng !== null ? { lat: row.lat, lng: row.lng } : null;
-    },
-
     /**
      * Last known positions of many drivers (drivers that no longer exist are skipped), a slice per
      * statement so neither the JSON building here nor the row locks there grow with the fleet.

@@ -395,10 +395,6 @@ export function createPresenceService(deps: PresenceDeps) {
       if (moved.size > 0) moved = new Map();
     },
 
-    isLocal(driverId: string): boolean {
-      return local.has(driverId);
-    },
-
     redisUsable,
     redisHealthy,
     /** For tests and shutdown: push pending work now. */
