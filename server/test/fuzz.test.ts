@@ -232,7 +232,8 @@ function invalidObject(spec: ObjSpec, ctx: Ctx): fc.Arbitrary<Record<string, unk
 /** Whole bodies that are not the object at all. `allowNull` and `allowArrays` say what the payload itself would accept. */
 function notAnObject(spec: ObjSpec, ctx: Ctx, opts: { nullIsValid?: boolean; arraysOfValidAreValid?: boolean } = {}): fc.Arbitrary<unknown> {
   const options: fc.Arbitrary<unknown>[] = [
-    fc.oneof(fc.string({ maxLength: 30 }), oddText(30), fc.double(), fc.integer(), fc.boolean()),
+    // Infinity and NaN travel as null in JSON: where null is valid they are not a bad payload.
+    fc.oneof(fc.string({ maxLength: 30 }), oddText(30), fc.double({ noDefaultInfinity: opts.nullIsValid, noNaN: opts.nullIsValid }), fc.integer(), fc.boolean()),
     fc.array(fc.oneof(fc.integer(), fc.string({ maxLength: 5 })), { maxLength: 5 }),
     deep(ctx),
   ];
