@@ -2,8 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { and, asc, desc, eq, sql } from 'drizzle-orm';
 import type { AssignmentPush, DeliveryStatus, DeliveryView, ListDeliveriesQuery, SellerOrderReady } from '../../../shared/src/schemas.js';
 import { OUTBOX_INSERT, type OutboxEventType } from '../outbox/outbox.store.js';
-import { type Database, type DbOrTx, retryOnConflict, rowMapper, type Tx, uniqueViolation } from '../platform/db.js';
-import { deliveries, deliveryEvents } from '../platform/schema.js';
+import { type Database, type DbOrTx, isRetryableConflict, retryOnConflict, rowMapper, type Tx, uniqueViolation } from '../platform/db.js';
+import { ACTIVE_STATUSES_LIST, ACTIVE_STATUSES_SQL, deliveries, deliveryEvents } from '../platform/schema.js';
 import type { DriversStore } from '../presence/drivers.store.js';
 import { haversineSql } from '../presence/drivers.store.js';
 
@@ -21,8 +21,21 @@ export type CreateOutcome =
   | { created: false; delivery: DeliveryRow };
 
 const SELLER_ORDER_KEY = 'deliveries_seller_order_id_key';
+const ONE_ACTIVE_PER_DRIVER_KEY = 'deliveries_one_active_per_driver';
+
+/**
+ * A claim lost to a concurrent one: a deadlock, a serialization failure, or the one-active-delivery
+ * index (the last guard, should a driver row ever disagree with its deliveries). Nothing was
+ * written, and a fresh statement sees the winner and passes that driver over.
+ */
+export function lostClaim(err: unknown): boolean {
+  return isRetryableConflict(err) || uniqueViolation(err) === ONE_ACTIVE_PER_DRIVER_KEY;
+}
 
 const toDeliveryRow = rowMapper(deliveries);
+
+/** Index of CREATE_AND_ASSIGN's $13, the candidates. */
+const CANDIDATES_PARAM = 12;
 
 /**
  * $1 id, $2 sellerOrderId, $3 orderCode, $4 sellerId, $5-$7 pickup lat/lng/address, $8-$10 dropoff,
@@ -31,8 +44,9 @@ const toDeliveryRow = rowMapper(deliveries);
  * or the existing one with fresh = false.
  *
  * The claim locks the candidate rows in order (FOR UPDATE under LIMIT): a row another statement
- * holds is waited for and then re-checked, so a driver claimed meanwhile is passed over and the
- * next candidate taken. The active-delivery test is the partial unique index's twin.
+ * holds is waited for and then re-checked on its new version (status and current_delivery_id), so
+ * a driver claimed meanwhile is passed over and the next candidate taken. The active-delivery
+ * subquery is the partial unique index's twin for what this statement's snapshot already sees.
  */
 const CREATE_AND_ASSIGN = `
 with input as (
@@ -44,12 +58,13 @@ with input as (
   from input i join drivers d on d.id = i.id
   where not exists (select 1 from known)
     and d.status = 'AVAILABLE'
-    and not exists (select 1 from deliveries a where a.driver_id = d.id and a.status in ('ASSIGNED', 'PICKED_UP'))
+    and d.current_delivery_id is null
+    and not exists (select 1 from deliveries a where a.driver_id = d.id and a.status in ${ACTIVE_STATUSES_LIST})
   order by i.ord
   limit 1
   for update of d
 ), claimed as (
-  update drivers set status = 'BUSY', updated_at = $14::timestamptz
+  update drivers set status = 'BUSY', current_delivery_id = $1::uuid, updated_at = $14::timestamptz
   from pick where drivers.id = pick.id
   returning drivers.id, pick.dist, pick.ord
 ), created as (
@@ -168,10 +183,14 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
   }
 
   /** Tries candidates nearest first; the first successful conditional claim wins. */
-  async function claimFirst(tx: Tx, candidates: readonly Candidate[]): Promise<{ chosen: Candidate | null; ranked: RankedCandidate[] }> {
+  async function claimFirst(
+    tx: Tx,
+    deliveryId: string,
+    candidates: readonly Candidate[],
+  ): Promise<{ chosen: Candidate | null; ranked: RankedCandidate[] }> {
     const ranked: RankedCandidate[] = candidates.map((c) => ({ ...c, outcome: 'not-tried' }));
     for (const candidate of ranked) {
-      if (await drivers.claim(tx, candidate.driverId)) {
+      if (await drivers.claim(tx, candidate.driverId, deliveryId)) {
         candidate.outcome = 'chosen';
         return { chosen: candidate, ranked };
       }
@@ -189,6 +208,19 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
       .returning();
     await record(tx, assigned, row.status, 'hub', null);
     return assigned;
+  }
+
+  /**
+   * A claiming transaction, run again when it lost to a concurrent claim (it changed nothing then);
+   * still losing after that, the delivery stays PENDING for the next pass rather than failing.
+   */
+  async function claimInTransaction<T>(work: (tx: Tx) => Promise<T | null>): Promise<T | null> {
+    try {
+      return await retryOnConflict(() => db.transaction(work), 3, lostClaim);
+    } catch (err) {
+      if (lostClaim(err)) return null;
+      throw err;
+    }
   }
 
   return {
@@ -232,7 +264,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
       const [row] = await db
         .select()
         .from(deliveries)
-        .where(and(eq(deliveries.driverId, driverId), sql`${deliveries.status} in ('ASSIGNED', 'PICKED_UP')`))
+        .where(and(eq(deliveries.driverId, driverId), sql`${deliveries.status} in ${ACTIVE_STATUSES_SQL}`))
         .limit(1);
       return row ?? null;
     },
@@ -270,8 +302,13 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
         now,
         JSON.stringify(assignedEvent.payload),
       ];
+      const run = (withCandidates: unknown[]) => database.query<Record<string, unknown> & { fresh: boolean }>(CREATE_AND_ASSIGN, withCandidates);
       try {
-        const [raw] = await retryOnConflict(() => database.query<Record<string, unknown> & { fresh: boolean }>(CREATE_AND_ASSIGN, params));
+        // A claim that keeps losing to concurrent ones still records the order: PENDING, never an error.
+        const [raw] = await retryOnConflict(() => run(params), 3, lostClaim).catch((err: unknown) => {
+          if (!lostClaim(err)) throw err;
+          return run(params.map((p, i) => (i === CANDIDATES_PARAM ? '[]' : p)));
+        });
         if (!raw) throw new Error('create-and-assign returned no row');
         const delivery = toDeliveryRow(raw);
         if (!raw.fresh) return { created: false, delivery };
@@ -292,14 +329,14 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
 
     /** Assigns one PENDING delivery to the first free candidate; skips a delivery another node is handling. */
     async assignPending(deliveryId: string, candidates: readonly Candidate[]): Promise<{ delivery: DeliveryRow; chosen: Candidate } | null> {
-      return db.transaction(async (tx) => {
+      return claimInTransaction(async (tx) => {
         const [row] = await tx
           .select()
           .from(deliveries)
           .where(and(eq(deliveries.id, deliveryId), eq(deliveries.status, 'PENDING')))
           .for('update', { skipLocked: true });
         if (!row) return null;
-        const { chosen, ranked } = await claimFirst(tx, candidates);
+        const { chosen, ranked } = await claimFirst(tx, row.id, candidates);
         if (!chosen) return null;
         return { delivery: await assignInTx(tx, row, chosen, ranked), chosen };
       });
@@ -310,7 +347,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
       driver: { id: string; lat: number; lng: number },
       radiusMeters: number,
     ): Promise<{ delivery: DeliveryRow; chosen: Candidate } | null> {
-      return db.transaction(async (tx) => {
+      return claimInTransaction(async (tx) => {
         const distance = haversineSql(deliveries.pickupLat, deliveries.pickupLng, driver.lat, driver.lng);
         const [row] = await tx
           .select({ delivery: deliveries, distance })
@@ -321,7 +358,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
           .for('update', { skipLocked: true });
         if (!row) return null;
         const candidate = { driverId: driver.id, distanceMeters: Number(row.distance) };
-        const { chosen, ranked } = await claimFirst(tx, [candidate]);
+        const { chosen, ranked } = await claimFirst(tx, row.delivery.id, [candidate]);
         if (!chosen) return null;
         return { delivery: await assignInTx(tx, row.delivery, chosen, ranked), chosen };
       });
@@ -353,7 +390,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
           .returning();
         await record(tx, updated, row.status, input.actor, input.reason);
         const terminal = input.to === 'DELIVERED' || input.to === 'FAILED' || input.to === 'CANCELLED';
-        const released = terminal && row.driverId ? await drivers.release(tx, row.driverId) : null;
+        const released = terminal && row.driverId ? await drivers.release(tx, row.driverId, row.id) : null;
         return { delivery: updated, previousStatus: row.status, changed: true, released };
       });
     },

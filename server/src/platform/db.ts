@@ -77,13 +77,14 @@ export function isRetryableConflict(err: unknown): boolean {
  * Runs a single statement again when PostgreSQL cancelled it to break a deadlock (the statement
  * changed nothing). A claim that passed over a taken driver keeps that row locked until it
  * commits, so two claims walking overlapping candidates in opposite orders can deadlock.
+ * `retryable` widens what counts as safe to run again (a whole transaction, say).
  */
-export async function retryOnConflict<T>(run: () => Promise<T>, attempts = 3): Promise<T> {
+export async function retryOnConflict<T>(run: () => Promise<T>, attempts = 3, retryable: (err: unknown) => boolean = isRetryableConflict): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await run();
     } catch (err) {
-      if (attempt >= attempts || !isRetryableConflict(err)) throw err;
+      if (attempt >= attempts || !retryable(err)) throw err;
     }
   }
 }

@@ -2,6 +2,7 @@ import { sql } from 'drizzle-orm';
 import {
   bigserial,
   boolean,
+  check,
   doublePrecision,
   index,
   integer,
@@ -12,7 +13,11 @@ import {
   uniqueIndex,
   uuid,
 } from 'drizzle-orm/pg-core';
-import type { DeliveryStatus, DriverStatus } from '../../../shared/src/schemas.js';
+import { ACTIVE_DELIVERY_STATUSES, type DeliveryStatus, type DriverStatus } from '../../../shared/src/schemas.js';
+
+/** The delivery statuses that hold a driver, as an SQL list: `status in ${ACTIVE_STATUSES_SQL}`. */
+export const ACTIVE_STATUSES_LIST = `(${ACTIVE_DELIVERY_STATUSES.map((s) => `'${s}'`).join(', ')})`;
+export const ACTIVE_STATUSES_SQL = sql.raw(ACTIVE_STATUSES_LIST);
 
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
 
@@ -30,10 +35,21 @@ export const drivers = pgTable(
     sessionId: text('session_id'),
     /** Bumped to revoke every token issued before. */
     tokenVersion: integer('token_version').notNull().default(0),
+    /**
+     * The delivery that holds this driver, written by the claim in the same UPDATE that makes it
+     * BUSY and cleared by the release. Every status write derives BUSY from this column of the row it
+     * locks, never from a subquery: under READ COMMITTED a write that waited for a claim re-reads the
+     * row, but a subquery would still see the snapshot from before the claim.
+     */
+    currentDeliveryId: uuid('current_delivery_id'),
     createdAt: ts('created_at').notNull().defaultNow(),
     updatedAt: ts('updated_at').notNull().defaultNow(),
   },
-  (t) => [index('drivers_live_idx').on(t.id).where(sql`${t.status} <> 'OFFLINE'`)],
+  (t) => [
+    index('drivers_live_idx').on(t.id).where(sql`${t.status} <> 'OFFLINE'`),
+    /** A connected driver is BUSY exactly when a delivery holds it; OFFLINE may keep its delivery. */
+    check('drivers_busy_iff_holding_delivery', sql`${t.status} = 'OFFLINE' or (${t.status} = 'BUSY') = (${t.currentDeliveryId} is not null)`),
+  ],
 );
 
 /**
@@ -81,7 +97,7 @@ export const deliveries = pgTable(
     uniqueIndex('deliveries_seller_order_id_key').on(t.sellerOrderId),
     uniqueIndex('deliveries_one_active_per_driver')
       .on(t.driverId)
-      .where(sql`${t.status} in ('ASSIGNED', 'PICKED_UP')`),
+      .where(sql`${t.status} in ${ACTIVE_STATUSES_SQL}`),
     index('deliveries_pending_idx').on(t.createdAt).where(sql`${t.status} = 'PENDING'`),
     index('deliveries_status_created_idx').on(t.status, t.createdAt),
     index('deliveries_driver_created_idx').on(t.driverId, t.createdAt),

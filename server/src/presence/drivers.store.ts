@@ -1,7 +1,7 @@
-import { and, desc, eq, inArray, type SQL, sql } from 'drizzle-orm';
+import { and, desc, eq, inArray, isNull, type SQL, sql } from 'drizzle-orm';
 import type { DriverStatus, DriverView } from '../../../shared/src/schemas.js';
 import type { Database, DbOrTx } from '../platform/db.js';
-import { driverPositions, drivers } from '../platform/schema.js';
+import { ACTIVE_STATUSES_SQL, driverPositions, drivers } from '../platform/schema.js';
 
 export interface DriverPosition {
   id: string;
@@ -20,6 +20,11 @@ export interface DriverPresenceRow {
   lng: number | null;
 }
 
+/** A presence row with the delivery that holds the driver, as the row itself says after the write. */
+export interface HeldPresenceRow extends DriverPresenceRow {
+  currentDeliveryId: string | null;
+}
+
 const POSITIONS_PER_STATEMENT = 2000;
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -32,11 +37,12 @@ export function haversineSql(latCol: unknown, lngCol: unknown, lat: number, lng:
 }
 
 /**
- * The status a driver should have given its wish to work and its active delivery. `onDuty` is
- * passed in when the same UPDATE changes it (SET expressions see the old row).
+ * The status a driver should have given its wish to work and the delivery that holds it, read from
+ * the row the UPDATE locks: a write that waited for a claim re-evaluates this on the claimed row.
+ * `onDuty` is passed in when the same UPDATE changes it (SET expressions see the old row).
  */
 const resolvedStatus = (onDuty: boolean | null = null) => sql`case
-  when exists (select 1 from deliveries d where d.driver_id = drivers.id and d.status in ('ASSIGNED', 'PICKED_UP')) then 'BUSY'
+  when drivers.current_delivery_id is not null then 'BUSY'
   when ${onDuty === null ? sql`drivers.on_duty` : sql`${onDuty}::boolean`} then 'AVAILABLE'
   else 'OFFLINE' end`;
 
@@ -67,15 +73,16 @@ export function createDriversStore(database: Database) {
    * One statement: the driver is heard from and its row changed together, so a sweep can never
    * see one without the other (a reconnect storm after a node dies is thousands of these).
    */
-  async function heardAndSet(id: string, changes: SQL): Promise<DriverPresenceRow | null> {
-    const [row] = await database.rows<DriverPresenceRow>(sql`
+  async function heardAndSet(id: string, changes: SQL): Promise<HeldPresenceRow | null> {
+    const [row] = await database.rows<HeldPresenceRow>(sql`
       with seen as (
         ${heardFrom(sql`drivers d where d.id = ${id}`)}
         returning driver_id, lat, lng
       ), changed as (
-        update drivers set ${changes}, updated_at = now() where id = ${id} returning id, status
+        update drivers set ${changes}, updated_at = now() where id = ${id} returning id, status, current_delivery_id
       )
-      select changed.id, changed.status, seen.lat, seen.lng from changed left join seen on seen.driver_id = changed.id`);
+      select changed.id, changed.status, seen.lat, seen.lng, changed.current_delivery_id as "currentDeliveryId"
+      from changed left join seen on seen.driver_id = changed.id`);
     return row ?? null;
   }
 
@@ -145,7 +152,7 @@ export function createDriversStore(database: Database) {
     },
 
     /** A socket now speaks for the driver; status comes back from duty and deliveries, not from the app. */
-    async connect(id: string, sessionId: string): Promise<DriverPresenceRow | null> {
+    async connect(id: string, sessionId: string): Promise<HeldPresenceRow | null> {
       return heardAndSet(id, sql`session_id = ${sessionId}, status = ${resolvedStatus()}`);
     },
 
@@ -154,32 +161,40 @@ export function createDriversStore(database: Database) {
       return updatePresence(db, { sessionId: null, status: 'OFFLINE' }, and(eq(drivers.id, id), eq(drivers.sessionId, sessionId)));
     },
 
-    async setDuty(id: string, onDuty: boolean): Promise<DriverPresenceRow | null> {
+    async setDuty(id: string, onDuty: boolean): Promise<HeldPresenceRow | null> {
       return heardAndSet(id, sql`on_duty = ${onDuty}, status = ${resolvedStatus(onDuty)}`);
     },
 
-    /** A BUSY driver whose delivery ended: back to AVAILABLE if still connected and on duty. */
-    async release(executor: DbOrTx, id: string): Promise<DriverPresenceRow | null> {
+    /**
+     * The delivery that held the driver ended: the driver is free again, AVAILABLE if still
+     * connected and on duty. Nothing changes when another delivery holds it (null then).
+     */
+    async release(executor: DbOrTx, id: string, deliveryId: string): Promise<DriverPresenceRow | null> {
       return updatePresence(
         executor,
-        { status: sql`case when drivers.session_id is null then 'OFFLINE' else ${resolvedStatus()} end` },
-        eq(drivers.id, id),
+        {
+          currentDeliveryId: null,
+          status: sql`case when drivers.session_id is not null and drivers.on_duty then 'AVAILABLE' else 'OFFLINE' end`,
+        },
+        and(eq(drivers.id, id), eq(drivers.currentDeliveryId, deliveryId)),
       );
     },
 
     /**
      * The claim: a conditional write, never read-then-write. Succeeds only for an AVAILABLE driver
-     * without an active delivery; concurrent claims on the same row serialize on its lock.
+     * that no delivery holds; concurrent claims on the same row serialize on its lock. The subquery
+     * is a second guard for a fresh statement; the row's own columns are what a waiting claim re-checks.
      */
-    async claim(executor: DbOrTx, id: string): Promise<boolean> {
+    async claim(executor: DbOrTx, id: string, deliveryId: string): Promise<boolean> {
       const rows = await executor
         .update(drivers)
-        .set({ status: 'BUSY', updatedAt: new Date() })
+        .set({ status: 'BUSY', currentDeliveryId: deliveryId, updatedAt: new Date() })
         .where(
           and(
             eq(drivers.id, id),
             eq(drivers.status, 'AVAILABLE'),
-            sql`not exists (select 1 from deliveries d where d.driver_id = ${drivers.id} and d.status in ('ASSIGNED', 'PICKED_UP'))`,
+            isNull(drivers.currentDeliveryId),
+            sql`not exists (select 1 from deliveries d where d.driver_id = ${drivers.id} and d.status in ${ACTIVE_STATUSES_SQL})`,
           ),
         )
         .returning({ id: drivers.id });

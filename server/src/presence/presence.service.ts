@@ -316,10 +316,12 @@ export function createPresenceService(deps: PresenceDeps) {
 
     /** A driver socket connected: it now speaks for the driver; status follows duty and deliveries. */
     async connect(driverId: string, socketId: string): Promise<DriverSession> {
-      // The active delivery is read alongside: the socket already joined its room, so an assignment
-      // committed after this read still reaches it as a push.
-      const [row, activeDelivery] = await Promise.all([drivers.connect(driverId, socketId), deps.activeAssignment(driverId)]);
+      // The delivery is read after the connect, and only when the driver row says one holds it: the
+      // connect waited for any claim in flight, so this read sees what that claim committed. An
+      // assignment committed later reaches the socket as a push (it already joined its room).
+      const row = await drivers.connect(driverId, socketId);
       if (!row) throw new HubError('NOT_FOUND', 'driver not found');
+      const activeDelivery = row.currentDeliveryId ? await deps.activeAssignment(driverId) : null;
       local.set(driverId, socketId);
       await publishStatus(row, 'refresh');
       return { driverId, status: row.status, activeDelivery };
