@@ -21,6 +21,7 @@ import type { TokenService } from './platform/tokens.js';
 import type { DriversStore } from './presence/drivers.store.js';
 import { attachDriversNamespace, type DriversNamespace } from './presence/drivers.socket.js';
 import type { PresenceService } from './presence/presence.service.js';
+import type { PushService } from './pushes/pushes.service.js';
 import { attachDispatchNamespace, type DispatchNamespace } from './realtime/dispatch.socket.js';
 import { createWebhookRoutes } from './webhooks/webhooks.routes.js';
 
@@ -34,6 +35,7 @@ export interface AppDeps {
   events: HubEvents;
   drivers: DriversStore;
   presence: PresenceService;
+  pushes: PushService;
   dispatch: DispatchService;
   deliveries: DeliveriesService;
   /** Extra feature routes mounted by the composition root: admin ones behind the admin token. */
@@ -187,7 +189,7 @@ export function createApp(deps: AppDeps): HubApp {
     prefix: config.REDIS_PREFIX,
     rules: deps.edge?.rateLimits,
   });
-  attachDriversNamespace(driversNsp, { presence: deps.presence, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events, logger, metrics, limits });
+  attachDriversNamespace(driversNsp, { presence: deps.presence, pushes: deps.pushes, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events, logger, metrics, limits });
   const dispatchSocket = attachDispatchNamespace(dispatchNsp, {
     presence: deps.presence,
     drivers: deps.drivers,

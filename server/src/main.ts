@@ -16,6 +16,8 @@ import { createMetrics } from './platform/metrics.js';
 import { connectRedis, createRedisClients, type RedisClients } from './platform/redis.js';
 import { createTokenService } from './platform/tokens.js';
 import { createDriversStore } from './presence/drivers.store.js';
+import { createPushService } from './pushes/pushes.service.js';
+import { createPushesStore } from './pushes/pushes.store.js';
 import { createPresenceService } from './presence/presence.service.js';
 import { createPresenceStore } from './presence/presence.store.js';
 import { createMapRoutes } from './realtime/map.routes.js';
@@ -55,7 +57,15 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
   const events = new HubEvents();
   const drivers = createDriversStore(database);
   const outboxStore = createOutboxStore(database);
-  const deliveriesStore = createDeliveriesStore({ database, drivers, outbox: outboxStore });
+  const pushesStore = createPushesStore(database);
+  const deliveriesStore = createDeliveriesStore({ database, drivers, outbox: outboxStore, pushes: pushesStore });
+  const pushes = createPushService({
+    store: pushesStore,
+    events,
+    logger,
+    metrics,
+    config: { retryMs: config.PUSH_RETRY_MS, maxResends: config.PUSH_MAX_RESENDS },
+  });
   const presenceStore = redis
     ? createPresenceStore({ redis: redis.command, breaker: redis.breaker, prefix: config.REDIS_PREFIX, heartbeatTtlSeconds: config.HEARTBEAT_TTL_SECONDS })
     : null;
@@ -86,7 +96,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     metrics,
     config: { maxRadiusKm: config.ASSIGN_MAX_RADIUS_KM, heartbeatTtlSeconds: config.HEARTBEAT_TTL_SECONDS, pendingRetryMs: 2000 },
   });
-  const deliveries = createDeliveriesService({ store: deliveriesStore, presence, events, logger });
+  const deliveries = createDeliveriesService({ store: deliveriesStore, pushes: pushesStore, presence, events, logger });
   const relay = createOutboxRelay({
     store: outboxStore,
     logger,
@@ -110,6 +120,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     events,
     drivers,
     presence,
+    pushes,
     dispatch,
     deliveries,
     adminRoutes: [createOutboxRoutes({ store: outboxStore })],
@@ -118,6 +129,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
   });
   const port = await app.listen();
   presence.start();
+  pushes.start();
   dispatch.start();
   relay.start();
 
@@ -130,6 +142,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
       stopping ??= (async () => {
         dispatch.stop();
         await app.close();
+        await pushes.stop();
         await presence.stop();
         await relay.stop();
         await redis?.close();

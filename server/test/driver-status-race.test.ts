@@ -88,7 +88,11 @@ describe.skipIf(!hasSharedPostgres())('a claim racing the driver status writes',
     const duty = driver.emitAck('status', { status: 'AVAILABLE' });
     await eventually(driverWriteQueued, 'the duty change to wait on the driver row');
     await releaseClaim();
-    expect((await reply).status).toBe(200);
+    // On a busy machine the webhook may find the driver not yet searchable and leave the order
+    // PENDING; the held claim is then the pending retry's. Either way the same claim raced the duty change.
+    const answer = await reply;
+    expect([200, 202]).toContain(answer.status);
+    await eventually(async () => (await api(hub, 'GET', `/admin/deliveries/${answer.body.deliveryId}`)).body.driverId === driver.id, 'the order to go to the driver');
     const ack = await duty;
     expect(ack).toMatchObject({ ok: true, status: 'BUSY' });
     expect(await availableWithActiveDelivery()).toHaveLength(0);
@@ -110,7 +114,8 @@ describe.skipIf(!hasSharedPostgres())('a claim racing the driver status writes',
     await eventually(driverWriteQueued, 'the reconnect to wait on the driver row');
     await releaseClaim();
     const answer = await reply;
-    expect(answer.status).toBe(200);
+    expect([200, 202]).toContain(answer.status);
+    await eventually(async () => (await api(hub, 'GET', `/admin/deliveries/${answer.body.deliveryId}`)).body.driverId === driver.id, 'the order to go to the driver');
     const session = (await second).session;
     expect(session.status).toBe('BUSY');
     expect(session.activeDelivery?.deliveryId).toBe(answer.body.deliveryId);

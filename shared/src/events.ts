@@ -1,6 +1,7 @@
 import type { Ack } from './errors.js';
 import type {
   AssignmentPush,
+  DeliveryPushState,
   DeliveryStatus,
   DeliveryView,
   DriverMoved,
@@ -43,6 +44,8 @@ export interface DispatchServerEvents {
   'drivers:moved': (moves: DriverMoved[]) => void;
   'driver:status': (payload: { id: string; status: DriverStatus; ts: number }) => void;
   'delivery:updated': (payload: DeliveryView & { previousStatus: DeliveryStatus | null }) => void;
+  /** A driver app acknowledged a push, or let every bounded re-send go unanswered. */
+  'delivery:push': (payload: DeliveryPushState) => void;
 }
 
 export type ClientToServerEvents = DriverClientEvents & DispatchClientEvents;

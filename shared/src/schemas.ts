@@ -136,6 +136,17 @@ export interface DeliveryView {
   dropoff: Place;
   createdAt: string;
   updatedAt: string;
+  /** When the driver's app confirmed the assignment push; null until then (and while unassigned). */
+  acknowledgedAt: string | null;
+}
+
+/** A driver app's answer to a push, or its absence, as dispatchers see it. */
+export interface DeliveryPushState {
+  deliveryId: string;
+  driverId: string;
+  kind: 'assignment' | 'offer' | 'delivery:cancelled';
+  state: 'acknowledged' | 'unacknowledged';
+  at: string;
 }
 
 export interface DriverView {

@@ -3,6 +3,7 @@ import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { PresenceService } from '../presence/presence.service.js';
+import type { PushesStore } from '../pushes/pushes.store.js';
 import { type DeliveriesStore, type TransitionResult, toDeliveryView } from './deliveries.store.js';
 
 /** Where each state may be reached from. FAILED is allowed before pickup too: a driver may not reach the shop. */
@@ -15,6 +16,7 @@ const ALLOWED_FROM: Record<'PICKED_UP' | 'DELIVERED' | 'FAILED' | 'CANCELLED', r
 
 export interface DeliveriesDeps {
   store: DeliveriesStore;
+  pushes: Pick<PushesStore, 'forDelivery'>;
   presence: PresenceService;
   events: HubEvents;
   logger: Logger;
@@ -77,7 +79,7 @@ export function createDeliveriesService(deps: DeliveriesDeps) {
     async get(id: string) {
       const row = await store.get(id);
       if (!row) throw new HubError('NOT_FOUND', 'delivery not found');
-      const events = await store.events(id);
+      const [events, pushes] = await Promise.all([store.events(id), deps.pushes.forDelivery(id)]);
       return {
         ...toDeliveryView(row),
         distanceMeters: row.distanceMeters,
@@ -91,6 +93,8 @@ export function createDeliveriesService(deps: DeliveriesDeps) {
           reason: e.reason,
           at: e.at.toISOString(),
         })),
+        /** What the driver's app was told and whether it confirmed it. */
+        pushes,
       };
     },
 

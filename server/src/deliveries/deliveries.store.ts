@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { and, asc, desc, eq, sql } from 'drizzle-orm';
 import type { AssignmentPush, DeliveryStatus, DeliveryView, ListDeliveriesQuery, SellerOrderReady } from '../../../shared/src/schemas.js';
 import { OUTBOX_INSERT, type OutboxEventType } from '../outbox/outbox.store.js';
+import { PUSH_UPSERT, PUSH_UPSERT_CONFLICT, type PushesStore } from '../pushes/pushes.store.js';
 import { type Database, type DbOrTx, isRetryableConflict, retryOnConflict, rowMapper, type Tx, uniqueViolation } from '../platform/db.js';
 import { ACTIVE_STATUSES_LIST, ACTIVE_STATUSES_SQL, deliveries, deliveryEvents } from '../platform/schema.js';
 import type { DriversStore } from '../presence/drivers.store.js';
@@ -40,7 +41,7 @@ const CANDIDATES_PARAM = 12;
 /**
  * $1 id, $2 sellerOrderId, $3 orderCode, $4 sellerId, $5-$7 pickup lat/lng/address, $8-$10 dropoff,
  * $11 customer (json), $12 notes, $13 candidates (json [{id, dist, ord}], nearest first), $14 now,
- * $15 the assigned event's payload without its driverId. Returns the new row with fresh = true,
+ * $15 the assigned event's payload without its driverId, $16 the assignment push for the driver's app. Returns the new row with fresh = true,
  * or the existing one with fresh = false.
  *
  * The claim locks the candidate rows in order (FOR UPDATE under LIMIT): a row another statement
@@ -89,6 +90,9 @@ with input as (
 ), notified as (
   ${OUTBOX_INSERT} select id, 'delivery.assigned', $15::jsonb || jsonb_build_object('driverId', driver_id)
   from created where status = 'ASSIGNED'
+), pushed as (
+  ${PUSH_UPSERT} select id, driver_id, 'assignment', $16::jsonb from created where status = 'ASSIGNED'
+  ${PUSH_UPSERT_CONFLICT}
 )
 select true as fresh, * from created
 union all
@@ -145,6 +149,7 @@ export function toDeliveryView(row: DeliveryRow): DeliveryView {
     dropoff: { lat: row.dropoffLat, lng: row.dropoffLng, ...(row.dropoffAddress ? { address: row.dropoffAddress } : {}) },
     createdAt: row.createdAt.toISOString(),
     updatedAt: row.updatedAt.toISOString(),
+    acknowledgedAt: row.acknowledgedAt?.toISOString() ?? null,
   };
 }
 
@@ -160,8 +165,8 @@ export function toAssignmentPush(row: DeliveryRow): AssignmentPush {
   };
 }
 
-export function createDeliveriesStore(deps: { database: Database; drivers: DriversStore; outbox: OutboxWriter }) {
-  const { database, drivers, outbox } = deps;
+export function createDeliveriesStore(deps: { database: Database; drivers: DriversStore; outbox: OutboxWriter; pushes: PushesStore }) {
+  const { database, drivers, outbox, pushes } = deps;
   const { db } = database;
 
   async function record(
@@ -207,6 +212,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
       .where(eq(deliveries.id, row.id))
       .returning();
     await record(tx, assigned, row.status, 'hub', null);
+    await pushes.enqueue(tx, { deliveryId: assigned.id, driverId: chosen.driverId, kind: 'assignment', payload: toAssignmentPush(assigned) });
     return assigned;
   }
 
@@ -301,6 +307,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
         JSON.stringify(candidates.map((c, ord) => ({ id: c.driverId, dist: c.distanceMeters, ord }))),
         now,
         JSON.stringify(assignedEvent.payload),
+        JSON.stringify({ deliveryId: id, sellerOrderId: order.sellerOrderId, orderCode: order.orderCode, pickup: order.pickup, dropoff: order.dropoff, assignedAt: now } satisfies AssignmentPush),
       ];
       const run = (withCandidates: unknown[]) => database.query<Record<string, unknown> & { fresh: boolean }>(CREATE_AND_ASSIGN, withCandidates);
       try {
@@ -389,6 +396,11 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
           .where(eq(deliveries.id, row.id))
           .returning();
         await record(tx, updated, row.status, input.actor, input.reason);
+        // What the driver's app was told about the earlier state is no longer current; a cancel it must hear of.
+        await pushes.closeStale(tx, row.id, null);
+        if (input.to === 'CANCELLED' && row.driverId) {
+          await pushes.enqueue(tx, { deliveryId: row.id, driverId: row.driverId, kind: 'delivery:cancelled', payload: { deliveryId: row.id, reason: input.reason ?? 'cancelled' } });
+        }
         const terminal = input.to === 'DELIVERED' || input.to === 'FAILED' || input.to === 'CANCELLED';
         const released = terminal && row.driverId ? await drivers.release(tx, row.driverId, row.id) : null;
         return { delivery: updated, previousStatus: row.status, changed: true, released };

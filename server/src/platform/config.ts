@@ -52,6 +52,8 @@ const envSchema = z.object({
   ALLOWED_ORIGINS: optionalString.transform((v) => (v ? v.split(',').map((o) => o.trim()) : [])),
   MAP_TILE_URL: z.string().default('https://tile.openstreetmap.org/{z}/{x}/{y}.png'),
   RUN_MIGRATIONS: boolFromEnv(true),
+  PUSH_RETRY_MS: intFromEnv(3000, 100, 600_000),
+  PUSH_MAX_RESENDS: intFromEnv(10, 1, 1000),
 });
 
 export type Env = z.infer<typeof envSchema>;

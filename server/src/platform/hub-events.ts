@@ -11,6 +11,18 @@ export interface HubEventMap {
   'delivery:cancelled': [{ driverId: string; deliveryId: string; reason: string }];
   'delivery:updated': [{ delivery: DeliveryView; previousStatus: DeliveryStatus | null }];
   'driver:revoked': [{ driverId: string }];
+  /** A driver's app acknowledged a push, or never did within the bounded re-sends. */
+  'push:acknowledged': [PushEvent];
+  'push:unacknowledged': [PushEvent];
+  /** Redis answers again after being lost: what the adapter dropped meanwhile is sent again. */
+  'redis:restored': [];
+}
+
+export interface PushEvent {
+  deliveryId: string;
+  driverId: string;
+  kind: 'assignment' | 'offer' | 'delivery:cancelled';
+  at: string;
 }
 
 export class HubEvents extends EventEmitter<HubEventMap> {}

@@ -21,6 +21,9 @@ export function createMetrics(nodeId: string) {
     outboxSent: new Counter({ name: 'hub_outbox_sent_total', help: 'Status events delivered to Vendure', registers: [registry] }),
     outboxFailures: new Counter({ name: 'hub_outbox_failures_total', help: 'Failed status event attempts', registers: [registry] }),
     outboxDead: new Counter({ name: 'hub_outbox_dead_total', help: 'Status events given up on', registers: [registry] }),
+    pushesSent: new Counter({ name: 'hub_pushes_sent_total', help: 'Pushes sent to driver apps (first: through the adapter; again: re-sent by the node holding the socket)', labelNames: ['kind', 'how'], registers: [registry] }),
+    pushesAcknowledged: new Counter({ name: 'hub_pushes_acknowledged_total', help: 'Pushes the driver app acknowledged', labelNames: ['kind'], registers: [registry] }),
+    pushesUnacknowledged: new Counter({ name: 'hub_pushes_unacknowledged_total', help: 'Pushes flagged unacknowledged after every re-send went unanswered', labelNames: ['kind'], registers: [registry] }),
     rateLimited: new Counter({ name: 'hub_rate_limited_total', help: 'Events refused by rate limits', labelNames: ['event'], registers: [registry] }),
   };
   return m;

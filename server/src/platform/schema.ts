@@ -8,6 +8,7 @@ import {
   integer,
   jsonb,
   pgTable,
+  primaryKey,
   text,
   timestamp,
   uniqueIndex,
@@ -90,6 +91,8 @@ export const deliveries = pgTable(
     /** Ranked candidates considered at assignment time, so a dispatcher can see why a driver was chosen. */
     candidates: jsonb('candidates').$type<{ driverId: string; distanceMeters: number; outcome: string }[]>(),
     assignedAt: ts('assigned_at'),
+    /** When the driver's app confirmed it stored the assignment push; null until then. */
+    acknowledgedAt: ts('acknowledged_at'),
     createdAt: ts('created_at').notNull().defaultNow(),
     updatedAt: ts('updated_at').notNull().defaultNow(),
   },
@@ -144,4 +147,35 @@ export const outbox = pgTable(
   ],
 );
 
-export const schema = { drivers, driverPositions, deliveries, deliveryEvents, outbox };
+export const PUSH_KINDS = ['assignment', 'offer', 'delivery:cancelled'] as const;
+export type PushKind = (typeof PUSH_KINDS)[number];
+
+/**
+ * What the hub must tell a driver's app, until the app acknowledges it: written in the transaction
+ * that makes the change, so a push survives a dropped adapter message or a dead node. The node
+ * holding the driver's socket sends open pushes again from here.
+ */
+export const pushes = pgTable(
+  'pushes',
+  {
+    deliveryId: uuid('delivery_id').notNull(),
+    driverId: uuid('driver_id').notNull(),
+    kind: text('kind').$type<PushKind>().notNull(),
+    payload: jsonb('payload').notNull(),
+    createdAt: ts('created_at').notNull().defaultNow(),
+    lastSentAt: ts('last_sent_at'),
+    /** Re-sends after the first send; bounded by PUSH_MAX_RESENDS. */
+    resends: integer('resends').notNull().default(0),
+    acknowledgedAt: ts('acknowledged_at'),
+    /** No longer current (the delivery moved on, or left the driver): never sent again. */
+    closedAt: ts('closed_at'),
+    /** Every re-send went unanswered while the driver was connected: shown to dispatchers, counted. */
+    unacknowledgedAt: ts('unacknowledged_at'),
+  },
+  (t) => [
+    primaryKey({ columns: [t.deliveryId, t.driverId, t.kind] }),
+    index('pushes_open_idx').on(t.createdAt).where(sql`${t.acknowledgedAt} is null and ${t.closedAt} is null`),
+  ],
+);
+
+export const schema = { drivers, driverPositions, deliveries, deliveryEvents, outbox, pushes };

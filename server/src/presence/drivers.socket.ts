@@ -9,6 +9,8 @@ import type { Metrics } from '../platform/metrics.js';
 import { createLogThrottle, type RateLimits } from '../platform/rate-limits.js';
 import { eventListener, otherEventsRefuser, parsePayload, rateLimitedBody } from '../platform/socket-edge.js';
 import type { DriversStore } from './drivers.store.js';
+import type { PushKind } from '../platform/schema.js';
+import { isAcknowledgement, type PushService, type PushTransport } from '../pushes/pushes.service.js';
 import type { PresenceService } from './presence.service.js';
 
 export type DriversNamespace = Namespace<DriverClientEvents, DriverServerEvents, Record<string, never>, SocketData>;
@@ -19,17 +21,43 @@ export const driverRoom = (driverId: string) => `driver:${driverId}`;
 /** The `/drivers` namespace: identity comes from the verified token only, never from a payload. */
 export function attachDriversNamespace(
   nsp: DriversNamespace,
-  deps: { presence: PresenceService; drivers: DriversStore; deliveries: DeliveriesService; events: HubEvents; logger: Logger; metrics: Metrics; limits: RateLimits },
+  deps: {
+    presence: PresenceService;
+    pushes: PushService;
+    drivers: DriversStore;
+    deliveries: DeliveriesService;
+    events: HubEvents;
+    logger: Logger;
+    metrics: Metrics;
+    limits: RateLimits;
+  },
 ): void {
   const { presence, deliveries, events, metrics, limits } = deps;
   const connectLog = createLogThrottle();
 
-  // Pushes go to the driver's room; the Redis adapter reaches whichever node holds the socket.
-  events.on('delivery:assigned', ({ driverId, assignment }) => nsp.to(driverRoom(driverId)).emit('assignment', assignment));
   events.on('driver:revoked', ({ driverId }) => nsp.in(driverRoom(driverId)).disconnectSockets(true));
-  events.on('delivery:cancelled', ({ driverId, deliveryId, reason }) =>
-    nsp.to(driverRoom(driverId)).emit('delivery:cancelled', { deliveryId, reason }),
-  );
+
+  // Pushes go to the driver's room with an acknowledgement: through the adapter to whichever node
+  // holds the socket the first time, to this node's own socket when it sends again.
+  type Broadcast = { timeout(ms: number): { emit(event: PushKind, payload: unknown, ack: (err: unknown, replies: unknown[]) => void): void } };
+  const withAck = (target: Broadcast, kind: PushKind, payload: unknown, timeoutMs: number) =>
+    new Promise<unknown>((resolve) => {
+      try {
+        target.timeout(timeoutMs).emit(kind, payload, (_err, replies) => resolve(replies?.find(isAcknowledgement) ?? replies?.[0] ?? null));
+      } catch {
+        resolve(null);
+      }
+    });
+  const transport: PushTransport = {
+    broadcast: (driverId, kind, payload, timeoutMs) => withAck(nsp.to(driverRoom(driverId)) as unknown as Broadcast, kind, payload, timeoutMs),
+    sendLocal: (driverId, kind, payload, timeoutMs) =>
+      transport.isLocal(driverId) ? withAck(nsp.local.to(driverRoom(driverId)) as unknown as Broadcast, kind, payload, timeoutMs) : Promise.resolve(null),
+    isLocal: (driverId) => (nsp.adapter.rooms.get(driverRoom(driverId))?.size ?? 0) > 0,
+    *localDrivers() {
+      for (const socket of nsp.sockets.values()) yield socket.data.subject;
+    },
+  };
+  deps.pushes.useTransport(transport);
 
   nsp.use((socket, next) => {
     if (socket.data.role !== 'driver') return next(Object.assign(new Error('FORBIDDEN'), { data: { code: 'FORBIDDEN', message: 'driver token required' } }));
@@ -102,7 +130,8 @@ export function attachDriversNamespace(
       const session = await presence.connect(driverId, socket.id);
       if (!socket.connected) return;
       socket.emit('session', session);
-      if (session.activeDelivery) socket.emit('assignment', session.activeDelivery);
+      // Whatever the app has not acknowledged (its job, a cancel that crossed the disconnect) goes out now.
+      deps.pushes.resendOpenTo(driverId).catch((err) => deps.logger.warn({ driver: driverId, err: (err as Error).message }, 'open pushes not re-sent on connect'));
       deps.logger.debug({ socket: socket.id, driver: driverId, status: session.status }, 'driver connected');
     } catch (err) {
       const code = err instanceof HubError ? err.code : 'SERVICE_UNAVAILABLE';

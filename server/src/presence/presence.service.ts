@@ -238,6 +238,12 @@ export function createPresenceService(deps: PresenceDeps) {
     log.info({ fixed: suspects.size }, 'redis presence reconciled with postgres');
   }
 
+  function redisRestored(): void {
+    const wasLost = redisLost;
+    redisLost = false;
+    if (wasLost) events.emit('redis:restored');
+  }
+
   /** Rebuilds Redis from PostgreSQL after it came back (possibly empty) or lost our keys. */
   async function repairRedis(): Promise<void> {
     if (!presence) return;
@@ -257,12 +263,12 @@ export function createPresenceService(deps: PresenceDeps) {
       }
       if (!(await presence.tryRebuildLock(5000))) {
         // Another node is rebuilding right now.
-        redisLost = false;
+        redisRestored();
         return;
       }
       const live = await drivers.live();
       await presence.rebuild(live.map((row) => ({ ...row, online: true })));
-      redisLost = false;
+      redisRestored();
       metrics.redisRebuilds.inc();
       log.info({ drivers: live.length }, 'redis presence rebuilt from postgres');
       // Changes that landed between the read and the rebuild: put them right at once.

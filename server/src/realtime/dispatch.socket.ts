@@ -13,7 +13,8 @@ import type { PresenceService } from '../presence/presence.service.js';
 /** A `/dispatch` event other than the position batches, as the clients receive it. */
 export type DispatchEvent =
   | { event: 'driver:status'; payload: Parameters<DispatchServerEvents['driver:status']>[0] }
-  | { event: 'delivery:updated'; payload: Parameters<DispatchServerEvents['delivery:updated']>[0] };
+  | { event: 'delivery:updated'; payload: Parameters<DispatchServerEvents['delivery:updated']>[0] }
+  | { event: 'delivery:push'; payload: Parameters<DispatchServerEvents['delivery:push']>[0] };
 
 interface DispatchInterServer {
   /** A node's position batch as JSON text: encoded once, natively, and parsed only where a map watches. */
@@ -114,7 +115,8 @@ export function attachDispatchNamespace(
   function emitLocally(batch: DispatchEvent[]): void {
     for (const e of batch) {
       if (e.event === 'driver:status') nsp.local.emit('driver:status', e.payload);
-      else nsp.local.emit('delivery:updated', e.payload);
+      else if (e.event === 'delivery:updated') nsp.local.emit('delivery:updated', e.payload);
+      else nsp.local.emit('delivery:push', e.payload);
     }
   }
 
@@ -144,6 +146,8 @@ export function attachDispatchNamespace(
 
   events.on('driver:status', ({ driverId, status }) => record({ event: 'driver:status', payload: { id: driverId, status, ts: Date.now() } }));
   events.on('delivery:updated', ({ delivery, previousStatus }) => record({ event: 'delivery:updated', payload: { ...delivery, previousStatus } }));
+  events.on('push:acknowledged', ({ at, ...key }) => record({ event: 'delivery:push', payload: { ...key, state: 'acknowledged', at } }));
+  events.on('push:unacknowledged', ({ at, ...key }) => record({ event: 'delivery:push', payload: { ...key, state: 'unacknowledged', at } }));
 
   nsp.use((socket, next) => {
     if (socket.data.role !== 'dispatcher' && socket.data.role !== 'admin') {

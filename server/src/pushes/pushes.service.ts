@@ -1,0 +1,174 @@
+import type { HubEvents } from '../platform/hub-events.js';
+import type { Logger } from '../platform/logger.js';
+import type { Metrics } from '../platform/metrics.js';
+import { createLogThrottle } from '../platform/rate-limits.js';
+import type { PushKind } from '../platform/schema.js';
+import type { OpenPush, PushesStore, PushKey } from './pushes.store.js';
+
+/**
+ * How pushes reach a driver's app, provided by the `/drivers` socket edge. Each answers the app's
+ * acknowledgement, or null when no socket answered within the timeout.
+ */
+export interface PushTransport {
+  /** To the driver wherever its socket lives: the adapter carries it to the node that holds it. */
+  broadcast(driverId: string, kind: PushKind, payload: unknown, timeoutMs: number): Promise<unknown>;
+  /** To the driver's socket on this node only (null at once when none is here). */
+  sendLocal(driverId: string, kind: PushKind, payload: unknown, timeoutMs: number): Promise<unknown>;
+  /** Drivers whose socket lives on this node. */
+  localDrivers(): Iterable<string>;
+  isLocal(driverId: string): boolean;
+}
+
+export interface PushStore {
+  acknowledge: PushesStore['acknowledge'];
+  due: PushesStore['due'];
+  openFor: PushesStore['openFor'];
+  markResent: PushesStore['markResent'];
+}
+
+export interface PushDeps {
+  store: PushStore;
+  events: HubEvents;
+  logger: Logger;
+  metrics: Pick<Metrics, 'pushesSent' | 'pushesAcknowledged' | 'pushesUnacknowledged' | 'inputRejected'>;
+  config: {
+    /** Re-send interval for an unacknowledged push (PUSH_RETRY_MS). */
+    retryMs: number;
+    /** Re-sends before a push is flagged unacknowledged (PUSH_MAX_RESENDS). */
+    maxResends: number;
+    /** How many due pushes one pass reads; the rest wait for the next pass. */
+    batch?: number;
+  };
+}
+
+/** The app's acknowledgement: `{ ok: true }`, nothing else. */
+export function isAcknowledgement(reply: unknown): boolean {
+  return typeof reply === 'object' && reply !== null && (reply as { ok?: unknown }).ok === true;
+}
+
+/**
+ * Pushes that are delivered, not just sent (invariant 8). The first send goes out at once through
+ * the adapter; the app's acknowledgement is recorded in PostgreSQL. Until it arrives, the node
+ * that holds the driver's socket finds the push in PostgreSQL and sends it again every `retryMs`
+ * (checked three times per interval, so a lost first send is repeated within about `retryMs`),
+ * at once when the driver reconnects and when Redis returns, up to `maxResends` times; then the
+ * push is flagged for dispatchers. Nothing here depends on Redis or the adapter.
+ */
+export function createPushService(deps: PushDeps) {
+  const { store, events, metrics } = deps;
+  const log = deps.logger.child({ component: 'pushes' });
+  const refusalLog = createLogThrottle();
+  const batch = deps.config.batch ?? 1000;
+  let transport: PushTransport | null = null;
+  let timer: NodeJS.Timeout | undefined;
+  let passing: Promise<void> | null = null;
+  const inflight = new Set<Promise<unknown>>();
+
+  function track<T>(work: Promise<T>): Promise<T> {
+    inflight.add(work);
+    void work.finally(() => inflight.delete(work)).catch(() => {});
+    return work;
+  }
+
+  async function settle(key: PushKey, reply: unknown): Promise<void> {
+    if (reply === null || reply === undefined) return;
+    if (!isAcknowledgement(reply)) {
+      metrics.inputRejected.inc({ event: `${key.kind} ack`, code: 'VALIDATION_FAILED' });
+      const skipped = refusalLog.take(key.driverId, 60_000);
+      if (skipped !== null) log.info({ driver: key.driverId, delivery: key.deliveryId, kind: key.kind, refusedSinceLastLine: skipped }, 'push answered without { ok: true }; it will be sent again');
+      return;
+    }
+    const recorded = await store.acknowledge(key);
+    if (!recorded) return;
+    metrics.pushesAcknowledged.inc({ kind: key.kind });
+    events.emit('push:acknowledged', { ...key, at: recorded.acknowledgedAt.toISOString() });
+  }
+
+  /** One send and, when the app answers, its acknowledgement recorded. Never throws. */
+  function deliver(key: PushKey, payload: unknown, how: 'broadcast' | 'local'): Promise<void> {
+    if (!transport) return Promise.resolve();
+    const t = transport;
+    metrics.pushesSent.inc({ kind: key.kind, how: how === 'broadcast' ? 'first' : 'again' });
+    const send = how === 'broadcast' ? t.broadcast(key.driverId, key.kind, payload, deps.config.retryMs) : t.sendLocal(key.driverId, key.kind, payload, deps.config.retryMs);
+    return track(
+      send
+        .then((reply) => settle(key, reply))
+        .catch((err) => log.warn({ driver: key.driverId, delivery: key.deliveryId, kind: key.kind, err: (err as Error).message }, 'push acknowledgement not recorded')),
+    );
+  }
+
+  /** Sends the given open pushes to this node's drivers again, counting the re-sends. */
+  async function resend(open: readonly OpenPush[]): Promise<number> {
+    if (!transport) return 0;
+    const here = open.filter((p) => transport!.isLocal(p.driverId));
+    if (here.length === 0) return 0;
+    const flagged = await store.markResent(here, deps.config.maxResends);
+    for (const push of here) void deliver(push, push.payload, 'local');
+    for (const key of flagged) {
+      metrics.pushesUnacknowledged.inc({ kind: key.kind });
+      log.warn({ driver: key.driverId, delivery: key.deliveryId, kind: key.kind, resends: deps.config.maxResends }, 'push never acknowledged; flagged for dispatchers');
+      events.emit('push:unacknowledged', { ...key, at: new Date().toISOString() });
+    }
+    return here.length;
+  }
+
+  /** One pass: due pushes of this node's drivers go out again. */
+  async function pass(): Promise<number> {
+    if (!transport) return 0;
+    const due = await store.due(deps.config.retryMs, batch);
+    return resend(due);
+  }
+
+  function passSoon(): void {
+    if (passing) return;
+    passing = pass()
+      .then(() => undefined)
+      .catch((err) => log.warn({ err: (err as Error).message }, 'push re-send pass failed'))
+      .finally(() => {
+        passing = null;
+      });
+  }
+
+  events.on('delivery:assigned', ({ driverId, assignment }) => {
+    void deliver({ deliveryId: assignment.deliveryId, driverId, kind: 'assignment' }, assignment, 'broadcast');
+  });
+  events.on('delivery:cancelled', ({ driverId, deliveryId, reason }) => {
+    void deliver({ deliveryId, driverId, kind: 'delivery:cancelled' }, { deliveryId, reason }, 'broadcast');
+  });
+  // Whatever the adapter dropped while Redis was away is sent again now, not at the next pass.
+  events.on('redis:restored', () => {
+    if (!transport) return;
+    const drivers = [...transport.localDrivers()];
+    void Promise.all(drivers.map((id) => resendOpenTo(id))).catch((err) => log.warn({ err: (err as Error).message }, 'push re-send after redis returned failed'));
+  });
+
+  /** Every open push of one driver of this node, at once (a reconnect, Redis back). */
+  async function resendOpenTo(driverId: string): Promise<number> {
+    return resend(await store.openFor(driverId));
+  }
+
+  return {
+    useTransport(t: PushTransport): void {
+      transport = t;
+    },
+
+    /** The driver's socket just connected here: everything still open about it goes out now. */
+    resendOpenTo,
+
+    /** One re-send pass now (tests, and what the timer runs). */
+    pass,
+
+    start(): void {
+      timer = setInterval(passSoon, Math.max(50, Math.floor(deps.config.retryMs / 3)));
+      timer.unref();
+    },
+
+    async stop(): Promise<void> {
+      clearInterval(timer);
+      await passing;
+      await Promise.allSettled([...inflight]);
+    },
+  };
+}
+
+export type PushService = ReturnType<typeof createPushService>;

@@ -1,0 +1,131 @@
+import { sql } from 'drizzle-orm';
+import type { Database, DbOrTx } from '../platform/db.js';
+import type { PushKind } from '../platform/schema.js';
+
+export interface PushKey {
+  deliveryId: string;
+  driverId: string;
+  kind: PushKind;
+}
+
+export interface OpenPush extends PushKey {
+  payload: Record<string, unknown>;
+  resends: number;
+}
+
+/**
+ * Writes a push in the caller's statement or transaction. A driver given the same delivery again
+ * (sent back to assignment) gets a fresh push in place of the old one.
+ */
+export const PUSH_UPSERT = `insert into pushes (delivery_id, driver_id, kind, payload)`;
+export const PUSH_UPSERT_CONFLICT = `on conflict (delivery_id, driver_id, kind) do update set payload = excluded.payload,
+  created_at = now(), last_sent_at = null, resends = 0, acknowledged_at = null, closed_at = null, unacknowledged_at = null`;
+
+const OPEN = sql`acknowledged_at is null and closed_at is null`;
+
+const openPushColumns = sql`delivery_id as "deliveryId", driver_id as "driverId", kind, payload, resends`;
+
+export function createPushesStore(database: Database) {
+  return {
+    async enqueue(executor: DbOrTx, push: PushKey & { payload: unknown }): Promise<void> {
+      await database.rows(
+        sql`${sql.raw(PUSH_UPSERT)} values (${push.deliveryId}, ${push.driverId}, ${push.kind}, ${JSON.stringify(push.payload)}::jsonb) ${sql.raw(PUSH_UPSERT_CONFLICT)}`,
+        executor,
+      );
+    },
+
+    /** The delivery moved on: what was pushed about its earlier state is no longer current. */
+    async closeStale(executor: DbOrTx, deliveryId: string, keep: PushKind | null): Promise<void> {
+      await database.rows(
+        sql`update pushes set closed_at = now() where delivery_id = ${deliveryId} and ${OPEN} and (${keep}::text is null or kind <> ${keep})`,
+        executor,
+      );
+    },
+
+    /**
+     * The app confirmed a push. Only an open push counts: a second acknowledgement, or one for a
+     * push no longer current, changes nothing. Answers whether this call recorded it, and for an
+     * assignment, when (also written on the delivery).
+     */
+    async acknowledge(key: PushKey): Promise<{ acknowledgedAt: Date } | null> {
+      const [row] = await database.rows<{ acknowledged_at: Date | string }>(sql`
+        with acked as (
+          update pushes set acknowledged_at = now()
+          where delivery_id = ${key.deliveryId} and driver_id = ${key.driverId} and kind = ${key.kind} and ${OPEN}
+          returning delivery_id, driver_id, kind, acknowledged_at
+        ), on_delivery as (
+          update deliveries set acknowledged_at = acked.acknowledged_at
+          from acked where deliveries.id = acked.delivery_id and acked.kind = 'assignment' and deliveries.driver_id = acked.driver_id
+        )
+        select acknowledged_at from acked`);
+      return row ? { acknowledgedAt: new Date(row.acknowledged_at) } : null;
+    },
+
+    /** Open pushes whose last send is at least `afterMs` old and that still have re-sends left, oldest first. */
+    async due(afterMs: number, limit: number): Promise<OpenPush[]> {
+      return database.rows<OpenPush>(sql`
+        select ${openPushColumns} from pushes
+        where ${OPEN} and unacknowledged_at is null
+          and coalesce(last_sent_at, created_at) <= now() - make_interval(secs => ${afterMs / 1000})
+        order by created_at
+        limit ${limit}`);
+    },
+
+    /** Every open push of one driver, oldest first (a reconnect sends them all at once). */
+    async openFor(driverId: string): Promise<OpenPush[]> {
+      return database.rows<OpenPush>(sql`
+        select ${openPushColumns} from pushes where driver_id = ${driverId} and ${OPEN} order by created_at`);
+    },
+
+    /**
+     * Counts one more send of each push; those that used their last re-send with this one are
+     * flagged unacknowledged and returned (once: later sends, on a reconnect, do not flag again).
+     */
+    async markResent(keys: readonly PushKey[], maxResends: number): Promise<PushKey[]> {
+      if (keys.length === 0) return [];
+      const rows = await database.rows<PushKey & { flagged: boolean }>(sql`
+        update pushes p set resends = p.resends + 1, last_sent_at = now(),
+          unacknowledged_at = case when p.resends + 1 >= ${maxResends} then coalesce(p.unacknowledged_at, now()) end
+        from jsonb_to_recordset(${JSON.stringify(keys)}::jsonb) as k("deliveryId" uuid, "driverId" uuid, kind text)
+        where p.delivery_id = k."deliveryId" and p.driver_id = k."driverId" and p.kind = k.kind and p.acknowledged_at is null and p.closed_at is null
+        returning p.delivery_id as "deliveryId", p.driver_id as "driverId", p.kind, p.resends = ${maxResends} as flagged`);
+      return rows.filter((r) => r.flagged).map(({ deliveryId, driverId, kind }) => ({ deliveryId, driverId, kind }));
+    },
+
+    /** Pushes of one delivery, for the admin view. */
+    async forDelivery(deliveryId: string) {
+      const rows = await database.rows<{
+        driverId: string;
+        kind: PushKind;
+        createdAt: Date | string;
+        lastSentAt: Date | string | null;
+        resends: number;
+        acknowledgedAt: Date | string | null;
+        closedAt: Date | string | null;
+        unacknowledgedAt: Date | string | null;
+      }>(sql`
+        select driver_id as "driverId", kind, created_at as "createdAt", last_sent_at as "lastSentAt", resends,
+          acknowledged_at as "acknowledgedAt", closed_at as "closedAt", unacknowledged_at as "unacknowledgedAt"
+        from pushes where delivery_id = ${deliveryId} order by created_at`);
+      const iso = (v: Date | string | null) => (v === null ? null : new Date(v).toISOString());
+      return rows.map((r) => ({
+        driverId: r.driverId,
+        kind: r.kind,
+        createdAt: iso(r.createdAt),
+        lastSentAt: iso(r.lastSentAt),
+        resends: r.resends,
+        acknowledgedAt: iso(r.acknowledgedAt),
+        closedAt: iso(r.closedAt),
+        unacknowledgedAt: iso(r.unacknowledgedAt),
+      }));
+    },
+
+    /** Open pushes flagged unacknowledged (a gauge for operators and dispatchers). */
+    async unacknowledgedCount(): Promise<number> {
+      const [row] = await database.rows<{ n: number }>(sql`select count(*)::int as n from pushes where ${OPEN} and unacknowledged_at is not null`);
+      return row?.n ?? 0;
+    },
+  };
+}
+
+export type PushesStore = ReturnType<typeof createPushesStore>;
