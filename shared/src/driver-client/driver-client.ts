@@ -359,9 +359,8 @@ export function createDriverClient(options: DriverClientOptions): DriverClient {
       conn.sessionTimer = null;
       conn.live = true;
       conn.liveSince = rt.now();
+      // Whatever went out on an earlier connection counts as unsent on this one: it goes again, oldest first.
       conn.cumulative = wantsCumulative && session.locationConfirmation === 'cumulative';
-      // Whatever went out on an earlier connection is unconfirmed and goes again, oldest first.
-      buffer.markAllUnsent();
     }
     if (session.status === 'AVAILABLE' || session.status === 'OFFLINE') lastDuty = session.status;
     setState({
