@@ -237,6 +237,19 @@ describe('driver client: session', () => {
     expect(client.state.activeDelivery?.status).toBe('ASSIGNED');
   });
 
+  it('when the job was picked up, then a session that leaves its status out keeps PICKED_UP, and a fresh client takes it from a session that says so', async () => {
+    const { hub, client } = await connected({}, session({ status: 'BUSY', activeDelivery: assignment() }));
+    const picked = client.updateDelivery({ deliveryId: DELIVERY, status: 'PICKED_UP' });
+    hub.last.emitted('delivery:update')[0].ack!({ ok: true, delivery: deliveryView('PICKED_UP') });
+    await picked;
+    hub.last.drop();
+    await vi.advanceTimersByTimeAsync(1000);
+    hub.last.open(session({ status: 'BUSY', activeDelivery: assignment() }));
+    expect(client.state.activeDelivery?.status).toBe('PICKED_UP');
+    const fresh = await connected({}, session({ status: 'BUSY', activeDelivery: assignment({ status: 'PICKED_UP' }) }));
+    expect(fresh.client.state.activeDelivery?.status).toBe('PICKED_UP');
+  });
+
   it('when the state changes, then listeners get a new frozen snapshot each time', async () => {
     const { hub, client } = start();
     const states: unknown[] = [];

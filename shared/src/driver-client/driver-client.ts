@@ -367,7 +367,8 @@ export function createDriverClient(options: DriverClientOptions): DriverClient {
       connection: 'connected',
       driverId: session.driverId,
       status: session.status,
-      activeDelivery: session.activeDelivery ? asActiveDelivery(session.activeDelivery, null) : null,
+      // Replaced, except that a job this client saw PICKED_UP stays so when a hub leaves the status out.
+      activeDelivery: session.activeDelivery ? asActiveDelivery(session.activeDelivery, state.activeDelivery) : null,
       offer: session.offer ?? null,
     });
     if (connection !== conn) return;
