@@ -71,8 +71,14 @@ export interface DriverEventPayloads {
   status: DriverStatusPayload;
   /** Idempotent; codes NOT_FOUND, FORBIDDEN, INVALID_TRANSITION. */
   'delivery:update': DeliveryUpdatePayload;
-  /** Codes OFFER_EXPIRED, NOT_FOUND, FORBIDDEN. */
+  /**
+   * Codes OFFER_EXPIRED, NOT_FOUND, FORBIDDEN. Idempotent for the driver it was offered to: accepting
+   * an offer this driver already accepted answers the delivery again (an app whose first answer was
+   * lost to a timeout or a disconnect asks again). The hub pushes no `assignment` for it: the answer
+   * is the confirmation; `session.activeDelivery` carries it from then on.
+   */
   'offer:accept': OfferAcceptPayload;
+  /** Idempotent likewise: declining an offer this driver already declined or let expire answers `{ ok: true }`. */
   'offer:decline': OfferDeclinePayload;
 }
 
