@@ -74,8 +74,9 @@ export interface DriverEventPayloads {
   /**
    * Codes OFFER_EXPIRED, NOT_FOUND, FORBIDDEN. Idempotent for the driver it was offered to: accepting
    * an offer this driver already accepted answers the delivery again (an app whose first answer was
-   * lost to a timeout or a disconnect asks again). The hub pushes no `assignment` for it: the answer
-   * is the confirmation; `session.activeDelivery` carries it from then on.
+   * lost to a timeout or a disconnect asks again). The answer is the confirmation: no `assignment`
+   * push for the acceptance itself; from then on it is an active delivery like any other (in
+   * `session.activeDelivery`, re-sent on reconnect).
    */
   'offer:accept': OfferAcceptPayload;
   /** Idempotent likewise: declining an offer this driver already declined or let expire answers `{ ok: true }`. */

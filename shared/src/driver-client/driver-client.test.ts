@@ -440,6 +440,11 @@ describe('driver client: requests', () => {
     ack!({ ok: true, delivery: deliveryView('ASSIGNED') });
     await accepted;
     expect(client.state).toMatchObject({ offer: null, status: 'BUSY', activeDelivery: { deliveryId: DELIVERY, orderCode: 'T1', status: 'ASSIGNED' } });
+    // The answer was the confirmation: the job re-sent as an assignment (a reconnect) does not run the handler.
+    const handler = vi.fn();
+    client.on('assignment', handler);
+    expect(hub.last.push('assignment', assignment())).toEqual([{ ok: true }]);
+    expect(handler).not.toHaveBeenCalled();
   });
 
   it('when an offer expired before the answer, then OFFER_EXPIRED rejects and the offer leaves the state', async () => {

@@ -384,10 +384,12 @@ export function createDriverClient(options: DriverClientOptions): DriverClient {
 
   // ---- pushes ----
 
-  function pushKey(kind: PushKind, push: { deliveryId: string; assignedAt?: string; expiresAt?: string }): string {
-    if (kind === 'assignment') return `assignment:${push.deliveryId}:${push.assignedAt}`;
-    if (kind === 'offer') return `offer:${push.deliveryId}:${push.expiresAt}`;
-    return `cancelled:${push.deliveryId}`;
+  /** A delivery is assigned, offered or cancelled to a driver at most once, so its id names the push. */
+  const pushKey = (kind: PushKind, deliveryId: string) => `${kind}:${deliveryId}`;
+
+  function remember(key: string): void {
+    handledPushes.add(key);
+    if (handledPushes.size > HANDLED_PUSHES_KEPT) handledPushes.delete(handledPushes.values().next().value!);
   }
 
   const answer = (ack: PushAck | undefined, reply: AckReply) => {
@@ -422,7 +424,7 @@ export function createDriverClient(options: DriverClientOptions): DriverClient {
       report(new DriverClientError('VALIDATION_FAILED', `the hub sent a malformed ${kind}`));
       return answer(ack, { ok: false, error: { code: 'VALIDATION_FAILED', message: `malformed ${kind}` } });
     }
-    const key = pushKey(kind, push as { deliveryId: string });
+    const key = pushKey(kind, push.deliveryId);
     if (handledPushes.has(key)) return answer(ack, { ok: true });
     const waiting = runningPushes.get(key);
     if (waiting) {
@@ -437,8 +439,7 @@ export function createDriverClient(options: DriverClientOptions): DriverClient {
       () => {
         runningPushes.delete(key);
         if (closed) return;
-        handledPushes.add(key);
-        if (handledPushes.size > HANDLED_PUSHES_KEPT) handledPushes.delete(handledPushes.values().next().value!);
+        remember(key);
         for (const a of acks) answer(a, { ok: true });
       },
       (err) => {
@@ -531,6 +532,8 @@ export function createDriverClient(options: DriverClientOptions): DriverClient {
       assignedAt: delivery.updatedAt,
       status: delivery.status === 'PICKED_UP' ? 'PICKED_UP' : 'ASSIGNED',
     };
+    // The app has this job from the answer: a later `assignment` for it (a re-send on reconnect) is acknowledged without the handlers.
+    remember(pushKey('assignment', delivery.id));
     setState({ activeDelivery, offer: state.offer?.deliveryId === deliveryId ? null : state.offer, status: 'BUSY' });
     return delivery;
   }
