@@ -29,12 +29,20 @@ export const locationFix = z
     accuracy: z.number().finite().min(0).max(100_000).optional(),
     /** Client clock, ms since epoch. */
     ts: z.number().finite().int().min(0).max(8.64e15).optional(),
+    /**
+     * The client's number for this fix, increasing by one per fix for the life of the client
+     * (see `location:stored` in events.ts). Optional: a fix without one is never confirmed cumulatively.
+     */
+    seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
   })
   .strict();
 export type LocationFix = z.infer<typeof locationFix>;
 
+/** The largest batch `location` accepts (and `POST /drivers/me/locations`). */
+export const MAX_LOCATION_BATCH = 100;
+
 /** One fix, or a batch of buffered offline fixes (the newest wins). */
-export const locationPayload = z.union([locationFix, z.array(locationFix).min(1).max(100)]);
+export const locationPayload = z.union([locationFix, z.array(locationFix).min(1).max(MAX_LOCATION_BATCH)]);
 export type LocationPayload = z.infer<typeof locationPayload>;
 
 export const driverStatusPayload = z.object({ status: z.enum(['AVAILABLE', 'OFFLINE']) }).strict();
@@ -53,6 +61,30 @@ export const deliveryUpdatePayload = z
     path: ['reason'],
   });
 export type DeliveryUpdatePayload = z.infer<typeof deliveryUpdatePayload>;
+
+export const offerAcceptPayload = z.object({ deliveryId: z.string().uuid() }).strict();
+export type OfferAcceptPayload = z.infer<typeof offerAcceptPayload>;
+
+export const offerDeclinePayload = z
+  .object({ deliveryId: z.string().uuid(), reason: boundedText(500).optional() })
+  .strict();
+export type OfferDeclinePayload = z.infer<typeof offerDeclinePayload>;
+
+/**
+ * What a driver app answers to an `assignment`, `offer` or `delivery:cancelled` push (the push's
+ * Socket.IO acknowledgement). Only `{ ok: true }` is an acknowledgement; `{ ok: false }`, silence
+ * or anything this schema refuses means "not taken", and the hub sends the push again.
+ */
+export const pushAckReply = z.union([
+  // Extra keys are ignored rather than refused, so a newer app may say more.
+  z.object({ ok: z.literal(true) }),
+  z.object({ ok: z.literal(false), error: z.object({ code: z.string().max(100), message: boundedText(500) }) }),
+]);
+export type PushAckReply = z.infer<typeof pushAckReply>;
+
+/** `location:stored`: every fix of this connection numbered up to `upTo` is stored (events.ts). */
+export const locationStored = z.object({ upTo: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER) }).strict();
+export type LocationStored = z.infer<typeof locationStored>;
 
 export const viewportPayload = z
   .object({
@@ -165,6 +197,27 @@ export interface AssignmentPush {
   pickup: Place;
   dropoff: Place;
   assignedAt: string;
+  /**
+   * Where the job stands, so an app that reconnects after PICKED_UP knows it. Optional because
+   * hubs before issue 16 leave it out; absent means ASSIGNED.
+   */
+  status?: 'ASSIGNED' | 'PICKED_UP';
+}
+
+/** `offer` (DISPATCH_MODE=offer): a delivery reserved for this driver until `expiresAt` (hub clock, ISO 8601). */
+export interface OfferPush {
+  deliveryId: string;
+  sellerOrderId: string;
+  orderCode: string;
+  pickup: Place;
+  dropoff: Place;
+  distanceMeters: number;
+  expiresAt: string;
+}
+
+export interface DeliveryCancelledPush {
+  deliveryId: string;
+  reason: string;
 }
 
 export interface DriverMoved {
