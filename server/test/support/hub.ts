@@ -183,12 +183,22 @@ export function firstEvent<T>(socket: Socket, event: string, timeoutMs = 10_000)
   });
 }
 
-export async function connectDriver(hub: { url: string }, token: string, extra: Record<string, unknown> = {}): Promise<DriverClient> {
-  const socket = connectSocket(hub, '/drivers', { token }, extra);
+/**
+ * A bare socket.io client speaking for a driver, as a minimal app does: pushes are recorded and
+ * acknowledged (`ackPushes: false` plays an app that never answers). Tests of the typed client
+ * in shared/ use `createDriverClient` instead.
+ */
+export async function connectDriver(hub: { url: string }, token: string, extra: Record<string, unknown> & { ackPushes?: boolean } = {}): Promise<DriverClient> {
+  const { ackPushes = true, ...options } = extra;
+  const socket = connectSocket(hub, '/drivers', { token }, options);
   const assignments: any[] = [];
   const cancellations: any[] = [];
-  socket.on('assignment', (a) => assignments.push(a));
-  socket.on('delivery:cancelled', (c) => cancellations.push(c));
+  const taken = (list: any[]) => (push: unknown, ack?: (reply: unknown) => void) => {
+    list.push(push);
+    if (ackPushes) ack?.({ ok: true });
+  };
+  socket.on('assignment', taken(assignments));
+  socket.on('delivery:cancelled', taken(cancellations));
   const session = await firstEvent<DriverSession>(socket, 'session');
   return {
     socket,
