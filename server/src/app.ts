@@ -20,6 +20,7 @@ import type { RedisClients } from './platform/redis.js';
 import type { TokenService } from './platform/tokens.js';
 import type { DriversStore } from './presence/drivers.store.js';
 import { attachDriversNamespace, type DriversNamespace } from './presence/drivers.socket.js';
+import { createLocationRoutes } from './presence/locations.routes.js';
 import type { PresenceService } from './presence/presence.service.js';
 import type { PushService } from './pushes/pushes.service.js';
 import { attachDispatchNamespace, type DispatchNamespace } from './realtime/dispatch.socket.js';
@@ -130,6 +131,14 @@ export function createApp(deps: AppDeps): HubApp {
   });
   hono.get('/metrics', async (c) => c.text(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType }));
 
+  const limits = createRateLimits({
+    redis: redis?.command ?? null,
+    breaker: redis?.breaker,
+    prefix: config.REDIS_PREFIX,
+    rules: deps.edge?.rateLimits,
+  });
+
+  hono.route('/', createLocationRoutes({ tokens: deps.tokens, drivers: deps.drivers, presence: deps.presence, limits, metrics }));
   hono.route('/', createWebhookRoutes({ dispatch: deps.dispatch, deliveries: deps.deliveries, secrets: config.WEBHOOK_SECRETS, logger, metrics }));
   hono.route('/', createAdminRoutes({ adminToken: config.ADMIN_TOKEN, tokens: deps.tokens, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events }));
   for (const routes of deps.adminRoutes ?? []) {
@@ -146,6 +155,8 @@ export function createApp(deps: AppDeps): HubApp {
     const log = logger.child({ requestId: c.get('requestId') });
     if (hubError.code === 'INTERNAL') log.error({ err, path: c.req.path }, 'request failed');
     else log.info({ code: hubError.code, path: c.req.path, message: hubError.message }, 'request refused');
+    const retryAfterMs = (hubError.details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs;
+    if (hubError.code === 'RATE_LIMITED' && typeof retryAfterMs === 'number') c.header('Retry-After', String(Math.max(1, Math.ceil(retryAfterMs / 1000))));
     return c.json({ error: hubError.toBody() }, hubError.httpStatus as 400);
   });
 
@@ -199,13 +210,7 @@ export function createApp(deps: AppDeps): HubApp {
   const dispatchNsp = io.of('/dispatch') as unknown as DispatchNamespace;
   driversNsp.use(authenticate as never);
   dispatchNsp.use(authenticate as never);
-  const limits = createRateLimits({
-    redis: redis?.command ?? null,
-    breaker: redis?.breaker,
-    prefix: config.REDIS_PREFIX,
-    rules: deps.edge?.rateLimits,
-  });
-  attachDriversNamespace(driversNsp, { presence: deps.presence, pushes: deps.pushes, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events, logger, metrics, limits });
+  const driversSocket = attachDriversNamespace(driversNsp, { presence: deps.presence, pushes: deps.pushes, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events, logger, metrics, limits });
   const dispatchSocket = attachDispatchNamespace(dispatchNsp, {
     presence: deps.presence,
     drivers: deps.drivers,
@@ -276,6 +281,7 @@ export function createApp(deps: AppDeps): HubApp {
     async close() {
       clearInterval(recheckTimer);
       dispatchSocket.stop();
+      driversSocket.stop();
       const closing = new Promise<void>((resolve) => {
         io.close(() => resolve());
       });

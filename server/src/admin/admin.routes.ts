@@ -4,6 +4,7 @@ import { createDriverBody, listDeliveriesQuery, mintTokenBody } from '../../../s
 import type { Role } from '../../../shared/src/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import { HubError, validationError } from '../platform/errors.js';
+import { bearerToken, jsonBody } from '../platform/http-input.js';
 import { parsePayload } from '../platform/socket-edge.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { TokenService } from '../platform/tokens.js';
@@ -27,8 +28,7 @@ function sameSecret(a: string, b: string): boolean {
 /** Bearer auth: the admin token, or a JWT whose role is in `roles`. */
 export function requireRole(deps: Pick<AdminDeps, 'adminToken' | 'tokens'>, roles: readonly Role[]): MiddlewareHandler {
   return async (c, next) => {
-    const header = c.req.header('authorization') ?? '';
-    const token = header.startsWith('Bearer ') ? header.slice('Bearer '.length).trim() : '';
+    const token = bearerToken(c);
     if (!token) throw new HubError('UNAUTHORIZED', 'bearer token required');
     if (sameSecret(token, deps.adminToken)) return next();
     const claims = await deps.tokens.verify(token).catch(() => {
@@ -37,14 +37,6 @@ export function requireRole(deps: Pick<AdminDeps, 'adminToken' | 'tokens'>, role
     if (!roles.includes(claims.role)) throw new HubError('FORBIDDEN', 'role not allowed here');
     await next();
   };
-}
-
-async function jsonBody(req: { json(): Promise<unknown> }): Promise<unknown> {
-  try {
-    return await req.json();
-  } catch {
-    throw new HubError('VALIDATION_FAILED', 'body is not valid JSON');
-  }
 }
 
 const uuidParam = z.string().uuid();

@@ -1,6 +1,6 @@
 import type { Namespace, Socket } from 'socket.io';
 import type { DriverClientEvents, DriverServerEvents, SocketData } from '../../../shared/src/events.js';
-import { deliveryUpdatePayload, driverStatusPayload, locationPayload } from '../../../shared/src/schemas.js';
+import { deliveryUpdatePayload, driverStatusPayload, type LocationFix, locationPayload } from '../../../shared/src/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
@@ -18,6 +18,12 @@ type DriverSocket = Socket<any, any, any, SocketData>;
 
 export const driverRoom = (driverId: string) => `driver:${driverId}`;
 
+function highestSeq(fixes: readonly LocationFix[]): number | undefined {
+  let highest: number | undefined;
+  for (const fix of fixes) if (fix.seq !== undefined && (highest === undefined || fix.seq > highest)) highest = fix.seq;
+  return highest;
+}
+
 /** The `/drivers` namespace: identity comes from the verified token only, never from a payload. */
 export function attachDriversNamespace(
   nsp: DriversNamespace,
@@ -30,8 +36,10 @@ export function attachDriversNamespace(
     logger: Logger;
     metrics: Metrics;
     limits: RateLimits;
+    /** How often `location:stored` confirmations go out; about a second by contract. */
+    storedTickMs?: number;
   },
-): void {
+): { stop(): void } {
   const { presence, deliveries, events, metrics, limits } = deps;
   const connectLog = createLogThrottle();
 
@@ -58,6 +66,14 @@ export function attachDriversNamespace(
     },
   };
   deps.pushes.useTransport(transport);
+
+  // Cumulative confirmation: one `location:stored` per driver per tick covers every numbered fix stored since.
+  const storedTimer = setInterval(() => {
+    for (const [driverId, upTo] of presence.drainStored()) {
+      if (transport.isLocal(driverId)) nsp.local.to(driverRoom(driverId)).emit('location:stored', { upTo });
+    }
+  }, deps.storedTickMs ?? 1000);
+  storedTimer.unref();
 
   nsp.use((socket, next) => {
     if (socket.data.role !== 'driver') return next(Object.assign(new Error('FORBIDDEN'), { data: { code: 'FORBIDDEN', message: 'driver token required' } }));
@@ -95,7 +111,7 @@ export function attachDriversNamespace(
   const onLocation = eventListener('location', locationEdge, (socket, payload) => {
     const parsed = parsePayload(locationPayload, payload, 'location');
     const fixes = Array.isArray(parsed) ? parsed : [parsed];
-    presence.acceptFixes(socket.data.subject, fixes);
+    presence.acceptFixes(socket.data.subject, fixes, highestSeq(fixes));
     return { accepted: fixes.length };
   });
   const onStatus = eventListener('status', actionEdge, async (socket, payload) => {
@@ -139,4 +155,10 @@ export function attachDriversNamespace(
       socket.disconnect(true);
     }
   });
+
+  return {
+    stop() {
+      clearInterval(storedTimer);
+    },
+  };
 }

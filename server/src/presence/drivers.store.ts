@@ -11,6 +11,8 @@ export interface DriverPosition {
   speed: number | null;
   /** When the hub took the fix, ms since the epoch (a number: no Date per ping). */
   atMs: number;
+  /** The highest fix number this position covers, for apps that ask for cumulative confirmation. */
+  seq?: number;
 }
 
 export interface DriverPresenceRow {

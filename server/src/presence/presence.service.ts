@@ -55,6 +55,8 @@ export function createPresenceService(deps: PresenceDeps) {
   let redisLost = false;
   let reconcileSoon = false;
   let flushing: Promise<void> = Promise.resolve();
+  /** Numbered fixes stored (GEO written, or flushed to PostgreSQL) since the edge last asked: driverId -> highest number. */
+  let stored = new Map<string, number>();
   /** Disconnect bookkeeping still running; shutdown waits for it before closing PostgreSQL. */
   const inflight = new Set<Promise<unknown>>();
 
@@ -112,6 +114,7 @@ export function createPresenceService(deps: PresenceDeps) {
       try {
         statuses = await presence!.writeFixes(fixes);
         metrics.geoWrites.inc();
+        markStored(batch);
       } catch (err) {
         for (const fix of fixes) if (fix.beat) beatAt.delete(fix.id);
         redisWriteFailed('geo batch', err);
@@ -147,6 +150,10 @@ export function createPresenceService(deps: PresenceDeps) {
     }, wait);
   }
 
+  function markStored(batch: readonly DriverPosition[]): void {
+    for (const p of batch) if (p.seq !== undefined && p.seq > (stored.get(p.id) ?? -1)) stored.set(p.id, p.seq);
+  }
+
   async function flushToPostgres(): Promise<void> {
     if (toPostgres.size === 0) return;
     const batch = [...toPostgres.values()];
@@ -154,6 +161,7 @@ export function createPresenceService(deps: PresenceDeps) {
     try {
       await drivers.flushPositions(batch);
       metrics.positionFlushes.inc();
+      markStored(batch);
     } catch (err) {
       // Keep the newest positions for the next flush rather than lose them.
       for (const p of batch) if (!toPostgres.has(p.id)) toPostgres.set(p.id, p);
@@ -330,7 +338,8 @@ export function createPresenceService(deps: PresenceDeps) {
       const activeDelivery = row.currentDeliveryId ? await deps.activeAssignment(driverId) : null;
       local.set(driverId, socketId);
       await publishStatus(row, 'refresh');
-      return { driverId, status: row.status, activeDelivery };
+      stored.delete(driverId);
+      return { driverId, status: row.status, activeDelivery, offer: null, locationConfirmation: 'cumulative' };
     },
 
     async disconnect(driverId: string, socketId: string): Promise<void> {
@@ -351,7 +360,11 @@ export function createPresenceService(deps: PresenceDeps) {
     },
 
     /** Validated fixes from the driver's own socket; the newest is kept until the next tick. */
-    acceptFixes(driverId: string, fixes: readonly LocationFix[]): void {
+    /**
+     * Fixes in: the newest wins. `seq`, when the app numbers its fixes, is the highest number of the
+     * batch; everything up to it counts as stored once this position (or a newer one) is.
+     */
+    acceptFixes(driverId: string, fixes: readonly LocationFix[], seq?: number): void {
       const fix = newestFix(fixes);
       const position: DriverPosition = {
         id: driverId,
@@ -361,11 +374,19 @@ export function createPresenceService(deps: PresenceDeps) {
         speed: fix.speed ?? null,
         atMs: Date.now(),
       };
+      if (seq !== undefined) position.seq = Math.max(seq, toRedis.get(driverId)?.seq ?? -1, toPostgres.get(driverId)?.seq ?? -1);
       toRedis.set(driverId, position);
       toPostgres.set(driverId, position);
       heardSinceTouch.add(driverId);
       scheduleGeoWrite();
       metrics.pingsReceived.inc(fixes.length);
+    },
+
+    /** Numbered fixes stored since the last call, per driver: what `location:stored` confirms. */
+    drainStored(): Map<string, number> {
+      const drained = stored;
+      stored = new Map();
+      return drained;
     },
 
     async setDuty(driverId: string, status: 'AVAILABLE' | 'OFFLINE'): Promise<DriverStatus> {
