@@ -65,7 +65,7 @@ describe('driver presence', () => {
   it('when a driver connects, then it gets its session; going on duty with a position puts it in the GEO set', async () => {
     const { id, token } = await createDriver(hub, 'Session');
     const client = await connectDriver(hub, token);
-    expect(client.session).toEqual({ driverId: id, status: 'OFFLINE', activeDelivery: null });
+    expect(client.session).toEqual({ driverId: id, status: 'OFFLINE', activeDelivery: null, offer: null, locationConfirmation: 'cumulative' });
     expect(await redis.exists(keys.online(id))).toBe(1);
     expect((await client.emitAck('location', BERLIN)).ok).toBe(true);
     const st = await client.emitAck('status', { status: 'AVAILABLE' });

@@ -63,12 +63,12 @@ describe('pushes a driver app acknowledges', () => {
     expect(view.pushes[0].acknowledgedAt).toBe(view.acknowledgedAt);
     await sleep(RETRY_MS * 4);
     expect(driver.assignments).toHaveLength(1);
-    // A reconnect sends nothing already acknowledged.
+    // A reconnect sends the active job once more (the app may have lost it), and nothing else.
     driver.close();
     const again = await connectDriver(hub, driver.token);
     expect(again.session.activeDelivery?.deliveryId).toBe(res.body.deliveryId);
-    await sleep(RETRY_MS * 2);
-    expect(again.assignments).toHaveLength(0);
+    await sleep(RETRY_MS * 3);
+    expect(again.assignments.map((a) => a.deliveryId)).toEqual([res.body.deliveryId]);
     again.close();
   });
 
@@ -186,8 +186,10 @@ describe('pushes a driver app acknowledges', () => {
     expect(back.session.activeDelivery?.deliveryId).toBe(two.body.deliveryId);
     await eventually(() => back.assignments.length >= 1, 'the current job');
     await sleep(RETRY_MS * 3);
-    expect(back.assignments.map((a) => a.deliveryId)).toEqual([two.body.deliveryId]);
-    expect(back.cancellations.map((c) => c.deliveryId)).toEqual([one.body.deliveryId]);
+    // The reconnect's send and a re-send pass may both go out before the answer is recorded: the
+    // same job twice is a repeat the app recognises; the cancelled job never comes back.
+    expect([...new Set(back.assignments.map((a) => a.deliveryId))]).toEqual([two.body.deliveryId]);
+    expect([...new Set(back.cancellations.map((c) => c.deliveryId))]).toEqual([one.body.deliveryId]);
     back.close();
   });
 });

@@ -146,8 +146,8 @@ export function attachDriversNamespace(
       const session = await presence.connect(driverId, socket.id);
       if (!socket.connected) return;
       socket.emit('session', session);
-      // Whatever the app has not acknowledged (its job, a cancel that crossed the disconnect) goes out now.
-      deps.pushes.resendOpenTo(driverId).catch((err) => deps.logger.warn({ driver: driverId, err: (err as Error).message }, 'open pushes not re-sent on connect'));
+      // Its job again, and whatever the app has not acknowledged (a cancel that crossed the disconnect).
+      deps.pushes.connected(driverId, session.activeDelivery).catch((err) => deps.logger.warn({ driver: driverId, err: (err as Error).message }, 'open pushes not re-sent on connect'));
       deps.logger.debug({ socket: socket.id, driver: driverId, status: session.status }, 'driver connected');
     } catch (err) {
       const code = err instanceof HubError ? err.code : 'SERVICE_UNAVAILABLE';

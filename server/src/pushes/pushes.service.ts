@@ -147,12 +147,24 @@ export function createPushService(deps: PushDeps) {
     return resend(await store.openFor(driverId));
   }
 
+  /**
+   * A driver's socket connected here: its active job goes out again even when acknowledged before
+   * (the app may have lost it with its process), then everything still open about it.
+   */
+  async function connected(driverId: string, activeDelivery: { deliveryId: string } | null): Promise<number> {
+    const open = await store.openFor(driverId);
+    if (activeDelivery && !open.some((p) => p.kind === 'assignment' && p.deliveryId === activeDelivery.deliveryId)) {
+      void deliver({ deliveryId: activeDelivery.deliveryId, driverId, kind: 'assignment' }, activeDelivery, 'local');
+    }
+    return resend(open);
+  }
+
   return {
     useTransport(t: PushTransport): void {
       transport = t;
     },
 
-    /** The driver's socket just connected here: everything still open about it goes out now. */
+    connected,
     resendOpenTo,
 
     /** One re-send pass now (tests, and what the timer runs). */
