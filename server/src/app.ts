@@ -9,6 +9,7 @@ import { Server, type Socket } from 'socket.io';
 import { createAdminRoutes, requireRole } from './admin/admin.routes.js';
 import type { DeliveriesService } from './deliveries/deliveries.service.js';
 import type { DispatchService } from './dispatch/dispatch.service.js';
+import { createDocsRoutes } from './docs/docs.routes.js';
 import type { Config } from './platform/config.js';
 import type { Database } from './platform/db.js';
 import { HubError, toHubError } from './platform/errors.js';
@@ -125,6 +126,8 @@ export function createApp(deps: AppDeps): HubApp {
     hono.route('/', guarded);
   }
   for (const routes of deps.publicRoutes ?? []) hono.route('/', routes);
+  // The front door, /openapi.json, /asyncapi.json and the pages showing them.
+  hono.route('/', createDocsRoutes({ health }));
 
   hono.notFound((c) => c.json({ error: { code: 'NOT_FOUND', message: `no route for ${c.req.method} ${c.req.path}` } }, 404));
   hono.onError((err, c) => {

@@ -47,7 +47,8 @@ async function jsonBody(req: { json(): Promise<unknown> }): Promise<unknown> {
   }
 }
 
-const uuidParam = z.string().uuid();
+/** Path ids (`:id`); also the source of their OpenAPI description. */
+export const uuidParam = z.string().uuid();
 
 export function createAdminRoutes(deps: AdminDeps) {
   const app = new Hono();
