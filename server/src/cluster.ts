@@ -84,10 +84,12 @@ async function runPrimary(): Promise<void> {
     shared.RUN_MIGRATIONS = 'false';
   }
 
+  // Compiled (npm run build), this file is main.js's neighbour and workers need no loader.
+  const compiled = import.meta.url.endsWith('.js');
   cluster.setupPrimary({
-    exec: fileURLToPath(new URL('./main.ts', import.meta.url)),
+    exec: fileURLToPath(new URL(compiled ? './main.js' : './main.ts', import.meta.url)),
     // An absolute loader URL, so workers start whatever the current directory is.
-    execArgv: ['--import', import.meta.resolve('tsx')],
+    execArgv: compiled ? [] : ['--import', import.meta.resolve('tsx')],
   });
 
   const slots = new Map<Worker, { index: number; startedAt: number }>();
