@@ -15,6 +15,7 @@ import { createLogger, type Logger, wantsPrettyLogs } from './platform/logger.js
 import { createMetrics } from './platform/metrics.js';
 import { connectRedis, createRedisClients, type RedisClients } from './platform/redis.js';
 import { logStartupNotes } from './platform/startup-notes.js';
+import { registerStateGauges } from './platform/state-gauges.js';
 import { createTokenService } from './platform/tokens.js';
 import { createDriversStore } from './presence/drivers.store.js';
 import { createPresenceService } from './presence/presence.service.js';
@@ -100,6 +101,8 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
       maxAgeSeconds: config.OUTBOX_MAX_AGE_SECONDS,
     },
   });
+
+  registerStateGauges(metrics, { pendingDeliveries: deliveriesStore.countPending, outboxLag: outboxStore.lag, breaker: redis?.breaker });
 
   const app = createApp({
     config,

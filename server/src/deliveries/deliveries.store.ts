@@ -286,6 +286,12 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
     },
 
     /** Pending deliveries, oldest first, for the periodic retry. */
+    /** Deliveries waiting for a driver (for the metrics gauge). */
+    async countPending(): Promise<number> {
+      const [row] = await db.select({ count: sql<number>`count(*)::integer` }).from(deliveries).where(eq(deliveries.status, 'PENDING'));
+      return Number(row?.count ?? 0);
+    },
+
     async pending(limit: number): Promise<DeliveryRow[]> {
       return db.select().from(deliveries).where(eq(deliveries.status, 'PENDING')).orderBy(asc(deliveries.createdAt)).limit(limit);
     },
