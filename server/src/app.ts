@@ -135,6 +135,9 @@ export function createApp(deps: AppDeps): HubApp {
     const log = logger.child({ requestId: c.get('requestId') });
     if (hubError.code === 'INTERNAL') log.error({ err, path: c.req.path }, 'request failed');
     else log.info({ code: hubError.code, path: c.req.path, message: hubError.message }, 'request refused');
+    // A body refused before it was read is still on the wire: the connection cannot carry another
+    // request, so the client is told not to reuse it (or its next request meets a closed socket).
+    if (hubError.code === 'PAYLOAD_TOO_LARGE') c.header('connection', 'close');
     return c.json({ error: hubError.toBody() }, hubError.httpStatus as 400);
   });
 
