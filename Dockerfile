@@ -1,27 +1,41 @@
 # The dispatch hub: one process per container (run several behind a load balancer, see
-# docker-compose.yml and docs/deployment.md).
-FROM node:20-bookworm-slim
+# docker-compose.yml and docs/deployment.md). Three stages: compile the TypeScript, install the
+# production dependencies alone, and a runtime image holding only those two results.
 
+# ---- build: full install (typescript), compile server/ and shared/ to dist/ ----
+FROM node:20-bookworm-slim AS build
 WORKDIR /app
-
-# Dependencies first, so a source change does not reinstall them. tsx runs the TypeScript sources
-# directly. The full install is deliberate: the /map page serves socket.io-client's browser bundle
-# and the benchmark harness in load-tests/ uses the client too, so do not add --omit=dev.
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund && npm cache clean --force
-
-COPY tsconfig.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
 COPY shared/ shared/
-COPY migrations/ migrations/
 COPY server/ server/
-COPY load-tests/ load-tests/
+COPY migrations/ migrations/
+# dist/server/src (JavaScript), dist/shared/src, and beside them what the code reads at run time:
+# dist/server/public (the map and docs pages) and dist/migrations.
+RUN npm run build
 
-# The embedded database (used only when DATABASE_URL is unset) lives under DATA_DIR=./data.
-RUN mkdir -p /app/data && chown node:node /app/data
+# ---- deps: production dependencies only (no typescript, tsx, vitest, eslint, drizzle-kit) ----
+FROM node:20-bookworm-slim AS deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 
+# ---- runtime ----
+FROM node:20-bookworm-slim
+WORKDIR /app
 ENV NODE_ENV=production \
     PORT=3000 \
     HOST=0.0.0.0
+COPY --from=deps /app/node_modules/ node_modules/
+# package.json names the app (the docs pages read its name and version from it).
+COPY package.json ./
+COPY --from=build /app/dist/ dist/
+# The guides, served at /docs/guides/<name>.md and linked from the front door.
+COPY docs/ docs/
+
+# The embedded database (used only when DATABASE_URL is unset) lives under DATA_DIR=./data.
+RUN mkdir -p /app/data && chown node:node /app/data
 USER node
 EXPOSE 3000
 
@@ -29,7 +43,7 @@ EXPOSE 3000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 3000) + '/health', { signal: AbortSignal.timeout(4000) }).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 
-# `npm start` is `tsx server/src/main.ts`; this is the same program run as a single node process,
-# so SIGTERM from `docker stop` reaches the hub itself (graceful shutdown) instead of npm and a
-# shell in between, and there is no extra npm/tsx parent process per container.
-CMD ["node", "--import", "tsx", "server/src/main.ts"]
+# The compiled hub run by node itself: SIGTERM from `docker stop` reaches the hub (graceful
+# shutdown) with no npm or shell in between. Migrations: `node dist/server/src/platform/migrate-cli.js`
+# (the compose `migrate` job); several processes in one container: `node dist/server/src/cluster.js`.
+CMD ["node", "dist/server/src/main.js"]

@@ -15,7 +15,7 @@ import { check, fail, sleep } from 'k6';
 import exec from 'k6/execution';
 import http from 'k6/http';
 import { Counter, Rate, Trend } from 'k6/metrics';
-import { baseUrl, connectError, connectFrame, envNumber, eventFrame, parseDurationMs, readFrame, requireWithin, runSession, sessionEnd, socketUrl } from './lib.js';
+import { ackFrame, baseUrl, connectError, connectFrame, envNumber, eventFrame, parseDurationMs, readFrame, requireWithin, runSession, sessionEnd, socketUrl } from './lib.js';
 
 // ---- configuration (environment) ----
 
@@ -292,6 +292,9 @@ export default function (data) {
         case '2': {
           // EVENT: 42/drivers,["session",{...}]
           const [event, payload] = Array.isArray(packet.data) ? packet.data : [];
+          // 42/drivers,5["assignment",{...}]: the hub asks for an ack and sends the push again until
+          // it gets one (the contract: pushes are delivered, not just sent). Acknowledge once stored.
+          if (packet.id !== null) socket.send(ackFrame(NSP, packet.id, { ok: true }));
           if (event === 'session') sessionsReceived.add(1);
           else if (event === 'assignment' && payload) onAssignment(payload);
           else if (event === 'delivery:cancelled') cancellationsReceived.add(1);

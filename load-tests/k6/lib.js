@@ -153,6 +153,11 @@ export function eventFrame(nsp, event, payload, ackId) {
   return `42${nsp},${ackId === undefined ? '' : ackId}${JSON.stringify([event, payload])}`;
 }
 
+/** Socket.IO ACK for the hub's event `ackId`: how an app acknowledges a push (`43<nsp>,<id>[<payload>]`). */
+export function ackFrame(nsp, ackId, payload) {
+  return `43${nsp},${ackId}${JSON.stringify([payload])}`;
+}
+
 /** A CONNECT_ERROR packet (`44<nsp>,{"message":...}`): fails a check, logs the first one, closes. */
 export function connectError(socket, packet) {
   check(packet.data, { 'no connect_error': () => false });

@@ -9,6 +9,7 @@ import { Server, type Socket } from 'socket.io';
 import { createAdminRoutes, requireRole } from './admin/admin.routes.js';
 import type { DeliveriesService } from './deliveries/deliveries.service.js';
 import type { DispatchService } from './dispatch/dispatch.service.js';
+import { createDocsRoutes } from './docs/docs.routes.js';
 import type { Config } from './platform/config.js';
 import type { Database } from './platform/db.js';
 import { HubError, toHubError } from './platform/errors.js';
@@ -148,6 +149,8 @@ export function createApp(deps: AppDeps): HubApp {
     hono.route('/', guarded);
   }
   for (const routes of deps.publicRoutes ?? []) hono.route('/', routes);
+  // The front door, /openapi.json, /asyncapi.json and the pages showing them.
+  hono.route('/', createDocsRoutes({ health }));
 
   hono.notFound((c) => c.json({ error: { code: 'NOT_FOUND', message: `no route for ${c.req.method} ${c.req.path}` } }, 404));
   hono.onError((err, c) => {
@@ -157,6 +160,9 @@ export function createApp(deps: AppDeps): HubApp {
     else log.info({ code: hubError.code, path: c.req.path, message: hubError.message }, 'request refused');
     const retryAfterMs = (hubError.details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs;
     if (hubError.code === 'RATE_LIMITED' && typeof retryAfterMs === 'number') c.header('Retry-After', String(Math.max(1, Math.ceil(retryAfterMs / 1000))));
+    // A body refused before it was read is still on the wire: the connection cannot carry another
+    // request, so the client is told not to reuse it (or its next request meets a closed socket).
+    if (hubError.code === 'PAYLOAD_TOO_LARGE') c.header('connection', 'close');
     return c.json({ error: hubError.toBody() }, hubError.httpStatus as 400);
   });
 

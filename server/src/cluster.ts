@@ -4,7 +4,8 @@ import { availableParallelism, hostname } from 'node:os';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { type Config, ConfigError, parseConfig } from './platform/config.js';
 import { openDatabase } from './platform/db.js';
-import { createLogger } from './platform/logger.js';
+import { createLogger, wantsPrettyLogs } from './platform/logger.js';
+import { logStartupNotes } from './platform/startup-notes.js';
 
 /**
  * `npm run cluster`: several hub processes on one machine sharing one port. The primary only
@@ -57,12 +58,17 @@ async function runPrimary(): Promise<void> {
     throw err;
   }
   const baseId = process.env.NODE_ID?.trim() || hostname();
-  const logger = createLogger({ level: config.LOG_LEVEL, nodeId: `${baseId}-primary` });
+  const logger = createLogger({
+    level: config.LOG_LEVEL,
+    nodeId: `${baseId}-primary`,
+    pretty: wantsPrettyLogs({ production: config.production, isTTY: process.stdout.isTTY }),
+  });
 
-  // Secrets must be the same in every worker: a token minted by one is checked by another.
+  // Secrets must be the same in every worker: a token minted by one is checked by another, and a
+  // webhook signed for one is verified by whichever worker takes the request.
   const shared: Record<string, string> = { ADMIN_TOKEN: config.ADMIN_TOKEN, JWT_SECRET: config.JWT_SECRET };
-  if (config.adminTokenGenerated) logger.warn({ adminToken: config.ADMIN_TOKEN }, 'ADMIN_TOKEN not set; generated one for this cluster');
-  if (config.jwtSecretGenerated) logger.warn('JWT_SECRET not set; tokens die with this cluster');
+  if (config.webhookSecretGenerated) shared.WEBHOOK_SECRET = config.WEBHOOK_SECRETS[0];
+  logStartupNotes(config, logger, `http://localhost:${config.PORT}`, 'this cluster');
 
   // Migrations run once, here: workers starting together would otherwise race to apply the same ones.
   if (config.RUN_MIGRATIONS && config.DATABASE_URL) {
@@ -78,10 +84,12 @@ async function runPrimary(): Promise<void> {
     shared.RUN_MIGRATIONS = 'false';
   }
 
+  // Compiled (npm run build), this file is main.js's neighbour and workers need no loader.
+  const compiled = import.meta.url.endsWith('.js');
   cluster.setupPrimary({
-    exec: fileURLToPath(new URL('./main.ts', import.meta.url)),
+    exec: fileURLToPath(new URL(compiled ? './main.js' : './main.ts', import.meta.url)),
     // An absolute loader URL, so workers start whatever the current directory is.
-    execArgv: ['--import', import.meta.resolve('tsx')],
+    execArgv: compiled ? [] : ['--import', import.meta.resolve('tsx')],
   });
 
   const slots = new Map<Worker, { index: number; startedAt: number }>();

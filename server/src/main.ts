@@ -11,9 +11,11 @@ import { createOutboxStore } from './outbox/outbox.store.js';
 import { type Config, ConfigError, parseConfig } from './platform/config.js';
 import { openDatabase } from './platform/db.js';
 import { HubEvents } from './platform/hub-events.js';
-import { createLogger, type Logger } from './platform/logger.js';
+import { createLogger, type Logger, wantsPrettyLogs } from './platform/logger.js';
 import { createMetrics } from './platform/metrics.js';
 import { connectRedis, createRedisClients, type RedisClients } from './platform/redis.js';
+import { logStartupNotes } from './platform/startup-notes.js';
+import { registerStateGauges } from './platform/state-gauges.js';
 import { createTokenService } from './platform/tokens.js';
 import { createDriversStore } from './presence/drivers.store.js';
 import { createPushService } from './pushes/pushes.service.js';
@@ -110,6 +112,8 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     },
   });
 
+  registerStateGauges(metrics, { pendingDeliveries: deliveriesStore.countPending, outboxLag: outboxStore.lag, breaker: redis?.breaker });
+
   const app = createApp({
     config,
     logger,
@@ -164,7 +168,11 @@ async function run(): Promise<void> {
     }
     throw err;
   }
-  const logger = createLogger({ level: config.LOG_LEVEL, nodeId: config.NODE_ID });
+  const logger = createLogger({
+    level: config.LOG_LEVEL,
+    nodeId: config.NODE_ID,
+    pretty: wantsPrettyLogs({ production: config.production, isTTY: process.stdout.isTTY }),
+  });
   process.on('unhandledRejection', (err) => logger.error({ err }, 'unhandled rejection'));
 
   let hub: RunningHub;
@@ -183,12 +191,7 @@ async function run(): Promise<void> {
     },
     `dispatch hub listening on ${hub.port}`,
   );
-  if (config.adminTokenGenerated) {
-    // The one token ever logged: generated here for local development because none was configured.
-    logger.warn({ adminToken: config.ADMIN_TOKEN }, 'ADMIN_TOKEN not set; generated one for this process');
-  }
-  if (config.jwtSecretGenerated) logger.warn('JWT_SECRET not set; tokens die with this process');
-  if (config.WEBHOOK_SECRETS.length === 0) logger.warn('WEBHOOK_SECRET not set; webhooks are refused');
+  logStartupNotes(config, logger, `http://localhost:${hub.port}`);
 
   const shutdown = (signal: string) => {
     logger.info({ signal }, 'shutting down');

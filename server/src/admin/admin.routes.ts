@@ -39,7 +39,8 @@ export function requireRole(deps: Pick<AdminDeps, 'adminToken' | 'tokens'>, role
   };
 }
 
-const uuidParam = z.string().uuid();
+/** Path ids (`:id`); also the source of their OpenAPI description. */
+export const uuidParam = z.string().uuid();
 
 export function createAdminRoutes(deps: AdminDeps) {
   const app = new Hono();

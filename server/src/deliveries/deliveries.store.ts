@@ -162,6 +162,7 @@ export function toAssignmentPush(row: DeliveryRow): AssignmentPush {
     pickup: view.pickup,
     dropoff: view.dropoff,
     assignedAt: (row.assignedAt ?? row.updatedAt).toISOString(),
+    status: row.status === 'PICKED_UP' ? 'PICKED_UP' : 'ASSIGNED',
   };
 }
 
@@ -307,7 +308,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
         JSON.stringify(candidates.map((c, ord) => ({ id: c.driverId, dist: c.distanceMeters, ord }))),
         now,
         JSON.stringify(assignedEvent.payload),
-        JSON.stringify({ deliveryId: id, sellerOrderId: order.sellerOrderId, orderCode: order.orderCode, pickup: order.pickup, dropoff: order.dropoff, assignedAt: now } satisfies AssignmentPush),
+        JSON.stringify({ deliveryId: id, sellerOrderId: order.sellerOrderId, orderCode: order.orderCode, pickup: order.pickup, dropoff: order.dropoff, assignedAt: now, status: 'ASSIGNED' } satisfies AssignmentPush),
       ];
       const run = (withCandidates: unknown[]) => database.query<Record<string, unknown> & { fresh: boolean }>(CREATE_AND_ASSIGN, withCandidates);
       try {
@@ -330,6 +331,12 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
     },
 
     /** Pending deliveries, oldest first, for the periodic retry. */
+    /** Deliveries waiting for a driver (for the metrics gauge). */
+    async countPending(): Promise<number> {
+      const [row] = await db.select({ count: sql<number>`count(*)::integer` }).from(deliveries).where(eq(deliveries.status, 'PENDING'));
+      return Number(row?.count ?? 0);
+    },
+
     async pending(limit: number): Promise<DeliveryRow[]> {
       return db.select().from(deliveries).where(eq(deliveries.status, 'PENDING')).orderBy(asc(deliveries.createdAt)).limit(limit);
     },

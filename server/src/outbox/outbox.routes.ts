@@ -3,7 +3,8 @@ import { z } from 'zod';
 import { HubError, validationError } from '../platform/errors.js';
 import type { OutboxStore } from './outbox.store.js';
 
-const listQuery = z.object({
+/** `GET /admin/outbox/dead` query; also the source of its OpenAPI description. */
+export const deadEventsQuery = z.object({
   limit: z.coerce.number().int().min(1).max(1000).default(100),
 });
 
@@ -13,7 +14,7 @@ export function createOutboxRoutes(deps: { store: Pick<OutboxStore, 'listDead' |
   const routes = new Hono();
 
   routes.get('/admin/outbox/dead', async (c) => {
-    const query = listQuery.safeParse(c.req.query());
+    const query = deadEventsQuery.safeParse(c.req.query());
     if (!query.success) throw validationError(query.error.issues, 'query');
     const events = await store.listDead(query.data.limit);
     return c.json({

@@ -191,6 +191,18 @@ export function createOutboxStore(database: Database) {
       }
       return stats;
     },
+
+    /** Events still to deliver and how long the oldest has waited (0 when none): the relay's lag. */
+    async lag(): Promise<{ pending: number; oldestSeconds: number }> {
+      const [row] = await db
+        .select({
+          pending: sql<number>`count(*)::integer`,
+          oldestSeconds: sql<number>`coalesce(extract(epoch from now() - min(${outbox.createdAt})), 0)::float8`,
+        })
+        .from(outbox)
+        .where(eq(outbox.status, 'PENDING'));
+      return { pending: Number(row?.pending ?? 0), oldestSeconds: Number(row?.oldestSeconds ?? 0) };
+    },
   };
 }
 

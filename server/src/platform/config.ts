@@ -54,18 +54,24 @@ const envSchema = z.object({
   RUN_MIGRATIONS: boolFromEnv(true),
   PUSH_RETRY_MS: intFromEnv(3000, 100, 600_000),
   PUSH_MAX_RESENDS: intFromEnv(10, 1, 1000),
+  /** Only `production` changes behaviour: no generated webhook secret, JSON logs even on a terminal. */
+  NODE_ENV: optionalString,
 });
 
 export type Env = z.infer<typeof envSchema>;
 
-export interface Config extends Omit<Env, 'NODE_ID' | 'WEBHOOK_SECRET' | 'ADMIN_TOKEN' | 'JWT_SECRET'> {
+export interface Config extends Omit<Env, 'NODE_ID' | 'WEBHOOK_SECRET' | 'ADMIN_TOKEN' | 'JWT_SECRET' | 'NODE_ENV'> {
   NODE_ID: string;
   ADMIN_TOKEN: string;
   JWT_SECRET: string;
   WEBHOOK_SECRETS: string[];
+  /** NODE_ENV=production. */
+  production: boolean;
   /** True when the operator did not set ADMIN_TOKEN and the hub generated one. */
   adminTokenGenerated: boolean;
   jwtSecretGenerated: boolean;
+  /** True when WEBHOOK_SECRET was unset outside production and the hub generated one. */
+  webhookSecretGenerated: boolean;
 }
 
 export class ConfigError extends Error {
@@ -83,14 +89,20 @@ export function parseConfig(env: Record<string, string | undefined>, generate: (
   if (parsed.data.VENDURE_WEBHOOK_URL && !parsed.data.VENDURE_WEBHOOK_SECRET) {
     throw new ConfigError(['VENDURE_WEBHOOK_SECRET: required when VENDURE_WEBHOOK_URL is set (events are never sent unsigned)']);
   }
-  const { NODE_ID, WEBHOOK_SECRET, ADMIN_TOKEN, JWT_SECRET, ...rest } = parsed.data;
+  const { NODE_ID, WEBHOOK_SECRET, ADMIN_TOKEN, JWT_SECRET, NODE_ENV, ...rest } = parsed.data;
+  const production = NODE_ENV === 'production';
+  // A newcomer can sign a webhook at once; in production a missing secret stays missing (refused
+  // webhooks and a loud start) rather than a random one nobody configured on the Vendure side.
+  const generateWebhookSecret = !production && WEBHOOK_SECRET === undefined;
   return {
     ...rest,
     NODE_ID: NODE_ID ?? `${hostname()}-${process.pid}`,
-    WEBHOOK_SECRETS: WEBHOOK_SECRET ?? [],
+    WEBHOOK_SECRETS: WEBHOOK_SECRET ?? (generateWebhookSecret ? [`whsec_${Buffer.from(generate(), 'base64url').toString('base64')}`] : []),
     ADMIN_TOKEN: ADMIN_TOKEN ?? generate(),
     JWT_SECRET: JWT_SECRET ?? generate(),
+    production,
     adminTokenGenerated: ADMIN_TOKEN === undefined,
     jwtSecretGenerated: JWT_SECRET === undefined,
+    webhookSecretGenerated: generateWebhookSecret,
   };
 }

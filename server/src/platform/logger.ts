@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module';
 import { pino } from 'pino';
 
 export type Logger = pino.Logger;
@@ -31,12 +32,45 @@ const REDACT = [
   '*.VENDURE_WEBHOOK_SECRET',
 ];
 
+export interface LoggerOptions {
+  level: string;
+  nodeId: string;
+  /**
+   * Human-readable lines through the pino-pretty transport (a worker thread fed the same JSON
+   * lines, so redaction and levels are unchanged). For a terminal in development; production and
+   * anything piped keep the JSON lines log shippers expect.
+   */
+  pretty?: boolean;
+}
+
+/** Whether pino-pretty can be loaded: a development dependency, absent from a production install. */
+export function prettyAvailable(): boolean {
+  try {
+    createRequire(import.meta.url).resolve('pino-pretty');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Pretty output when asked for and not in production, on a terminal, with pino-pretty installed. */
+export function wantsPrettyLogs(opts: { production: boolean; isTTY: boolean | undefined }): boolean {
+  return !opts.production && opts.isTTY === true && prettyAvailable();
+}
+
 /** `destination` defaults to stdout; tests pass a stream to read what would have been logged. */
-export function createLogger(opts: { level: string; nodeId: string }, destination?: pino.DestinationStream): Logger {
+export function createLogger(opts: LoggerOptions, destination?: pino.DestinationStream): Logger {
   const options: pino.LoggerOptions = {
     level: opts.level,
     base: { node: opts.nodeId },
     redact: { paths: REDACT, censor: '[redacted]' },
   };
-  return destination ? pino(options, destination) : pino(options);
+  if (destination) return pino(options, destination);
+  if (opts.pretty) {
+    return pino({
+      ...options,
+      transport: { target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', singleLine: false } },
+    });
+  }
+  return pino(options);
 }

@@ -1,0 +1,236 @@
+import { z } from 'zod';
+import { ERROR_CODES, type ErrorBody } from './errors.js';
+import type { DispatchSnapshot, DriverSession } from './events.js';
+import {
+  type AssignmentPush,
+  type DeliveryView,
+  type DriverMoved,
+  type DriverView,
+  type OrderReadyReply,
+  DELIVERY_STATUSES,
+  deliveryStatus,
+  driverStatus,
+  place,
+} from './schemas.js';
+
+/**
+ * What the hub sends, as zod schemas: HTTP answers, socket pushes and acks. They are the source of
+ * the OpenAPI and AsyncAPI documents (`/openapi.json`, `/asyncapi.json`) and a client may validate
+ * what it receives with them. Each one is checked at compile time against the TypeScript type the
+ * hub's code produces (bottom of this file), so the documents cannot drift from the code.
+ */
+
+const isoTime = z.iso.datetime({ offset: true });
+const uuid = z.uuid();
+
+export const errorBody = z.object({
+  code: z.enum(ERROR_CODES),
+  message: z.string(),
+  /** VALIDATION_FAILED: `[{ path, message }]`, one per refused field. */
+  details: z.unknown().optional(),
+});
+
+/** Every HTTP error: `{ error: { code, message, details? } }`. */
+export const errorReply = z.object({ error: errorBody });
+
+export const healthReply = z.object({
+  status: z.enum(['ok', 'degraded']),
+  postgres: z.enum(['up', 'down']),
+  redis: z.enum(['up', 'down', 'disabled']),
+  node: z.string(),
+  uptimeSeconds: z.number().int().min(0),
+});
+
+export const deliveryView = z.object({
+  id: uuid,
+  sellerOrderId: z.string(),
+  orderCode: z.string(),
+  status: deliveryStatus,
+  driverId: uuid.nullable(),
+  pickup: place,
+  dropoff: place,
+  createdAt: isoTime,
+  updatedAt: isoTime,
+  /** When the driver's app confirmed the assignment push; null until then. */
+  acknowledgedAt: isoTime.nullable(),
+});
+
+export const driverView = z.object({
+  id: uuid,
+  name: z.string(),
+  status: driverStatus,
+  lat: z.number().nullable(),
+  lng: z.number().nullable(),
+  lastSeenAt: isoTime.nullable(),
+});
+
+export const orderReadyReply = z.union([
+  z.object({
+    status: z.literal('ASSIGNED'),
+    deliveryId: uuid,
+    sellerOrderId: z.string(),
+    driverId: uuid,
+    distanceMeters: z.number(),
+    idempotent: z.boolean(),
+  }),
+  z.object({
+    status: z.enum(DELIVERY_STATUSES.filter((s) => s !== 'ASSIGNED') as [Exclude<(typeof DELIVERY_STATUSES)[number], 'ASSIGNED'>, ...Exclude<(typeof DELIVERY_STATUSES)[number], 'ASSIGNED'>[]]),
+    deliveryId: uuid,
+    sellerOrderId: z.string(),
+    driverId: uuid.nullable(),
+    idempotent: z.boolean(),
+  }),
+]);
+
+export const orderCancelledReply = z.object({
+  status: deliveryStatus,
+  deliveryId: uuid,
+  sellerOrderId: z.string(),
+  idempotent: z.boolean(),
+});
+
+export const createdDriverReply = z.object({
+  id: uuid,
+  name: z.string(),
+  status: driverStatus,
+  /** The driver's JWT: what the driver app connects with. */
+  token: z.string(),
+});
+
+export const tokenReply = z.object({ token: z.string() });
+
+export const revokedTokensReply = z.object({ revoked: z.literal(true), token: z.string() });
+
+export const driversReply = z.object({ drivers: z.array(driverView) });
+
+export const deliveriesReply = z.object({ deliveries: z.array(deliveryView) });
+
+export const deliveryDetail = deliveryView.extend({
+  distanceMeters: z.number().nullable(),
+  assignedAt: isoTime.nullable(),
+  /** Every driver considered at assignment time, nearest first, and what happened to each claim. */
+  candidates: z.array(z.object({ driverId: uuid, distanceMeters: z.number(), outcome: z.string() })),
+  /** The audit trail: one entry per transition. */
+  events: z.array(
+    z.object({
+      from: deliveryStatus.nullable(),
+      to: deliveryStatus,
+      actor: z.string(),
+      driverId: uuid.nullable(),
+      reason: z.string().nullable(),
+      at: isoTime,
+    }),
+  ),
+  /** What the driver's app was told about this delivery, and whether it confirmed it. */
+  pushes: z.array(
+    z.object({
+      driverId: uuid,
+      kind: z.enum(['assignment', 'offer', 'delivery:cancelled']),
+      createdAt: isoTime.nullable(),
+      lastSentAt: isoTime.nullable(),
+      resends: z.number().int(),
+      acknowledgedAt: isoTime.nullable(),
+      closedAt: isoTime.nullable(),
+      unacknowledgedAt: isoTime.nullable(),
+    }),
+  ),
+});
+
+export const locationsAcceptedReply = z.object({ accepted: z.number().int().min(1).max(100) });
+
+export const deadOutboxEventsReply = z.object({
+  events: z.array(
+    z.object({
+      id: uuid,
+      deliveryId: uuid,
+      type: z.string(),
+      sequence: z.number().int(),
+      attempts: z.number().int(),
+      lastError: z.string().nullable(),
+      createdAt: isoTime,
+      deadAt: isoTime,
+      payload: z.unknown(),
+    }),
+  ),
+});
+
+export const replayedReply = z.object({ replayed: z.literal(true) });
+
+// ---- sockets ----
+
+export const assignmentPush = z.object({
+  deliveryId: uuid,
+  sellerOrderId: z.string(),
+  orderCode: z.string(),
+  pickup: place,
+  dropoff: place,
+  assignedAt: isoTime,
+  /** Where the job stands, so an app reconnecting after the pickup knows it. */
+  status: z.enum(['ASSIGNED', 'PICKED_UP']).optional(),
+});
+
+export const offerPush = z.object({
+  deliveryId: uuid,
+  sellerOrderId: z.string(),
+  orderCode: z.string(),
+  pickup: place,
+  dropoff: place,
+  distanceMeters: z.number(),
+  expiresAt: isoTime,
+});
+
+export const driverSession = z.object({
+  driverId: uuid,
+  status: driverStatus,
+  activeDelivery: assignmentPush.nullable(),
+  offer: offerPush.nullable().optional(),
+  locationConfirmation: z.literal('cumulative').optional(),
+});
+
+export const deliveryCancelledPush = z.object({ deliveryId: uuid, reason: z.string() });
+
+export const deliveryPushState = z.object({
+  deliveryId: uuid,
+  driverId: uuid,
+  kind: z.enum(['assignment', 'offer', 'delivery:cancelled']),
+  state: z.enum(['acknowledged', 'unacknowledged']),
+  at: isoTime,
+});
+
+export const driverMoved = z.object({
+  id: uuid,
+  lat: z.number(),
+  lng: z.number(),
+  heading: z.number().nullable(),
+  speed: z.number().nullable(),
+  status: driverStatus,
+  /** When the hub took the fix, ms since epoch. */
+  ts: z.number(),
+});
+
+export const dispatchSnapshot = z.object({ drivers: z.array(driverView), deliveries: z.array(deliveryView) });
+
+export const driverStatusChanged = z.object({ id: uuid, status: driverStatus, ts: z.number() });
+
+export const deliveryUpdated = deliveryView.extend({ previousStatus: deliveryStatus.nullable() });
+
+/** An ack: `{ ok: true, ...result }` or `{ ok: false, error }`. */
+export function ackReply<T extends z.ZodRawShape>(result: T) {
+  return z.union([z.object({ ok: z.literal(true), ...result }), z.object({ ok: z.literal(false), error: errorBody })]);
+}
+
+// ---- the schemas above describe exactly the types the hub's code uses ----
+
+/** True when A and B are the same type (not merely assignable one way). */
+export type SameType<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
+/** Fails to compile unless its argument is `true`. */
+export function sameShape<T extends true>(..._proof: T extends true ? [] : [never]): void {}
+
+sameShape<SameType<z.infer<typeof errorBody>, ErrorBody>>();
+sameShape<SameType<z.infer<typeof deliveryView>, DeliveryView>>();
+sameShape<SameType<z.infer<typeof driverView>, DriverView>>();
+sameShape<SameType<z.infer<typeof assignmentPush>, AssignmentPush>>();
+sameShape<SameType<z.infer<typeof driverMoved>, DriverMoved>>();
+sameShape<SameType<z.infer<typeof driverSession>, DriverSession>>();
+sameShape<SameType<z.infer<typeof dispatchSnapshot>, DispatchSnapshot>>();
+sameShape<SameType<z.infer<typeof orderReadyReply>, OrderReadyReply>>();
