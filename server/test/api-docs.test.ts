@@ -203,6 +203,11 @@ describe('API documents: /openapi.json and /asyncapi.json', () => {
     check('GET', '/admin/deliveries/:id', await call(hub, 'GET', `/admin/deliveries/${pending.body.deliveryId}`));
     check('GET', '/admin/deliveries/:id', await call(hub, 'GET', `/admin/deliveries/${randomUUID()}`));
 
+    // driver locations over HTTP: taken, malformed, not a driver (before the driver's token is revoked below)
+    check('POST', '/drivers/me/locations', await call(hub, 'POST', '/drivers/me/locations', { body: [{ lat: 52.52, lng: 13.405 }], token: driver.token }));
+    check('POST', '/drivers/me/locations', await call(hub, 'POST', '/drivers/me/locations', { body: { lat: 95, lng: 0 }, token: driver.token }));
+    check('POST', '/drivers/me/locations', await call(hub, 'POST', '/drivers/me/locations', { body: { lat: 0, lng: 0 }, token: (dispatcher.body as any).token }));
+
     // outbox and revocation
     check('GET', '/admin/outbox/dead', await call(hub, 'GET', '/admin/outbox/dead'));
     check('POST', '/admin/outbox/:id/replay', await call(hub, 'POST', `/admin/outbox/${randomUUID()}/replay`));
