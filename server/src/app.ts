@@ -3,7 +3,6 @@ import type { AddressInfo } from 'node:net';
 import { createAdaptorServer } from '@hono/node-server';
 import { createAdapter } from '@socket.io/redis-adapter';
 import { Hono } from 'hono';
-import { bodyLimit } from 'hono/body-limit';
 import { requestId } from 'hono/request-id';
 import { Server, type Socket } from 'socket.io';
 import { createAdminRoutes, requireRole } from './admin/admin.routes.js';
@@ -12,6 +11,7 @@ import type { DispatchService } from './dispatch/dispatch.service.js';
 import type { Config } from './platform/config.js';
 import type { Database } from './platform/db.js';
 import { HubError, toHubError } from './platform/errors.js';
+import { bodyLimit, createMethodGuard } from './platform/http-edge.js';
 import type { HubEvents } from './platform/hub-events.js';
 import type { Logger } from './platform/logger.js';
 import type { Metrics } from './platform/metrics.js';
@@ -85,16 +85,10 @@ export function createApp(deps: AppDeps): HubApp {
   const { config, logger, metrics, database, redis } = deps;
   const hono = new Hono();
 
+  const methods = createMethodGuard(hono);
   hono.use('*', requestId());
-  hono.use(
-    '*',
-    bodyLimit({
-      maxSize: config.MAX_BODY_BYTES,
-      onError: () => {
-        throw new HubError('PAYLOAD_TOO_LARGE', `body larger than ${config.MAX_BODY_BYTES} bytes`);
-      },
-    }),
-  );
+  hono.use('*', bodyLimit(config.MAX_BODY_BYTES));
+  hono.use('*', methods.options);
 
   async function health(): Promise<{ body: HealthBody; httpStatus: 200 | 503 }> {
     const postgresUp = await database.ping(2000);
@@ -126,12 +120,14 @@ export function createApp(deps: AppDeps): HubApp {
   }
   for (const routes of deps.publicRoutes ?? []) hono.route('/', routes);
 
-  hono.notFound((c) => c.json({ error: { code: 'NOT_FOUND', message: `no route for ${c.req.method} ${c.req.path}` } }, 404));
+  hono.notFound((c) => methods.notFound(c));
   hono.onError((err, c) => {
     const hubError = toHubError(err);
     const log = logger.child({ requestId: c.get('requestId') });
     if (hubError.code === 'INTERNAL') log.error({ err, path: c.req.path }, 'request failed');
     else log.info({ code: hubError.code, path: c.req.path, message: hubError.message }, 'request refused');
+    const retryAfterMs = (hubError.details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs;
+    if (hubError.code === 'RATE_LIMITED' && typeof retryAfterMs === 'number') c.header('retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000))));
     return c.json({ error: hubError.toBody() }, hubError.httpStatus as 400);
   });
 

@@ -11,7 +11,8 @@ import type { DriverSession } from '../../../shared/src/events.js';
 import { signWebhook } from '../../../shared/src/webhooks.js';
 import { type Config, parseConfig } from '../../src/platform/config.js';
 import { createLogger } from '../../src/platform/logger.js';
-import { type RunningHub, startHub } from '../../src/main.js';
+import { type HubExtensions, type RunningHub, startHub } from '../../src/main.js';
+import type { LogSink } from './log-sink.js';
 
 export const WEBHOOK_SECRET = `whsec_${Buffer.from('test-webhook-secret-0123456789').toString('base64')}`;
 export const ADMIN_TOKEN = 'test-admin-token-0123456789';
@@ -81,18 +82,24 @@ export interface TestHub extends RunningHub {
   url: string;
 }
 
-export async function startTestHub(config: Config): Promise<TestHub> {
-  const logger = createLogger({ level: config.LOG_LEVEL, nodeId: config.NODE_ID });
-  const hub = await startHub(config, logger);
+export interface TestHubOptions extends HubExtensions {
+  /** Every log line at `trace` goes here (the config's level is ignored then). */
+  sink?: LogSink;
+}
+
+export async function startTestHub(config: Config, opts: TestHubOptions = {}): Promise<TestHub> {
+  const { sink, ...extensions } = opts;
+  const logger = createLogger({ level: sink ? 'trace' : config.LOG_LEVEL, nodeId: config.NODE_ID }, sink?.stream);
+  const hub = await startHub(config, logger, extensions);
   return { ...hub, url: `http://127.0.0.1:${hub.port}` };
 }
 
 /** Several hubs sharing one database and one Redis prefix, as a cluster would. */
-export async function startCluster(db: TestDatabase, count: number, env: Record<string, string | undefined> = {}): Promise<TestHub[]> {
+export async function startCluster(db: TestDatabase, count: number, env: Record<string, string | undefined> = {}, opts: TestHubOptions = {}): Promise<TestHub[]> {
   const prefix = `t${randomBytes(4).toString('hex')}:`;
   const hubs: TestHub[] = [];
   for (let i = 0; i < count; i++) {
-    hubs.push(await startTestHub(testConfig(db, { REDIS_PREFIX: prefix, NODE_ID: `node-${i}`, ...env })));
+    hubs.push(await startTestHub(testConfig(db, { REDIS_PREFIX: prefix, NODE_ID: `node-${i}`, ...env }), opts));
   }
   return hubs;
 }
