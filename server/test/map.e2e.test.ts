@@ -289,9 +289,9 @@ describe('dispatcher map page with hostile text (headless Chromium)', () => {
         (window as any).addedIds = [];
         new MutationObserver((records) => {
           for (const r of records)
-            for (const node of r.addedNodes) {
+            for (const node of Array.from(r.addedNodes)) {
               if (!(node instanceof Element)) continue;
-              for (const el of [node, ...node.querySelectorAll('[id]')]) if (el.id) (window as any).addedIds.push(el.id);
+              for (const el of [node, ...Array.from(node.querySelectorAll('[id]'))]) if (el.id) (window as any).addedIds.push(el.id);
             }
         }).observe(document, { childList: true, subtree: true });
       });

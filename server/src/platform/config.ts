@@ -12,6 +12,16 @@ const intFromEnv = (def: number, min: number, max: number) =>
 const boolFromEnv = (def: boolean) =>
   z.preprocess((v) => (v === undefined || v === '' ? def : v === 'true' || v === '1'), z.boolean());
 
+/**
+ * A secret an attacker must not guess: 32 characters or more, and not a short pattern repeated
+ * (`aaaa...`, `0123456789...`). A human phrase of that length passes; the docs say to generate one.
+ */
+const secret = (what: string) =>
+  z
+    .string()
+    .min(32, `must be at least 32 random characters (${what}; e.g. openssl rand -hex 32)`)
+    .refine((v) => new Set(v).size >= 10, `looks like a pattern, not random characters (${what}; e.g. openssl rand -hex 32)`);
+
 const webhookSecret = z
   .string()
   .regex(/^whsec_[A-Za-z0-9+/=]+$/, 'must look like whsec_<base64>');
@@ -24,8 +34,8 @@ const envSchema = z.object({
   REDIS_URL: optionalString.pipe(z.string().url().startsWith('redis').optional()),
   REDIS_PREFIX: z.string().max(100).default(''),
   REDIS_COMMAND_TIMEOUT_MS: intFromEnv(500, 10, 60_000),
-  ADMIN_TOKEN: optionalString.pipe(z.string().min(16, 'must be at least 16 characters').optional()),
-  JWT_SECRET: optionalString.pipe(z.string().min(32, 'must be at least 32 characters').optional()),
+  ADMIN_TOKEN: optionalString.pipe(secret('the admin bearer token').optional()),
+  JWT_SECRET: optionalString.pipe(secret('the HS256 key of every token').optional()),
   /** Several secrets, space-separated, are accepted during a rotation. */
   WEBHOOK_SECRET: optionalString.pipe(
     z

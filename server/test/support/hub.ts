@@ -15,7 +15,7 @@ import { type HubExtensions, type RunningHub, startHub } from '../../src/main.js
 import type { LogSink } from './log-sink.js';
 
 export const WEBHOOK_SECRET = `whsec_${Buffer.from('test-webhook-secret-0123456789').toString('base64')}`;
-export const ADMIN_TOKEN = 'test-admin-token-0123456789';
+export const ADMIN_TOKEN = 'test-admin-token-0123456789-abcdefghij';
 export const JWT_SECRET = 'test-jwt-secret-0123456789-0123456789-abcdef';
 
 /** Multi-process and multi-node tests need a PostgreSQL server; PGlite is one process's alone. */
