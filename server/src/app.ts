@@ -10,12 +10,14 @@ import type { DeliveriesService } from './deliveries/deliveries.service.js';
 import type { DispatchService } from './dispatch/dispatch.service.js';
 import type { Config } from './platform/config.js';
 import type { Database } from './platform/db.js';
+import { createAuthGate, createAuthThrottle } from './platform/auth-throttle.js';
+import { createClientAddress } from './platform/client-address.js';
 import { HubError, toHubError } from './platform/errors.js';
 import { bodyLimit, createMethodGuard } from './platform/http-edge.js';
 import type { HubEvents } from './platform/hub-events.js';
 import type { Logger } from './platform/logger.js';
 import type { Metrics } from './platform/metrics.js';
-import { createRateLimits, type RateLimitRules } from './platform/rate-limits.js';
+import { createLogThrottle, createRateLimits, type RateLimitRules } from './platform/rate-limits.js';
 import type { RedisClients } from './platform/redis.js';
 import type { TokenService } from './platform/tokens.js';
 import type { DriversStore } from './presence/drivers.store.js';
@@ -86,6 +88,19 @@ export function createApp(deps: AppDeps): HubApp {
   const hono = new Hono();
 
   const methods = createMethodGuard(hono);
+  const auth = createAuthGate({
+    throttle: createAuthThrottle({
+      redis: redis?.command ?? null,
+      breaker: redis?.breaker,
+      prefix: config.REDIS_PREFIX,
+      failures: config.AUTH_FAILURE_LIMIT,
+      windowSeconds: config.AUTH_FAILURE_WINDOW_SECONDS,
+    }),
+    addressOf: createClientAddress(config.TRUSTED_PROXIES),
+    metrics,
+  });
+  /** A throttled address's flood of refusals is one log line per window, not one per request. */
+  const throttledLog = createLogThrottle();
   hono.use('*', requestId());
   hono.use('*', bodyLimit(config.MAX_BODY_BYTES));
   hono.use('*', methods.options);
@@ -110,11 +125,11 @@ export function createApp(deps: AppDeps): HubApp {
   });
   hono.get('/metrics', async (c) => c.text(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType }));
 
-  hono.route('/', createWebhookRoutes({ dispatch: deps.dispatch, deliveries: deps.deliveries, secrets: config.WEBHOOK_SECRETS, logger, metrics }));
-  hono.route('/', createAdminRoutes({ adminToken: config.ADMIN_TOKEN, tokens: deps.tokens, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events }));
+  hono.route('/', createWebhookRoutes({ dispatch: deps.dispatch, deliveries: deps.deliveries, secrets: config.WEBHOOK_SECRETS, auth, logger, metrics }));
+  hono.route('/', createAdminRoutes({ adminToken: config.ADMIN_TOKEN, auth, tokens: deps.tokens, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events }));
   for (const routes of deps.adminRoutes ?? []) {
     const guarded = new Hono();
-    guarded.use('/admin/*', requireRole({ adminToken: config.ADMIN_TOKEN, tokens: deps.tokens }, ['admin']));
+    guarded.use('/admin/*', requireRole({ adminToken: config.ADMIN_TOKEN, auth, tokens: deps.tokens }, ['admin']));
     guarded.route('/', routes);
     hono.route('/', guarded);
   }
@@ -124,9 +139,14 @@ export function createApp(deps: AppDeps): HubApp {
   hono.onError((err, c) => {
     const hubError = toHubError(err);
     const log = logger.child({ requestId: c.get('requestId') });
-    if (hubError.code === 'INTERNAL') log.error({ err, path: c.req.path }, 'request failed');
-    else log.info({ code: hubError.code, path: c.req.path, message: hubError.message }, 'request refused');
     const retryAfterMs = (hubError.details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs;
+    if (hubError.code === 'INTERNAL') log.error({ err, path: c.req.path }, 'request failed');
+    else if (hubError.code !== 'RATE_LIMITED') log.info({ code: hubError.code, path: c.req.path, message: hubError.message }, 'request refused');
+    else {
+      const address = auth.httpAddress(c);
+      const skipped = throttledLog.take(address, typeof retryAfterMs === 'number' ? retryAfterMs : 1000);
+      if (skipped !== null) log.warn({ address, path: c.req.path, refusedSinceLastLine: skipped }, 'request rate limited');
+    }
     if (hubError.code === 'RATE_LIMITED' && typeof retryAfterMs === 'number') c.header('retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000))));
     return c.json({ error: hubError.toBody() }, hubError.httpStatus as 400);
   });
@@ -159,8 +179,11 @@ export function createApp(deps: AppDeps): HubApp {
     io.adapter(createAdapter(redis.publisher, redis.subscriber, { key: `${config.REDIS_PREFIX}socket.io`, requestsTimeout: 3000 }));
   }
 
+  /** The first step of every handshake: the address's failure budget, then the token (no database yet). */
   const authenticate = async (socket: Socket, next: (err?: Error) => void) => {
+    const address = auth.handshakeAddress(socket.handshake);
     try {
+      await auth.check(address);
       if (socket.handshake.query?.token !== undefined) throw new HubError('TOKEN_INVALID', 'tokens are accepted in the handshake auth only');
       const claims = await deps.tokens.verify((socket.handshake.auth as { token?: unknown } | undefined)?.token);
       socket.data = { role: claims.role, subject: claims.subject, tokenExpiresAt: claims.expiresAt, tokenVersion: claims.version };
@@ -168,7 +191,13 @@ export function createApp(deps: AppDeps): HubApp {
     } catch (err) {
       const hubError = toHubError(err);
       metrics.inputRejected.inc({ event: 'handshake', code: hubError.code });
-      logger.info({ code: hubError.code, namespace: socket.nsp.name }, 'socket handshake refused');
+      if (hubError.code === 'RATE_LIMITED') {
+        const skipped = throttledLog.take(address, (hubError.details as { retryAfterMs: number }).retryAfterMs);
+        if (skipped !== null) logger.warn({ address, namespace: socket.nsp.name, refusedSinceLastLine: skipped }, 'socket handshake rate limited');
+      } else {
+        if (hubError.code.startsWith('TOKEN_')) await auth.failed('handshake', address);
+        logger.info({ code: hubError.code, namespace: socket.nsp.name }, 'socket handshake refused');
+      }
       next(Object.assign(new Error(hubError.code), { data: hubError.toBody() }));
     }
   };

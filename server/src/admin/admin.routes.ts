@@ -3,6 +3,7 @@ import { Hono, type MiddlewareHandler } from 'hono';
 import { createDriverBody, listDeliveriesQuery, mintTokenBody } from '../../../shared/src/schemas.js';
 import type { Role } from '../../../shared/src/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
+import type { AuthGate } from '../platform/auth-throttle.js';
 import { HubError, validationError } from '../platform/errors.js';
 import { parsePayload } from '../platform/socket-edge.js';
 import type { HubEvents } from '../platform/hub-events.js';
@@ -13,6 +14,7 @@ import { z } from 'zod';
 export interface AdminDeps {
   events: HubEvents;
   adminToken: string;
+  auth: AuthGate;
   tokens: TokenService;
   drivers: DriversStore;
   deliveries: DeliveriesService;
@@ -24,16 +26,28 @@ function sameSecret(a: string, b: string): boolean {
   return left.length === right.length && timingSafeEqual(left, right);
 }
 
-/** Bearer auth: the admin token, or a JWT whose role is in `roles`. */
-export function requireRole(deps: Pick<AdminDeps, 'adminToken' | 'tokens'>, roles: readonly Role[]): MiddlewareHandler {
+/**
+ * Bearer auth: the admin token, or a JWT whose role is in `roles`. An address that failed too
+ * often is refused (429) before its credential is looked at; every failure here counts.
+ */
+export function requireRole(deps: Pick<AdminDeps, 'adminToken' | 'tokens' | 'auth'>, roles: readonly Role[]): MiddlewareHandler {
   return async (c, next) => {
+    const address = deps.auth.httpAddress(c);
+    await deps.auth.check(address);
     const header = c.req.header('authorization') ?? '';
     const token = header.startsWith('Bearer ') ? header.slice('Bearer '.length).trim() : '';
-    if (!token) throw new HubError('UNAUTHORIZED', 'bearer token required');
+    const refuse = async (message: string) => {
+      await deps.auth.failed('admin', address);
+      return new HubError('UNAUTHORIZED', message);
+    };
+    if (!token) throw await refuse('bearer token required');
     if (sameSecret(token, deps.adminToken)) return next();
-    const claims = await deps.tokens.verify(token).catch(() => {
-      throw new HubError('UNAUTHORIZED', 'invalid token');
-    });
+    let claims;
+    try {
+      claims = await deps.tokens.verify(token);
+    } catch {
+      throw await refuse('invalid token');
+    }
     if (!roles.includes(claims.role)) throw new HubError('FORBIDDEN', 'role not allowed here');
     await next();
   };

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { z } from 'zod';
 
@@ -21,6 +22,15 @@ const secret = (what: string) =>
     .string()
     .min(32, `must be at least 32 random characters (${what}; e.g. openssl rand -hex 32)`)
     .refine((v) => new Set(v).size >= 10, `looks like a pattern, not random characters (${what}; e.g. openssl rand -hex 32)`);
+
+function isAddressOrRange(entry: string): boolean {
+  const [address, bits, extra] = entry.split('/');
+  const family = isIP(address);
+  if (family === 0 || extra !== undefined) return false;
+  if (bits === undefined) return true;
+  const n = Number(bits);
+  return /^\d+$/.test(bits) && n >= 0 && n <= (family === 4 ? 32 : 128);
+}
 
 const webhookSecret = z
   .string()
@@ -60,13 +70,25 @@ const envSchema = z.object({
   OUTBOX_MAX_AGE_SECONDS: intFromEnv(24 * 3600, 1, 30 * 24 * 3600),
   OUTBOX_REQUEST_TIMEOUT_MS: intFromEnv(5000, 50, 120_000),
   ALLOWED_ORIGINS: optionalString.transform((v) => (v ? v.split(',').map((o) => o.trim()) : [])),
+  /** Proxies whose X-Forwarded-For names the client (addresses or CIDR ranges); empty: the peer is the client. */
+  TRUSTED_PROXIES: optionalString.pipe(
+    z
+      .string()
+      .transform((v) => v.split(',').map((p) => p.trim()).filter(Boolean))
+      .pipe(z.array(z.string().refine(isAddressOrRange, 'must be an IP address or a CIDR range')))
+      .optional(),
+  ),
+  /** Failed authentications (bad admin bearer, webhook signature or socket token) one client address may make per window. */
+  AUTH_FAILURE_LIMIT: intFromEnv(20, 1, 100_000),
+  AUTH_FAILURE_WINDOW_SECONDS: intFromEnv(60, 1, 86_400),
   MAP_TILE_URL: z.string().default('https://tile.openstreetmap.org/{z}/{x}/{y}.png'),
   RUN_MIGRATIONS: boolFromEnv(true),
 });
 
 export type Env = z.infer<typeof envSchema>;
 
-export interface Config extends Omit<Env, 'NODE_ID' | 'WEBHOOK_SECRET' | 'ADMIN_TOKEN' | 'JWT_SECRET'> {
+export interface Config extends Omit<Env, 'NODE_ID' | 'WEBHOOK_SECRET' | 'ADMIN_TOKEN' | 'JWT_SECRET' | 'TRUSTED_PROXIES'> {
+  TRUSTED_PROXIES: string[];
   NODE_ID: string;
   ADMIN_TOKEN: string;
   JWT_SECRET: string;
@@ -91,9 +113,10 @@ export function parseConfig(env: Record<string, string | undefined>, generate: (
   if (parsed.data.VENDURE_WEBHOOK_URL && !parsed.data.VENDURE_WEBHOOK_SECRET) {
     throw new ConfigError(['VENDURE_WEBHOOK_SECRET: required when VENDURE_WEBHOOK_URL is set (events are never sent unsigned)']);
   }
-  const { NODE_ID, WEBHOOK_SECRET, ADMIN_TOKEN, JWT_SECRET, ...rest } = parsed.data;
+  const { NODE_ID, WEBHOOK_SECRET, ADMIN_TOKEN, JWT_SECRET, TRUSTED_PROXIES, ...rest } = parsed.data;
   return {
     ...rest,
+    TRUSTED_PROXIES: TRUSTED_PROXIES ?? [],
     NODE_ID: NODE_ID ?? `${hostname()}-${process.pid}`,
     WEBHOOK_SECRETS: WEBHOOK_SECRET ?? [],
     ADMIN_TOKEN: ADMIN_TOKEN ?? generate(),

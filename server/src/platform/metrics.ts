@@ -22,6 +22,7 @@ export function createMetrics(nodeId: string) {
     outboxFailures: new Counter({ name: 'hub_outbox_failures_total', help: 'Failed status event attempts', registers: [registry] }),
     outboxDead: new Counter({ name: 'hub_outbox_dead_total', help: 'Status events given up on', registers: [registry] }),
     rateLimited: new Counter({ name: 'hub_rate_limited_total', help: 'Events refused by rate limits', labelNames: ['event'], registers: [registry] }),
+    authFailures: new Counter({ name: 'hub_auth_failures_total', help: 'Failed authentications by kind (admin, webhook, handshake)', labelNames: ['kind'], registers: [registry] }),
   };
   return m;
 }
