@@ -64,7 +64,7 @@ export function createAuthThrottle(opts: AuthThrottleOptions): AuthThrottle {
         if (until > Date.now()) throw refuse(until - Date.now());
         blockedUntil.delete(address);
       }
-      let res: RateLimiterRes | null = null;
+      let res: RateLimiterRes | null;
       try {
         res = await limiter().get(address);
       } catch {
