@@ -212,7 +212,7 @@ export function createApp(deps: AppDeps): HubApp {
     prefix: config.REDIS_PREFIX,
     rules: deps.edge?.rateLimits,
   });
-  attachDriversNamespace(driversNsp, { presence: deps.presence, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events, logger, metrics, limits });
+  attachDriversNamespace(driversNsp, { presence: deps.presence, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events, logger, metrics, limits, auth });
   const dispatchSocket = attachDispatchNamespace(dispatchNsp, {
     presence: deps.presence,
     drivers: deps.drivers,

@@ -27,6 +27,8 @@
   /** Local clock minus the hub's clock: hub timestamps are shifted by it before comparing with Date.now(). */
   let clockOffset = 0;
   let socket = null;
+  /** A handshake refused as RATE_LIMITED is tried again after the wait the hub named. */
+  let retryTimer = null;
   let map = null;
   let fittedOnce = false;
 
@@ -299,6 +301,7 @@
   }
 
   function connect(token) {
+    clearTimeout(retryTimer);
     if (socket) {
       socket.removeAllListeners();
       socket.disconnect();
@@ -328,7 +331,14 @@
       state.connected = false;
       state.error = err.message;
       // A refused handshake (bad token, wrong role) is not retried by the client; a network error is.
-      if (!socket.active) setConn(`refused: ${err.message}${err.data?.message ? ` (${err.data.message})` : ''}`, 'error');
+      if (!socket.active && err.data?.code === 'RATE_LIMITED') {
+        const waitMs = Math.max(1000, Number(err.data.details?.retryAfterMs) || 5000) + Math.random() * 1000;
+        setConn(`busy, retrying in ${Math.round(waitMs / 1000)} s…`, 'error');
+        const refused = socket;
+        retryTimer = setTimeout(() => {
+          if (socket === refused) socket.connect();
+        }, waitMs);
+      } else if (!socket.active) setConn(`refused: ${err.message}${err.data?.message ? ` (${err.data.message})` : ''}`, 'error');
       else setConn(`cannot reach the hub (${err.message}), retrying…`, 'error');
     });
 

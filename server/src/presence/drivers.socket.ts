@@ -2,6 +2,7 @@ import type { Namespace, Socket } from 'socket.io';
 import type { DriverClientEvents, DriverServerEvents, SocketData } from '../../../shared/src/events.js';
 import { deliveryUpdatePayload, driverStatusPayload, locationPayload } from '../../../shared/src/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
+import type { AuthGate } from '../platform/auth-throttle.js';
 import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
@@ -19,7 +20,16 @@ export const driverRoom = (driverId: string) => `driver:${driverId}`;
 /** The `/drivers` namespace: identity comes from the verified token only, never from a payload. */
 export function attachDriversNamespace(
   nsp: DriversNamespace,
-  deps: { presence: PresenceService; drivers: DriversStore; deliveries: DeliveriesService; events: HubEvents; logger: Logger; metrics: Metrics; limits: RateLimits },
+  deps: {
+    presence: PresenceService;
+    drivers: DriversStore;
+    deliveries: DeliveriesService;
+    events: HubEvents;
+    logger: Logger;
+    metrics: Metrics;
+    limits: RateLimits;
+    auth: AuthGate;
+  },
 ): void {
   const { presence, deliveries, events, metrics, limits } = deps;
   const connectLog = createLogThrottle();
@@ -36,18 +46,8 @@ export function attachDriversNamespace(
     next();
   });
 
-  // A revoked token (the driver's token version moved on) or a removed driver is refused at the door.
-  nsp.use(async (socket, next) => {
-    try {
-      const current = (await deps.drivers.tokenVersions([socket.data.subject])).get(socket.data.subject);
-      if (current !== undefined && (socket.data.tokenVersion ?? 0) === current) return next();
-      next(Object.assign(new Error('TOKEN_INVALID'), { data: { code: 'TOKEN_INVALID', message: current === undefined ? 'no such driver' : 'token revoked' } }));
-    } catch {
-      next(Object.assign(new Error('SERVICE_UNAVAILABLE'), { data: { code: 'SERVICE_UNAVAILABLE', message: 'try again shortly' } }));
-    }
-  });
-
   // Per driver, not per address: the newest connection wins anyway, so this only caps how often it may win.
+  // Before any database lookup: a reconnect storm with a valid token costs a Redis call, not a query.
   nsp.use(async (socket, next) => {
     const driverId = socket.data.subject;
     const retryAfterMs = await limits.consume('driverConnect', driverId);
@@ -56,6 +56,18 @@ export function attachDriversNamespace(
     const skipped = connectLog.take(driverId, retryAfterMs);
     if (skipped !== null) deps.logger.warn({ driver: driverId, retryAfterMs, refusedSinceLastLine: skipped }, 'driver handshake rate limited');
     next(Object.assign(new Error('RATE_LIMITED'), { data: rateLimitedBody('connections for this driver', retryAfterMs) }));
+  });
+
+  // A revoked token (the driver's token version moved on) or a removed driver is refused at the door.
+  nsp.use(async (socket, next) => {
+    try {
+      const current = (await deps.drivers.tokenVersions([socket.data.subject])).get(socket.data.subject);
+      if (current !== undefined && (socket.data.tokenVersion ?? 0) === current) return next();
+      await deps.auth.failed('handshake', deps.auth.handshakeAddress(socket.handshake));
+      next(Object.assign(new Error('TOKEN_INVALID'), { data: { code: 'TOKEN_INVALID', message: current === undefined ? 'no such driver' : 'token revoked' } }));
+    } catch {
+      next(Object.assign(new Error('SERVICE_UNAVAILABLE'), { data: { code: 'SERVICE_UNAVAILABLE', message: 'try again shortly' } }));
+    }
   });
 
   // One listener per event for the whole namespace; each reads its socket from `this`.

@@ -1,12 +1,12 @@
 import type { Namespace } from 'socket.io';
-import type { DispatchClientEvents, DispatchServerEvents, SocketData } from '../../../shared/src/events.js';
+import type { DispatchClientEvents, DispatchServerEvents, DispatchSnapshot, SocketData } from '../../../shared/src/events.js';
 import { type DriverMoved, type Viewport, viewportPayload } from '../../../shared/src/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
-import type { RateLimits } from '../platform/rate-limits.js';
-import { eventListener, otherEventsRefuser, parsePayload } from '../platform/socket-edge.js';
+import { createLogThrottle, type RateLimits } from '../platform/rate-limits.js';
+import { eventListener, otherEventsRefuser, parsePayload, rateLimitedBody } from '../platform/socket-edge.js';
 import type { DriversStore } from '../presence/drivers.store.js';
 import type { PresenceService } from '../presence/presence.service.js';
 
@@ -27,6 +27,39 @@ interface DispatchInterServer {
 export type DispatchNamespace = Namespace<DispatchClientEvents, DispatchServerEvents, DispatchInterServer, SocketData & { viewport?: Viewport }>;
 
 const WATCH_ANNOUNCE_MS = 1000;
+
+/** What one snapshot holds at most: the most recently seen drivers and the newest open deliveries. */
+export const SNAPSHOT_MAX_DRIVERS = 10_000;
+export const SNAPSHOT_MAX_DELIVERIES = 1000;
+
+/**
+ * One load shared by every caller that arrives while it is pending, with one rule: a caller gets
+ * a load that started after it called (a load already running could have read the database before
+ * an event the caller would then miss). So at most one load runs and one waits, however many
+ * callers arrive together.
+ */
+export function sharedLoad<T>(load: () => Promise<T>): () => Promise<T> {
+  let running: Promise<T> | null = null;
+  let next: Promise<T> | null = null;
+  const start = (): Promise<T> => {
+    const current: Promise<T> = load().finally(() => {
+      if (running === current) running = null;
+    });
+    running = current;
+    return current;
+  };
+  return () => {
+    if (!running) return start();
+    next ??= running.then(
+      () => {},
+      () => {},
+    ).then(() => {
+      next = null;
+      return start();
+    });
+    return next;
+  };
+}
 
 export function inViewport(move: { lat: number; lng: number }, viewport: Viewport | undefined): boolean {
   if (!viewport) return true;
@@ -152,6 +185,23 @@ export function attachDispatchNamespace(
     next();
   });
 
+  // Per dispatcher, before any database lookup: every handshake that passes costs a snapshot.
+  const connectLog = createLogThrottle();
+  nsp.use(async (socket, next) => {
+    const subject = socket.data.subject;
+    const retryAfterMs = await deps.limits.consume('dispatcherConnect', subject);
+    if (retryAfterMs === null) return next();
+    metrics.rateLimited.inc({ event: 'dispatch-connect' });
+    const skipped = connectLog.take(subject, retryAfterMs);
+    if (skipped !== null) log.warn({ dispatcher: subject, retryAfterMs, refusedSinceLastLine: skipped }, 'dispatcher handshake rate limited');
+    next(Object.assign(new Error('RATE_LIMITED'), { data: rateLimitedBody('connections for this dispatcher', retryAfterMs) }));
+  });
+
+  const loadSnapshot = sharedLoad<DispatchSnapshot>(async () => {
+    const [drivers, deliveries] = await Promise.all([deps.drivers.list(SNAPSHOT_MAX_DRIVERS), deps.deliveries.listOpen(SNAPSHOT_MAX_DELIVERIES)]);
+    return { drivers, deliveries };
+  });
+
   const refuseOthers = otherEventsRefuser(['viewport'], { metrics });
   // Per socket: each map window has its own viewport, so each gets its own budget.
   const onViewport = eventListener('viewport', { logger: log, metrics, limit: (socket) => deps.limits.consume('viewport', socket.id) }, (socket, payload) => {
@@ -169,8 +219,8 @@ export function attachDispatchNamespace(
     socket.onAny(refuseOthers);
     socket.on('viewport', onViewport);
     try {
-      const [drivers, deliveries] = await Promise.all([deps.drivers.list(), deps.deliveries.listOpen(1000)]);
-      socket.emit('snapshot', { drivers, deliveries });
+      const snapshot = await loadSnapshot();
+      if (socket.connected) socket.emit('snapshot', snapshot);
     } catch (err) {
       log.warn({ socket: socket.id, dispatcher: socket.data.subject, err: (err as Error).message }, 'snapshot failed');
       socket.disconnect(true);
