@@ -6,6 +6,7 @@ import { Hono } from 'hono';
 import { requestId } from 'hono/request-id';
 import { Server, type Socket } from 'socket.io';
 import { createAdminRoutes, requireRole } from './admin/admin.routes.js';
+import type { TokenVersionsStore } from './admin/token-versions.store.js';
 import type { DeliveriesService } from './deliveries/deliveries.service.js';
 import type { DispatchService } from './dispatch/dispatch.service.js';
 import type { Config } from './platform/config.js';
@@ -33,6 +34,7 @@ export interface AppDeps {
   database: Database;
   redis: RedisClients | null;
   tokens: TokenService;
+  tokenVersions: TokenVersionsStore;
   events: HubEvents;
   drivers: DriversStore;
   presence: PresenceService;
@@ -126,10 +128,10 @@ export function createApp(deps: AppDeps): HubApp {
   hono.get('/metrics', async (c) => c.text(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType }));
 
   hono.route('/', createWebhookRoutes({ dispatch: deps.dispatch, deliveries: deps.deliveries, secrets: config.WEBHOOK_SECRETS, auth, logger, metrics }));
-  hono.route('/', createAdminRoutes({ adminToken: config.ADMIN_TOKEN, auth, tokens: deps.tokens, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events }));
+  hono.route('/', createAdminRoutes({ adminToken: config.ADMIN_TOKEN, auth, tokens: deps.tokens, tokenVersions: deps.tokenVersions, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events }));
   for (const routes of deps.adminRoutes ?? []) {
     const guarded = new Hono();
-    guarded.use('/admin/*', requireRole({ adminToken: config.ADMIN_TOKEN, auth, tokens: deps.tokens }, ['admin']));
+    guarded.use('/admin/*', requireRole({ adminToken: config.ADMIN_TOKEN, auth, tokens: deps.tokens, tokenVersions: deps.tokenVersions }, ['admin']));
     guarded.route('/', routes);
     hono.route('/', guarded);
   }
@@ -217,17 +219,19 @@ export function createApp(deps: AppDeps): HubApp {
     presence: deps.presence,
     drivers: deps.drivers,
     deliveries: deps.deliveries,
+    tokenVersions: deps.tokenVersions,
     events: deps.events,
     logger,
     metrics,
     tickMs: config.MAP_TICK_MS,
     clustered: redis !== null,
     limits,
+    auth,
   });
 
   /**
-   * A handshake checks the token once, but a driver socket can live for days: each node looks at its
-   * own sockets again now and then, and closes those whose token expired, was revoked (the driver's
+   * A handshake checks the token once, but a socket can live for days: each node looks at its own
+   * sockets again now and then, and closes those whose token expired, was revoked (the subject's
    * token version moved on) or names a driver that no longer exists.
    */
   async function recheckSockets(): Promise<number> {
@@ -239,7 +243,17 @@ export function createApp(deps: AppDeps): HubApp {
       closed += 1;
     };
     const expired = (data: { tokenExpiresAt: number | null }) => data.tokenExpiresAt !== null && data.tokenExpiresAt <= now;
-    for (const socket of dispatchNsp.sockets.values()) if (expired(socket.data)) refuse(socket, 'TOKEN_EXPIRED');
+    const maps = [...dispatchNsp.sockets.values()].filter((socket) => {
+      if (!expired(socket.data)) return true;
+      refuse(socket, 'TOKEN_EXPIRED');
+      return false;
+    });
+    for (const role of ['dispatcher', 'admin'] as const) {
+      const mine = maps.filter((socket) => socket.data.role === role);
+      if (mine.length === 0) continue;
+      const versions = await deps.tokenVersions.versions(role, mine.map((socket) => socket.data.subject));
+      for (const socket of mine) if ((socket.data.tokenVersion ?? 0) !== versions.get(socket.data.subject)) refuse(socket, 'TOKEN_REVOKED');
+    }
     const live = [...driversNsp.sockets.values()].filter((socket) => {
       if (!expired(socket.data)) return true;
       refuse(socket, 'TOKEN_EXPIRED');

@@ -7,12 +7,13 @@ import {
   integer,
   jsonb,
   pgTable,
+  primaryKey,
   text,
   timestamp,
   uniqueIndex,
   uuid,
 } from 'drizzle-orm/pg-core';
-import type { DeliveryStatus, DriverStatus } from '../../../shared/src/schemas.js';
+import type { DeliveryStatus, DriverStatus, Role } from '../../../shared/src/schemas.js';
 
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
 
@@ -128,4 +129,20 @@ export const outbox = pgTable(
   ],
 );
 
-export const schema = { drivers, driverPositions, deliveries, deliveryEvents, outbox };
+/**
+ * Token versions of subjects that have no row of their own (dispatchers, admin JWTs); drivers keep
+ * theirs in `drivers`. A subject without a row is at version 0; revoking bumps it, and tokens
+ * carrying an older `ver` stop working.
+ */
+export const tokenVersions = pgTable(
+  'token_versions',
+  {
+    role: text('role').$type<Exclude<Role, 'driver'>>().notNull(),
+    subject: text('subject').notNull(),
+    version: integer('version').notNull().default(0),
+    updatedAt: ts('updated_at').notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.role, t.subject] })],
+);
+
+export const schema = { drivers, driverPositions, deliveries, deliveryEvents, outbox, tokenVersions };

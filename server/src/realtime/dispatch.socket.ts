@@ -1,7 +1,9 @@
 import type { Namespace } from 'socket.io';
 import type { DispatchClientEvents, DispatchServerEvents, DispatchSnapshot, SocketData } from '../../../shared/src/events.js';
 import { type DriverMoved, type Viewport, viewportPayload } from '../../../shared/src/schemas.js';
+import type { TokenVersionsStore } from '../admin/token-versions.store.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
+import type { AuthGate } from '../platform/auth-throttle.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
@@ -61,6 +63,9 @@ export function sharedLoad<T>(load: () => Promise<T>): () => Promise<T> {
   };
 }
 
+/** Every map a token subject has open, on any node. */
+export const subjectRoom = (role: string, subject: string) => `${role}:${subject}`;
+
 export function inViewport(move: { lat: number; lng: number }, viewport: Viewport | undefined): boolean {
   if (!viewport) return true;
   const { minLat, maxLat, minLng, maxLng } = viewport;
@@ -85,9 +90,11 @@ export function attachDispatchNamespace(
     presence: PresenceService;
     drivers: DriversStore;
     deliveries: DeliveriesService;
+    tokenVersions: TokenVersionsStore;
     events: HubEvents;
     logger: Logger;
     metrics: Metrics;
+    auth: AuthGate;
     tickMs: number;
     /** How long status and delivery events wait to share one Redis message; 50 ms by default. */
     eventTickMs?: number;
@@ -197,6 +204,21 @@ export function attachDispatchNamespace(
     next(Object.assign(new Error('RATE_LIMITED'), { data: rateLimitedBody('connections for this dispatcher', retryAfterMs) }));
   });
 
+  // A revoked token (the subject's token version moved on) is refused at the door, after the limit.
+  nsp.use(async (socket, next) => {
+    const { role, subject, tokenVersion } = socket.data;
+    try {
+      if ((tokenVersion ?? 0) === (await deps.tokenVersions.version(role as 'dispatcher' | 'admin', subject))) return next();
+      await deps.auth.failed('handshake', deps.auth.handshakeAddress(socket.handshake));
+      next(Object.assign(new Error('TOKEN_INVALID'), { data: { code: 'TOKEN_INVALID', message: 'token revoked' } }));
+    } catch {
+      next(Object.assign(new Error('SERVICE_UNAVAILABLE'), { data: { code: 'SERVICE_UNAVAILABLE', message: 'try again shortly' } }));
+    }
+  });
+
+  // Through the adapter: the subject's maps close on whichever node holds them.
+  events.on('subject:revoked', ({ role, subject }) => nsp.in(subjectRoom(role, subject)).disconnectSockets(true));
+
   const loadSnapshot = sharedLoad<DispatchSnapshot>(async () => {
     const [drivers, deliveries] = await Promise.all([deps.drivers.list(SNAPSHOT_MAX_DRIVERS), deps.deliveries.listOpen(SNAPSHOT_MAX_DELIVERIES)]);
     return { drivers, deliveries };
@@ -213,6 +235,7 @@ export function attachDispatchNamespace(
 
   nsp.on('connection', async (socket) => {
     metrics.socketsConnected.inc({ namespace: '/dispatch' });
+    socket.join(subjectRoom(socket.data.role, socket.data.subject));
     // The first map on this node: the other nodes start sending their batches now, not in a second.
     if (nsp.sockets.size === 1) announceWatching();
     socket.on('disconnect', onDisconnect);
