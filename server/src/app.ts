@@ -214,7 +214,17 @@ export function createApp(deps: AppDeps): HubApp {
     prefix: config.REDIS_PREFIX,
     rules: deps.edge?.rateLimits,
   });
-  attachDriversNamespace(driversNsp, { presence: deps.presence, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events, logger, metrics, limits, auth });
+  attachDriversNamespace(driversNsp, {
+    presence: deps.presence,
+    drivers: deps.drivers,
+    deliveries: deps.deliveries,
+    events: deps.events,
+    logger,
+    metrics,
+    limits,
+    auth,
+    clustered: redis !== null,
+  });
   const dispatchSocket = attachDispatchNamespace(dispatchNsp, {
     presence: deps.presence,
     drivers: deps.drivers,

@@ -67,15 +67,15 @@ export function createDriversStore(database: Database) {
    * One statement: the driver is heard from and its row changed together, so a sweep can never
    * see one without the other (a reconnect storm after a node dies is thousands of these).
    */
-  async function heardAndSet(id: string, changes: SQL): Promise<DriverPresenceRow | null> {
-    const [row] = await database.rows<DriverPresenceRow>(sql`
+  async function heardAndSet(id: string, changes: SQL): Promise<(DriverPresenceRow & { sessionId: string | null }) | null> {
+    const [row] = await database.rows<DriverPresenceRow & { sessionId: string | null }>(sql`
       with seen as (
         ${heardFrom(sql`drivers d where d.id = ${id}`)}
         returning driver_id, lat, lng
       ), changed as (
-        update drivers set ${changes}, updated_at = now() where id = ${id} returning id, status
+        update drivers set ${changes}, updated_at = now() where id = ${id} returning id, status, session_id
       )
-      select changed.id, changed.status, seen.lat, seen.lng from changed left join seen on seen.driver_id = changed.id`);
+      select changed.id, changed.status, seen.lat, seen.lng, changed.session_id as "sessionId" from changed left join seen on seen.driver_id = changed.id`);
     return row ?? null;
   }
 
@@ -144,9 +144,20 @@ export function createDriversStore(database: Database) {
       return rows.map((r) => ({ ...r, lastSeenAt: r.lastSeenAt?.toISOString() ?? null }));
     },
 
-    /** A socket now speaks for the driver; status comes back from duty and deliveries, not from the app. */
-    async connect(id: string, sessionId: string): Promise<DriverPresenceRow | null> {
-      return heardAndSet(id, sql`session_id = ${sessionId}, status = ${resolvedStatus()}`);
+    /**
+     * A socket now speaks for the driver, unless a newer one already does: session ids order by
+     * handshake time as plain bytes (collate "C", as JavaScript compares them), and one from before
+     * that ordering is older than any. Answers the session that speaks for the driver afterwards.
+     * Status comes back from duty and deliveries, not from the app.
+     */
+    async connect(id: string, sessionId: string): Promise<(DriverPresenceRow & { sessionId: string | null }) | null> {
+      return heardAndSet(
+        id,
+        sql`session_id = case
+          when drivers.session_id is null or drivers.session_id !~ '^[0-9]{15}[.]' or drivers.session_id collate "C" < ${sessionId} collate "C" then ${sessionId}
+          else drivers.session_id end,
+        status = ${resolvedStatus()}`,
+      );
     },
 
     /** Only the socket that still speaks for the driver may take it offline. */
