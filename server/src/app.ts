@@ -150,6 +150,9 @@ export function createApp(deps: AppDeps): HubApp {
       if (skipped !== null) log.warn({ address, path: c.req.path, refusedSinceLastLine: skipped }, 'request rate limited');
     }
     if (hubError.code === 'RATE_LIMITED' && typeof retryAfterMs === 'number') c.header('retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000))));
+    // The rest of an oversized body is never read: the connection cannot carry another request
+    // after it, and a client that reused it would see its next request fail.
+    if (hubError.code === 'PAYLOAD_TOO_LARGE') c.header('connection', 'close');
     return c.json({ error: hubError.toBody() }, hubError.httpStatus as 400);
   });
 

@@ -127,6 +127,20 @@ describe('requests without a Content-Length', () => {
     expect(failures()).toEqual([]);
   });
 
+  it('when a declared body is over the limit, then 413 closes the connection, so a keep-alive client never reuses it mid-body', async () => {
+    const big = JSON.stringify({ name: 'x'.repeat(200_000) });
+    const reply = await raw(hub, 'POST', '/admin/drivers', { headers: { ...bearer, 'content-type': 'application/json', 'content-length': String(big.length) }, chunks: [big] });
+    expect(reply.status).toBe(413);
+    expect(reply.headers.connection).toBe('close');
+    // The same keep-alive pool (fetch) goes on working.
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(`${hub.url}/admin/drivers`, { method: 'POST', headers: { ...bearer, 'content-type': 'application/json' }, body: big });
+      expect(res.status).toBe(413);
+      await res.arrayBuffer();
+      expect((await fetch(`${hub.url}/admin/drivers`, { headers: bearer })).status).toBe(200);
+    }
+  });
+
   it('when a chunked body passes the limit, then 413 comes back while the client is still sending, and the hub keeps serving', async () => {
     const limit = hub.config.MAX_BODY_BYTES;
     const chunk = Buffer.alloc(16 * 1024, 'x');
@@ -135,6 +149,7 @@ describe('requests without a Content-Length', () => {
     const reply = await raw(hub, 'POST', '/admin/drivers', { headers: { ...bearer, 'content-type': 'application/json' }, chunks, keepOpen: true });
     expect(reply.status).toBe(413);
     expect(reply.body.error.code).toBe('PAYLOAD_TOO_LARGE');
+    expect(reply.headers.connection).toBe('close');
     const webhook = await raw(hub, 'POST', '/events/seller-order-ready', { headers: { 'content-type': 'application/json' }, chunks, keepOpen: true });
     expect(webhook.status).toBe(413);
     // Exactly at the limit is still fine (and then a validation error, not a size one).
