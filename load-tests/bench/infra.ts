@@ -14,6 +14,7 @@ import { Redis } from 'ioredis';
 import { SignJWT } from 'jose';
 import postgres from 'postgres';
 import { openDatabase } from '../../server/src/platform/db.js';
+import { TOKEN_AUDIENCE, TOKEN_ISSUER } from '../../server/src/platform/tokens.js';
 import type { ServerStats } from './instrument.js';
 import { freePort, RpcChild, sleep, waitFor } from './lib.js';
 import type { LoadgenInit } from './loadgen.js';
@@ -98,7 +99,7 @@ export async function mintTokens(role: 'driver' | 'dispatcher' | 'admin', subjec
   const key = new TextEncoder().encode(JWT_SECRET);
   const exp = Math.floor(Date.now() / 1000) + 24 * 3600;
   return Promise.all(
-    subjects.map((sub) => new SignJWT({ role }).setProtectedHeader({ alg: 'HS256' }).setSubject(sub).setIssuedAt().setExpirationTime(exp).sign(key)),
+    subjects.map((sub) => new SignJWT({ role }).setProtectedHeader({ alg: 'HS256' }).setIssuer(TOKEN_ISSUER).setAudience(TOKEN_AUDIENCE).setSubject(sub).setIssuedAt().setExpirationTime(exp).sign(key)),
   );
 }
 

@@ -3,20 +3,23 @@ import type { AddressInfo } from 'node:net';
 import { createAdaptorServer } from '@hono/node-server';
 import { RedisAdapter, type RedisAdapterOptions } from '@socket.io/redis-adapter';
 import { Hono } from 'hono';
-import { bodyLimit } from 'hono/body-limit';
 import { requestId } from 'hono/request-id';
 import { Server, type Socket } from 'socket.io';
 import { createAdminRoutes, requireRole } from './admin/admin.routes.js';
+import type { TokenVersionsStore } from './admin/token-versions.store.js';
 import type { DeliveriesService } from './deliveries/deliveries.service.js';
 import type { DispatchService } from './dispatch/dispatch.service.js';
 import { createDocsRoutes } from './docs/docs.routes.js';
 import type { Config } from './platform/config.js';
 import type { Database } from './platform/db.js';
+import { createAuthGate, createAuthThrottle } from './platform/auth-throttle.js';
+import { createClientAddress } from './platform/client-address.js';
 import { HubError, toHubError } from './platform/errors.js';
+import { bodyLimit, createMethodGuard } from './platform/http-edge.js';
 import type { HubEvents } from './platform/hub-events.js';
 import type { Logger } from './platform/logger.js';
 import type { Metrics } from './platform/metrics.js';
-import { createRateLimits, type RateLimitRules } from './platform/rate-limits.js';
+import { createLogThrottle, createRateLimits, type RateLimitRules } from './platform/rate-limits.js';
 import type { RedisClients } from './platform/redis.js';
 import type { TokenService } from './platform/tokens.js';
 import type { DriversStore } from './presence/drivers.store.js';
@@ -34,6 +37,7 @@ export interface AppDeps {
   database: Database;
   redis: RedisClients | null;
   tokens: TokenService;
+  tokenVersions: TokenVersionsStore;
   events: HubEvents;
   drivers: DriversStore;
   presence: PresenceService;
@@ -101,16 +105,23 @@ export function createApp(deps: AppDeps): HubApp {
   const { config, logger, metrics, database, redis } = deps;
   const hono = new Hono();
 
-  hono.use('*', requestId());
-  hono.use(
-    '*',
-    bodyLimit({
-      maxSize: config.MAX_BODY_BYTES,
-      onError: () => {
-        throw new HubError('PAYLOAD_TOO_LARGE', `body larger than ${config.MAX_BODY_BYTES} bytes`);
-      },
+  const methods = createMethodGuard(hono);
+  const auth = createAuthGate({
+    throttle: createAuthThrottle({
+      redis: redis?.command ?? null,
+      breaker: redis?.breaker,
+      prefix: config.REDIS_PREFIX,
+      failures: config.AUTH_FAILURE_LIMIT,
+      windowSeconds: config.AUTH_FAILURE_WINDOW_SECONDS,
     }),
-  );
+    addressOf: createClientAddress(config.TRUSTED_PROXIES),
+    metrics,
+  });
+  /** A throttled address's flood of refusals is one log line per window, not one per request. */
+  const throttledLog = createLogThrottle();
+  hono.use('*', requestId());
+  hono.use('*', bodyLimit(config.MAX_BODY_BYTES));
+  hono.use('*', methods.options);
 
   async function health(): Promise<{ body: HealthBody; httpStatus: 200 | 503 }> {
     const postgresUp = await database.ping(2000);
@@ -140,11 +151,11 @@ export function createApp(deps: AppDeps): HubApp {
   });
 
   hono.route('/', createLocationRoutes({ tokens: deps.tokens, drivers: deps.drivers, presence: deps.presence, limits, metrics }));
-  hono.route('/', createWebhookRoutes({ dispatch: deps.dispatch, deliveries: deps.deliveries, secrets: config.WEBHOOK_SECRETS, logger, metrics }));
-  hono.route('/', createAdminRoutes({ adminToken: config.ADMIN_TOKEN, tokens: deps.tokens, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events }));
+  hono.route('/', createWebhookRoutes({ dispatch: deps.dispatch, deliveries: deps.deliveries, secrets: config.WEBHOOK_SECRETS, auth, logger, metrics }));
+  hono.route('/', createAdminRoutes({ adminToken: config.ADMIN_TOKEN, auth, tokens: deps.tokens, tokenVersions: deps.tokenVersions, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events }));
   for (const routes of deps.adminRoutes ?? []) {
     const guarded = new Hono();
-    guarded.use('/admin/*', requireRole({ adminToken: config.ADMIN_TOKEN, tokens: deps.tokens }, ['admin']));
+    guarded.use('/admin/*', requireRole({ adminToken: config.ADMIN_TOKEN, auth, tokens: deps.tokens, tokenVersions: deps.tokenVersions }, ['admin']));
     guarded.route('/', routes);
     hono.route('/', guarded);
   }
@@ -152,16 +163,21 @@ export function createApp(deps: AppDeps): HubApp {
   // The front door, /openapi.json, /asyncapi.json and the pages showing them.
   hono.route('/', createDocsRoutes({ health }));
 
-  hono.notFound((c) => c.json({ error: { code: 'NOT_FOUND', message: `no route for ${c.req.method} ${c.req.path}` } }, 404));
+  hono.notFound((c) => methods.notFound(c));
   hono.onError((err, c) => {
     const hubError = toHubError(err);
     const log = logger.child({ requestId: c.get('requestId') });
-    if (hubError.code === 'INTERNAL') log.error({ err, path: c.req.path }, 'request failed');
-    else log.info({ code: hubError.code, path: c.req.path, message: hubError.message }, 'request refused');
     const retryAfterMs = (hubError.details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs;
-    if (hubError.code === 'RATE_LIMITED' && typeof retryAfterMs === 'number') c.header('Retry-After', String(Math.max(1, Math.ceil(retryAfterMs / 1000))));
-    // A body refused before it was read is still on the wire: the connection cannot carry another
-    // request, so the client is told not to reuse it (or its next request meets a closed socket).
+    if (hubError.code === 'INTERNAL') log.error({ err, path: c.req.path }, 'request failed');
+    else if (hubError.code !== 'RATE_LIMITED') log.info({ code: hubError.code, path: c.req.path, message: hubError.message }, 'request refused');
+    else {
+      const address = auth.httpAddress(c);
+      const skipped = throttledLog.take(address, typeof retryAfterMs === 'number' ? retryAfterMs : 1000);
+      if (skipped !== null) log.warn({ address, path: c.req.path, refusedSinceLastLine: skipped }, 'request rate limited');
+    }
+    if (hubError.code === 'RATE_LIMITED' && typeof retryAfterMs === 'number') c.header('retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000))));
+    // The rest of an oversized body is never read: the connection cannot carry another request
+    // after it, and a client that reused it would see its next request fail.
     if (hubError.code === 'PAYLOAD_TOO_LARGE') c.header('connection', 'close');
     return c.json({ error: hubError.toBody() }, hubError.httpStatus as 400);
   });
@@ -198,8 +214,11 @@ export function createApp(deps: AppDeps): HubApp {
     } as never);
   }
 
+  /** The first step of every handshake: the address's failure budget, then the token (no database yet). */
   const authenticate = async (socket: Socket, next: (err?: Error) => void) => {
+    const address = auth.handshakeAddress(socket.handshake);
     try {
+      await auth.check(address);
       if (socket.handshake.query?.token !== undefined) throw new HubError('TOKEN_INVALID', 'tokens are accepted in the handshake auth only');
       const claims = await deps.tokens.verify((socket.handshake.auth as { token?: unknown } | undefined)?.token);
       socket.data = { role: claims.role, subject: claims.subject, tokenExpiresAt: claims.expiresAt, tokenVersion: claims.version };
@@ -207,7 +226,13 @@ export function createApp(deps: AppDeps): HubApp {
     } catch (err) {
       const hubError = toHubError(err);
       metrics.inputRejected.inc({ event: 'handshake', code: hubError.code });
-      logger.info({ code: hubError.code, namespace: socket.nsp.name }, 'socket handshake refused');
+      if (hubError.code === 'RATE_LIMITED') {
+        const skipped = throttledLog.take(address, (hubError.details as { retryAfterMs: number }).retryAfterMs);
+        if (skipped !== null) logger.warn({ address, namespace: socket.nsp.name, refusedSinceLastLine: skipped }, 'socket handshake rate limited');
+      } else {
+        if (hubError.code.startsWith('TOKEN_')) await auth.failed('handshake', address);
+        logger.info({ code: hubError.code, namespace: socket.nsp.name }, 'socket handshake refused');
+      }
       next(Object.assign(new Error(hubError.code), { data: hubError.toBody() }));
     }
   };
@@ -216,22 +241,35 @@ export function createApp(deps: AppDeps): HubApp {
   const dispatchNsp = io.of('/dispatch') as unknown as DispatchNamespace;
   driversNsp.use(authenticate as never);
   dispatchNsp.use(authenticate as never);
-  const driversSocket = attachDriversNamespace(driversNsp, { presence: deps.presence, pushes: deps.pushes, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events, logger, metrics, limits });
+  const driversSocket = attachDriversNamespace(driversNsp, {
+    presence: deps.presence,
+    pushes: deps.pushes,
+    drivers: deps.drivers,
+    deliveries: deps.deliveries,
+    events: deps.events,
+    logger,
+    metrics,
+    limits,
+    auth,
+    clustered: redis !== null,
+  });
   const dispatchSocket = attachDispatchNamespace(dispatchNsp, {
     presence: deps.presence,
     drivers: deps.drivers,
     deliveries: deps.deliveries,
+    tokenVersions: deps.tokenVersions,
     events: deps.events,
     logger,
     metrics,
     tickMs: config.MAP_TICK_MS,
     clustered: redis !== null,
     limits,
+    auth,
   });
 
   /**
-   * A handshake checks the token once, but a driver socket can live for days: each node looks at its
-   * own sockets again now and then, and closes those whose token expired, was revoked (the driver's
+   * A handshake checks the token once, but a socket can live for days: each node looks at its own
+   * sockets again now and then, and closes those whose token expired, was revoked (the subject's
    * token version moved on) or names a driver that no longer exists.
    */
   async function recheckSockets(): Promise<number> {
@@ -243,7 +281,17 @@ export function createApp(deps: AppDeps): HubApp {
       closed += 1;
     };
     const expired = (data: { tokenExpiresAt: number | null }) => data.tokenExpiresAt !== null && data.tokenExpiresAt <= now;
-    for (const socket of dispatchNsp.sockets.values()) if (expired(socket.data)) refuse(socket, 'TOKEN_EXPIRED');
+    const maps = [...dispatchNsp.sockets.values()].filter((socket) => {
+      if (!expired(socket.data)) return true;
+      refuse(socket, 'TOKEN_EXPIRED');
+      return false;
+    });
+    for (const role of ['dispatcher', 'admin'] as const) {
+      const mine = maps.filter((socket) => socket.data.role === role);
+      if (mine.length === 0) continue;
+      const versions = await deps.tokenVersions.versions(role, mine.map((socket) => socket.data.subject));
+      for (const socket of mine) if ((socket.data.tokenVersion ?? 0) !== versions.get(socket.data.subject)) refuse(socket, 'TOKEN_REVOKED');
+    }
     const live = [...driversNsp.sockets.values()].filter((socket) => {
       if (!expired(socket.data)) return true;
       refuse(socket, 'TOKEN_EXPIRED');

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 import type { Hono } from 'hono';
+import { createTokenVersionsStore } from './admin/token-versions.store.js';
 import { createApp, type EdgeOptions, type HubApp } from './app.js';
 import { createDeliveriesService } from './deliveries/deliveries.service.js';
 import { createDeliveriesStore, toAssignmentPush } from './deliveries/deliveries.store.js';
@@ -121,6 +122,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     database,
     redis,
     tokens: createTokenService(config.JWT_SECRET),
+    tokenVersions: createTokenVersionsStore(database),
     events,
     drivers,
     presence,

@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vi
 import type { EdgeOptions } from '../src/app.js';
 import type { Config } from '../src/platform/config.js';
 import { createLogger } from '../src/platform/logger.js';
-import { createTokenService } from '../src/platform/tokens.js';
+import { createTokenService, TOKEN_AUDIENCE, TOKEN_ISSUER } from '../src/platform/tokens.js';
 import { signWebhook } from '../../shared/src/webhooks.js';
 import { startHub } from '../src/main.js';
 import { TcpProxy } from './support/faults.js';
@@ -144,7 +144,7 @@ describe('roles and identity come from the token', () => {
     const driver = await createDriver(hub, 'Matrix');
     const dispatcher = await dispatcherToken(hub);
     const otherKey = new TextEncoder().encode('another-secret-another-secret-another-secret');
-    const foreignAdmin = await new SignJWT({ role: 'admin' }).setProtectedHeader({ alg: 'HS256' }).setSubject('x').setExpirationTime('1h').sign(otherKey);
+    const foreignAdmin = await new SignJWT({ role: 'admin' }).setProtectedHeader({ alg: 'HS256' }).setIssuer(TOKEN_ISSUER).setAudience(TOKEN_AUDIENCE).setSubject('x').setExpirationTime('1h').sign(otherKey);
     const expiredDispatcher = await tokens.issue('dispatcher', 'late', { ttlSeconds: -60 });
     const routes: { method: string; path: string; body?: unknown; dispatcherMay: boolean }[] = [
       { method: 'POST', path: '/admin/drivers', body: { name: 'Sneaky' }, dispatcherMay: false },

@@ -232,3 +232,95 @@ describe('dispatcher map page (headless Chromium)', () => {
     }
   });
 });
+
+describe('dispatcher map page with hostile text (headless Chromium)', () => {
+  let db: TestDatabase;
+  let hub: TestHub;
+  let browser: Browser | undefined;
+  let driver: Driver | undefined;
+  const at = { lat: 40.4168, lng: -3.7038 };
+  /** Each carries an element with an id: if the page ever parses one as HTML, the element exists. */
+  const NAME = '<img src=x id="pwn-name-img" onerror="window.pwned=1"><b id="pwn-name">Mallory</b>';
+  const CODE = '<svg id="pwn-code" onload="window.pwned=2"></svg>';
+  const PICKUP = '<a id="pwn-pickup" href="javascript:window.pwned=3">shop</a>';
+  const DROPOFF = '<iframe id="pwn-dropoff" srcdoc="x"></iframe><i id="pwn-dropoff-i">home</i>';
+  const CREDIT = '<b id="pwn-credit">tiles</b>';
+  const HOSTILE_IDS = ['pwn-name-img', 'pwn-name', 'pwn-code', 'pwn-pickup', 'pwn-dropoff', 'pwn-dropoff-i', 'pwn-credit'];
+
+  beforeAll(async () => {
+    if (!hasChromium) return;
+    db = await createTestDatabase();
+    const config = testConfig(db, { MAP_TILE_URL: DEAD_TILES });
+    const logger = createLogger({ level: config.LOG_LEVEL, nodeId: config.NODE_ID });
+    const running = await startHub(config, logger, {
+      publicRoutes: [createMapRoutes({ tileUrl: DEAD_TILES, tileAttribution: CREDIT, tileAttributionUrl: 'javascript:window.pwned=4' })],
+    });
+    hub = { ...running, url: `http://127.0.0.1:${running.port}` };
+    driver = await onDutyDriver(hub, at, NAME);
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+  });
+  afterAll(async () => {
+    driver?.close();
+    await browser?.close();
+    await hub?.stop();
+    await db?.drop();
+  });
+
+  it.skipIf(!hasChromium)('when driver names, order codes, addresses and the tile credit carry markup, then the page shows them as text and creates no element from them', async () => {
+    const dispatcherToken = (await api(hub, 'POST', '/admin/tokens', { role: 'dispatcher', subject: 'map-hostile' })).body.token;
+    const o = {
+      ...order({ pickup: at, dropoff: { lat: at.lat + 0.01, lng: at.lng } }),
+      orderCode: CODE,
+      pickup: { ...at, address: PICKUP },
+      dropoff: { lat: at.lat + 0.01, lng: at.lng, address: DROPOFF },
+    };
+    const assigned = await postWebhook(hub, '/events/seller-order-ready', o);
+    expect(assigned.body).toMatchObject({ status: 'ASSIGNED', driverId: driver!.id });
+
+    const page = await browser!.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (err) => errors.push(err.message));
+    try {
+      // Every element ever added to the page is recorded, so one created and removed again is caught too.
+      await page.addInitScript(() => {
+        (window as any).addedIds = [];
+        new MutationObserver((records) => {
+          for (const r of records)
+            for (const node of Array.from(r.addedNodes)) {
+              if (!(node instanceof Element)) continue;
+              for (const el of [node, ...Array.from(node.querySelectorAll('[id]'))]) if (el.id) (window as any).addedIds.push(el.id);
+            }
+        }).observe(document, { childList: true, subtree: true });
+      });
+      await page.goto(`${hub.url}/map#token=${encodeURIComponent(dispatcherToken)}`);
+      await eventually(() => page.evaluate(() => (window as any).hubMap?.connected === true), 'the page to connect');
+      const item = page.locator(`#deliveries li[data-delivery-id="${assigned.body.deliveryId}"]`);
+      await eventually(async () => (await item.count()) === 1, 'the delivery listed');
+      await eventually(() => page.evaluate((id) => (window as any).hubMap.markers.has(id), driver!.id), 'the driver marker');
+
+      // The tooltip, opened the way a hover opens it.
+      await page.evaluate((id) => (window as any).hubMap.markers.get(id).openTooltip(), driver!.id);
+      const tooltip = page.locator('.leaflet-tooltip');
+      await eventually(async () => ((await tooltip.textContent()) ?? '').includes('last ping'), 'the tooltip text');
+
+      expect(await tooltip.textContent()).toContain(NAME);
+      const listed = (await item.textContent()) ?? '';
+      for (const text of [CODE, NAME, PICKUP, DROPOFF]) expect(listed).toContain(text);
+      expect(await page.locator('.leaflet-control-attribution').textContent()).toContain(CREDIT);
+      expect(await page.locator('.leaflet-control-attribution a[href^="javascript:"]').count()).toBe(0);
+
+      const found = await page.evaluate((ids) => ids.filter((id) => document.getElementById(id) !== null), HOSTILE_IDS);
+      expect(found).toEqual([]);
+      const everAdded: string[] = await page.evaluate(() => (window as any).addedIds);
+      expect(everAdded.filter((id) => HOSTILE_IDS.includes(id))).toEqual([]);
+      expect(await page.locator('#deliveries img, #deliveries svg, #deliveries a, #deliveries iframe, .leaflet-tooltip :not(.driver-tooltip), .leaflet-popup').count()).toBe(0);
+      expect(await page.evaluate(() => (window as any).pwned)).toBeUndefined();
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+});

@@ -2,6 +2,7 @@ import fc from 'fast-check';
 import { SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CircuitBreaker } from '../src/platform/redis.js';
+import { TOKEN_AUDIENCE, TOKEN_ISSUER } from '../src/platform/tokens.js';
 import { createPresenceStore } from '../src/presence/presence.store.js';
 import { envFrom, spawnHub } from './support/child-hub.js';
 import {
@@ -53,10 +54,10 @@ describe('driver presence', () => {
     const forged = await connectError(connectSocket(hub, '/drivers', { token: 'a.b.c' }));
     expect(forged.data.code).toBe('TOKEN_INVALID');
     const key = new TextEncoder().encode(JWT_SECRET);
-    const expired = await new SignJWT({ role: 'driver' }).setProtectedHeader({ alg: 'HS256' }).setSubject('x').setExpirationTime(Math.floor(Date.now() / 1000) - 60).sign(key);
+    const expired = await new SignJWT({ role: 'driver' }).setProtectedHeader({ alg: 'HS256' }).setIssuer(TOKEN_ISSUER).setAudience(TOKEN_AUDIENCE).setSubject('x').setExpirationTime(Math.floor(Date.now() / 1000) - 60).sign(key);
     expect((await connectError(connectSocket(hub, '/drivers', { token: expired }))).data.code).toBe('TOKEN_EXPIRED');
     const otherKey = new TextEncoder().encode('another-secret-another-secret-another-secret');
-    const wrongKey = await new SignJWT({ role: 'driver' }).setProtectedHeader({ alg: 'HS256' }).setSubject('x').setExpirationTime('1h').sign(otherKey);
+    const wrongKey = await new SignJWT({ role: 'driver' }).setProtectedHeader({ alg: 'HS256' }).setIssuer(TOKEN_ISSUER).setAudience(TOKEN_AUDIENCE).setSubject('x').setExpirationTime('1h').sign(otherKey);
     expect((await connectError(connectSocket(hub, '/drivers', { token: wrongKey }))).data.code).toBe('TOKEN_INVALID');
     const dispatcher = (await api(hub, 'POST', '/admin/tokens', { role: 'dispatcher', subject: 'd' })).body.token;
     expect((await connectError(connectSocket(hub, '/drivers', { token: dispatcher }))).data.code).toBe('FORBIDDEN');

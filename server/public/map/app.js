@@ -1,6 +1,7 @@
 // Dispatcher live map: plain browser script (no build step), using the Leaflet and Socket.IO
 // builds the hub serves under /map/vendor. Every value from the hub goes into the page as text,
-// never as HTML: driver names and order codes come from outside.
+// never as HTML: driver names, order codes and addresses come from outside. Leaflet writes any
+// string it is given (tooltips, popups, attribution) with innerHTML, so it only ever gets DOM nodes.
 (() => {
   'use strict';
 
@@ -26,6 +27,8 @@
   /** Local clock minus the hub's clock: hub timestamps are shifted by it before comparing with Date.now(). */
   let clockOffset = 0;
   let socket = null;
+  /** A handshake refused as RATE_LIMITED is tried again after the wait the hub named. */
+  let retryTimer = null;
   let map = null;
   let fittedOnce = false;
 
@@ -61,10 +64,40 @@
 
   // ---------- map ----------
 
+  /**
+   * The tile credit, built from text: Leaflet's own attribution control writes its strings with
+   * innerHTML, so the map gets this control instead.
+   */
+  function addAttribution(text, url) {
+    const Credit = L.Control.extend({
+      options: { position: 'bottomright' },
+      onAdd() {
+        const box = L.DomUtil.create('div', 'leaflet-control-attribution leaflet-control');
+        const leaflet = document.createElement('a');
+        leaflet.href = 'https://leafletjs.com';
+        leaflet.textContent = 'Leaflet';
+        box.append(leaflet, ' | ');
+        if (/^https?:\/\//i.test(url || '')) {
+          const link = document.createElement('a');
+          link.href = url;
+          link.rel = 'noopener noreferrer';
+          link.target = '_blank';
+          link.textContent = text;
+          box.append(link);
+        } else {
+          box.append(text);
+        }
+        return box;
+      },
+    });
+    new Credit().addTo(map);
+  }
+
   function createMap() {
-    map = L.map('map', { worldCopyJump: true, preferCanvas: false }).setView([20, 0], 2);
+    map = L.map('map', { worldCopyJump: true, preferCanvas: false, attributionControl: false }).setView([20, 0], 2);
+    if (config.tileAttribution) addAttribution(config.tileAttribution, config.tileAttributionUrl);
     if (config.tileUrl) {
-      const tiles = L.tileLayer(config.tileUrl, { maxZoom: 19, attribution: config.tileAttribution || '' });
+      const tiles = L.tileLayer(config.tileUrl, { maxZoom: 19 });
       // No tiles (offline, blocked, no tile server) leaves a blank background; markers still work.
       tiles.on('tileerror', () => {
         $('tiles-note').hidden = false;
@@ -129,8 +162,14 @@
     if (hasPosition) {
       if (!marker) {
         marker = L.circleMarker([driver.lat, driver.lng], { radius: 7, className: 'driver-marker', ...markerStyle(driver) });
-        marker.bindTooltip('', { direction: 'top' });
-        marker.on('tooltipopen', () => marker.setTooltipContent(tooltipText(driver)));
+        // An element, not a string: Leaflet writes string content with innerHTML, and the name is
+        // whatever the admin (or whoever got the admin token) typed.
+        const tip = document.createElement('span');
+        tip.className = 'driver-tooltip';
+        marker.bindTooltip(tip, { direction: 'top' });
+        marker.on('tooltipopen', () => {
+          tip.textContent = tooltipText(driver);
+        });
         marker.addTo(map);
         state.markers.set(driver.id, marker);
       } else {
@@ -262,6 +301,7 @@
   }
 
   function connect(token) {
+    clearTimeout(retryTimer);
     if (socket) {
       socket.removeAllListeners();
       socket.disconnect();
@@ -291,7 +331,14 @@
       state.connected = false;
       state.error = err.message;
       // A refused handshake (bad token, wrong role) is not retried by the client; a network error is.
-      if (!socket.active) setConn(`refused: ${err.message}${err.data?.message ? ` (${err.data.message})` : ''}`, 'error');
+      if (!socket.active && err.data?.code === 'RATE_LIMITED') {
+        const waitMs = Math.max(1000, Number(err.data.details?.retryAfterMs) || 5000) + Math.random() * 1000;
+        setConn(`busy, retrying in ${Math.round(waitMs / 1000)} s…`, 'error');
+        const refused = socket;
+        retryTimer = setTimeout(() => {
+          if (socket === refused) socket.connect();
+        }, waitMs);
+      } else if (!socket.active) setConn(`refused: ${err.message}${err.data?.message ? ` (${err.data.message})` : ''}`, 'error');
       else setConn(`cannot reach the hub (${err.message}), retrying…`, 'error');
     });
 

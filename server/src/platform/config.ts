@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { z } from 'zod';
 
@@ -12,6 +13,25 @@ const intFromEnv = (def: number, min: number, max: number) =>
 const boolFromEnv = (def: boolean) =>
   z.preprocess((v) => (v === undefined || v === '' ? def : v === 'true' || v === '1'), z.boolean());
 
+/**
+ * A secret an attacker must not guess: 32 characters or more, and not a short pattern repeated
+ * (`aaaa...`, `0123456789...`). A human phrase of that length passes; the docs say to generate one.
+ */
+const secret = (what: string) =>
+  z
+    .string()
+    .min(32, `must be at least 32 random characters (${what}; e.g. openssl rand -hex 32)`)
+    .refine((v) => new Set(v).size >= 10, `looks like a pattern, not random characters (${what}; e.g. openssl rand -hex 32)`);
+
+function isAddressOrRange(entry: string): boolean {
+  const [address, bits, extra] = entry.split('/');
+  const family = isIP(address);
+  if (family === 0 || extra !== undefined) return false;
+  if (bits === undefined) return true;
+  const n = Number(bits);
+  return /^\d+$/.test(bits) && n >= 0 && n <= (family === 4 ? 32 : 128);
+}
+
 const webhookSecret = z
   .string()
   .regex(/^whsec_[A-Za-z0-9+/=]+$/, 'must look like whsec_<base64>');
@@ -24,8 +44,8 @@ const envSchema = z.object({
   REDIS_URL: optionalString.pipe(z.string().url().startsWith('redis').optional()),
   REDIS_PREFIX: z.string().max(100).default(''),
   REDIS_COMMAND_TIMEOUT_MS: intFromEnv(500, 10, 60_000),
-  ADMIN_TOKEN: optionalString.pipe(z.string().min(16, 'must be at least 16 characters').optional()),
-  JWT_SECRET: optionalString.pipe(z.string().min(32, 'must be at least 32 characters').optional()),
+  ADMIN_TOKEN: optionalString.pipe(secret('the admin bearer token').optional()),
+  JWT_SECRET: optionalString.pipe(secret('the HS256 key of every token').optional()),
   /** Several secrets, space-separated, are accepted during a rotation. */
   WEBHOOK_SECRET: optionalString.pipe(
     z
@@ -50,6 +70,17 @@ const envSchema = z.object({
   OUTBOX_MAX_AGE_SECONDS: intFromEnv(24 * 3600, 1, 30 * 24 * 3600),
   OUTBOX_REQUEST_TIMEOUT_MS: intFromEnv(5000, 50, 120_000),
   ALLOWED_ORIGINS: optionalString.transform((v) => (v ? v.split(',').map((o) => o.trim()) : [])),
+  /** Proxies whose X-Forwarded-For names the client (addresses or CIDR ranges); empty: the peer is the client. */
+  TRUSTED_PROXIES: optionalString.pipe(
+    z
+      .string()
+      .transform((v) => v.split(',').map((p) => p.trim()).filter(Boolean))
+      .pipe(z.array(z.string().refine(isAddressOrRange, 'must be an IP address or a CIDR range')))
+      .optional(),
+  ),
+  /** Failed authentications (bad admin bearer, webhook signature or socket token) one client address may make per window. */
+  AUTH_FAILURE_LIMIT: intFromEnv(20, 1, 100_000),
+  AUTH_FAILURE_WINDOW_SECONDS: intFromEnv(60, 1, 86_400),
   MAP_TILE_URL: z.string().default('https://tile.openstreetmap.org/{z}/{x}/{y}.png'),
   RUN_MIGRATIONS: boolFromEnv(true),
   PUSH_RETRY_MS: intFromEnv(3000, 100, 600_000),
@@ -60,7 +91,8 @@ const envSchema = z.object({
 
 export type Env = z.infer<typeof envSchema>;
 
-export interface Config extends Omit<Env, 'NODE_ID' | 'WEBHOOK_SECRET' | 'ADMIN_TOKEN' | 'JWT_SECRET' | 'NODE_ENV'> {
+export interface Config extends Omit<Env, 'NODE_ID' | 'WEBHOOK_SECRET' | 'ADMIN_TOKEN' | 'JWT_SECRET' | 'NODE_ENV' | 'TRUSTED_PROXIES'> {
+  TRUSTED_PROXIES: string[];
   NODE_ID: string;
   ADMIN_TOKEN: string;
   JWT_SECRET: string;
@@ -89,13 +121,14 @@ export function parseConfig(env: Record<string, string | undefined>, generate: (
   if (parsed.data.VENDURE_WEBHOOK_URL && !parsed.data.VENDURE_WEBHOOK_SECRET) {
     throw new ConfigError(['VENDURE_WEBHOOK_SECRET: required when VENDURE_WEBHOOK_URL is set (events are never sent unsigned)']);
   }
-  const { NODE_ID, WEBHOOK_SECRET, ADMIN_TOKEN, JWT_SECRET, NODE_ENV, ...rest } = parsed.data;
+  const { NODE_ID, WEBHOOK_SECRET, ADMIN_TOKEN, JWT_SECRET, NODE_ENV, TRUSTED_PROXIES, ...rest } = parsed.data;
   const production = NODE_ENV === 'production';
   // A newcomer can sign a webhook at once; in production a missing secret stays missing (refused
   // webhooks and a loud start) rather than a random one nobody configured on the Vendure side.
   const generateWebhookSecret = !production && WEBHOOK_SECRET === undefined;
   return {
     ...rest,
+    TRUSTED_PROXIES: TRUSTED_PROXIES ?? [],
     NODE_ID: NODE_ID ?? `${hostname()}-${process.pid}`,
     WEBHOOK_SECRETS: WEBHOOK_SECRET ?? (generateWebhookSecret ? [`whsec_${Buffer.from(generate(), 'base64url').toString('base64')}`] : []),
     ADMIN_TOKEN: ADMIN_TOKEN ?? generate(),

@@ -11,6 +11,8 @@ export interface HubEventMap {
   'delivery:cancelled': [{ driverId: string; deliveryId: string; reason: string }];
   'delivery:updated': [{ delivery: DeliveryView; previousStatus: DeliveryStatus | null }];
   'driver:revoked': [{ driverId: string }];
+  /** A dispatcher's (or admin JWT's) tokens were revoked: its open sockets close, on every node. */
+  'subject:revoked': [{ role: 'dispatcher' | 'admin'; subject: string }];
   /** A driver's app acknowledged a push, or never did within the bounded re-sends. */
   'push:acknowledged': [PushEvent];
   'push:unacknowledged': [PushEvent];

@@ -28,6 +28,8 @@ export const DEFAULT_RATE_LIMITS = {
   viewport: { points: 20, seconds: 2, scope: 'node' },
   /** Per driver handshakes: a reconnect storm (a buggy app in a loop, a stolen token) is refused at the door. */
   driverConnect: { points: 10, seconds: 10, scope: 'cluster' },
+  /** Per dispatcher (token subject) handshakes: each one loads and sends a snapshot. */
+  dispatcherConnect: { points: 10, seconds: 10, scope: 'cluster' },
 } as const satisfies Record<string, RateRule>;
 
 export type RateLimitName = keyof typeof DEFAULT_RATE_LIMITS;

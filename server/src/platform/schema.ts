@@ -14,7 +14,7 @@ import {
   uniqueIndex,
   uuid,
 } from 'drizzle-orm/pg-core';
-import { ACTIVE_DELIVERY_STATUSES, type DeliveryStatus, type DriverStatus } from '../../../shared/src/schemas.js';
+import { ACTIVE_DELIVERY_STATUSES, type DeliveryStatus, type DriverStatus, type Role } from '../../../shared/src/schemas.js';
 
 /** The delivery statuses that hold a driver, as an SQL list: `status in ${ACTIVE_STATUSES_SQL}`. */
 export const ACTIVE_STATUSES_LIST = `(${ACTIVE_DELIVERY_STATUSES.map((s) => `'${s}'`).join(', ')})`;
@@ -178,4 +178,20 @@ export const pushes = pgTable(
   ],
 );
 
-export const schema = { drivers, driverPositions, deliveries, deliveryEvents, outbox, pushes };
+/**
+ * Token versions of subjects that have no row of their own (dispatchers, admin JWTs); drivers keep
+ * theirs in `drivers`. A subject without a row is at version 0; revoking bumps it, and tokens
+ * carrying an older `ver` stop working.
+ */
+export const tokenVersions = pgTable(
+  'token_versions',
+  {
+    role: text('role').$type<Exclude<Role, 'driver'>>().notNull(),
+    subject: text('subject').notNull(),
+    version: integer('version').notNull().default(0),
+    updatedAt: ts('updated_at').notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.role, t.subject] })],
+);
+
+export const schema = { drivers, driverPositions, deliveries, deliveryEvents, outbox, pushes, tokenVersions };

@@ -5,10 +5,14 @@ import { HubError } from './errors.js';
 export interface TokenClaims {
   subject: string;
   role: Role;
-  expiresAt: number | null;
+  expiresAt: number;
   /** Driver tokens carry the driver's token version; bumping it revokes every older token. */
   version: number | null;
 }
+
+/** Every token names the hub as its issuer and its audience; a token made for anything else is refused. */
+export const TOKEN_ISSUER = 'dispatch-hub';
+export const TOKEN_AUDIENCE = 'dispatch-hub';
 
 const TTL_SECONDS: Record<Role, number> = {
   driver: 30 * 24 * 3600,
@@ -24,6 +28,8 @@ export function createTokenService(secret: string) {
       const ttlSeconds = opts.ttlSeconds ?? TTL_SECONDS[role];
       return new SignJWT(opts.version === undefined ? { role } : { role, ver: opts.version })
         .setProtectedHeader({ alg: 'HS256' })
+        .setIssuer(TOKEN_ISSUER)
+        .setAudience(TOKEN_AUDIENCE)
         .setSubject(subject)
         .setIssuedAt()
         .setExpirationTime(Math.floor(Date.now() / 1000) + ttlSeconds)
@@ -33,15 +39,22 @@ export function createTokenService(secret: string) {
       if (typeof token !== 'string' || token.length === 0) throw new HubError('TOKEN_MISSING', 'token required');
       if (token.length > 4096) throw new HubError('TOKEN_INVALID', 'token invalid');
       try {
-        const { payload } = await jwtVerify(token, key, { algorithms: ['HS256'] });
+        // A token without `exp` would never expire; without `sub` it names nobody.
+        const { payload } = await jwtVerify(token, key, {
+          algorithms: ['HS256'],
+          issuer: TOKEN_ISSUER,
+          audience: TOKEN_AUDIENCE,
+          requiredClaims: ['exp', 'sub'],
+        });
         const role = payload.role;
-        if (typeof payload.sub !== 'string' || (role !== 'driver' && role !== 'dispatcher' && role !== 'admin')) {
+        if (typeof payload.sub !== 'string' || payload.sub.length === 0 || (role !== 'driver' && role !== 'dispatcher' && role !== 'admin')) {
           throw new HubError('TOKEN_INVALID', 'token invalid');
         }
+        if (payload.ver !== undefined && !Number.isSafeInteger(payload.ver)) throw new HubError('TOKEN_INVALID', 'token invalid');
         return {
           subject: payload.sub,
           role,
-          expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 : null,
+          expiresAt: (payload.exp as number) * 1000,
           version: typeof payload.ver === 'number' ? payload.ver : null,
         };
       } catch (err) {

@@ -2,6 +2,7 @@ import type { Namespace, Socket } from 'socket.io';
 import type { DriverClientEvents, DriverServerEvents, SocketData } from '../../../shared/src/events.js';
 import { deliveryUpdatePayload, driverStatusPayload, type LocationFix, locationPayload } from '../../../shared/src/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
+import type { AuthGate } from '../platform/auth-throttle.js';
 import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
@@ -13,7 +14,12 @@ import type { PushKind } from '../platform/schema.js';
 import { isAcknowledgement, type PushService, type PushTransport } from '../pushes/pushes.service.js';
 import type { PresenceService } from './presence.service.js';
 
-export type DriversNamespace = Namespace<DriverClientEvents, DriverServerEvents, Record<string, never>, SocketData>;
+interface DriversInterServer {
+  /** "The driver's connection `sessionId` speaks for it now": every node closes the driver's older ones. */
+  'driver:takeover': (driverId: string, sessionId: string) => void;
+}
+
+export type DriversNamespace = Namespace<DriverClientEvents, DriverServerEvents, DriversInterServer, SocketData>;
 type DriverSocket = Socket<any, any, any, SocketData>;
 
 export const driverRoom = (driverId: string) => `driver:${driverId}`;
@@ -22,6 +28,14 @@ function highestSeq(fixes: readonly LocationFix[]): number | undefined {
   let highest: number | undefined;
   for (const fix of fixes) if (fix.seq !== undefined && (highest === undefined || fix.seq > highest)) highest = fix.seq;
   return highest;
+}
+
+/**
+ * A connection's place among the driver's connections: its handshake time (ms, zero-padded), then
+ * its socket id to break ties. Compared as plain strings, here and in PostgreSQL (collate "C").
+ */
+export function sessionIdOf(socket: { id: string; handshake: { issued: number } }): string {
+  return `${String(socket.handshake.issued).padStart(15, '0')}.${socket.id}`;
 }
 
 /** The `/drivers` namespace: identity comes from the verified token only, never from a payload. */
@@ -38,6 +52,9 @@ export function attachDriversNamespace(
     limits: RateLimits;
     /** How often `location:stored` confirmations go out; about a second by contract. */
     storedTickMs?: number;
+    auth: AuthGate;
+    /** True when the Redis adapter links this node to others. */
+    clustered: boolean;
   },
 ): { stop(): void } {
   const { presence, deliveries, events, metrics, limits } = deps;
@@ -80,18 +97,8 @@ export function attachDriversNamespace(
     next();
   });
 
-  // A revoked token (the driver's token version moved on) or a removed driver is refused at the door.
-  nsp.use(async (socket, next) => {
-    try {
-      const current = (await deps.drivers.tokenVersions([socket.data.subject])).get(socket.data.subject);
-      if (current !== undefined && (socket.data.tokenVersion ?? 0) === current) return next();
-      next(Object.assign(new Error('TOKEN_INVALID'), { data: { code: 'TOKEN_INVALID', message: current === undefined ? 'no such driver' : 'token revoked' } }));
-    } catch {
-      next(Object.assign(new Error('SERVICE_UNAVAILABLE'), { data: { code: 'SERVICE_UNAVAILABLE', message: 'try again shortly' } }));
-    }
-  });
-
   // Per driver, not per address: the newest connection wins anyway, so this only caps how often it may win.
+  // Before any database lookup: a reconnect storm with a valid token costs a Redis call, not a query.
   nsp.use(async (socket, next) => {
     const driverId = socket.data.subject;
     const retryAfterMs = await limits.consume('driverConnect', driverId);
@@ -100,6 +107,18 @@ export function attachDriversNamespace(
     const skipped = connectLog.take(driverId, retryAfterMs);
     if (skipped !== null) deps.logger.warn({ driver: driverId, retryAfterMs, refusedSinceLastLine: skipped }, 'driver handshake rate limited');
     next(Object.assign(new Error('RATE_LIMITED'), { data: rateLimitedBody('connections for this driver', retryAfterMs) }));
+  });
+
+  // A revoked token (the driver's token version moved on) or a removed driver is refused at the door.
+  nsp.use(async (socket, next) => {
+    try {
+      const current = (await deps.drivers.tokenVersions([socket.data.subject])).get(socket.data.subject);
+      if (current !== undefined && (socket.data.tokenVersion ?? 0) === current) return next();
+      await deps.auth.failed('handshake', deps.auth.handshakeAddress(socket.handshake));
+      next(Object.assign(new Error('TOKEN_INVALID'), { data: { code: 'TOKEN_INVALID', message: current === undefined ? 'no such driver' : 'token revoked' } }));
+    } catch {
+      next(Object.assign(new Error('SERVICE_UNAVAILABLE'), { data: { code: 'SERVICE_UNAVAILABLE', message: 'try again shortly' } }));
+    }
   });
 
   // One listener per event for the whole namespace; each reads its socket from `this`.
@@ -122,28 +141,53 @@ export function attachDriversNamespace(
     const update = parsePayload(deliveryUpdatePayload, payload, 'delivery update');
     return { delivery: await deliveries.updateFromDriver(socket.data.subject, update) };
   });
+  /** Connect bookkeeping still running per socket: its disconnect bookkeeping waits for it. */
+  const connecting = new WeakMap<DriverSocket, Promise<void>>();
+
   function onDisconnect(this: DriverSocket, reason: string): void {
     const fields = { socket: this.id, driver: this.data.subject };
     metrics.socketsConnected.dec({ namespace: '/drivers' });
-    presence.disconnect(this.data.subject, this.id).catch((err) => deps.logger.warn({ ...fields, err: (err as Error).message }, 'disconnect bookkeeping failed'));
+    // After this socket's own connect write, never before it: a connect landing late would leave a
+    // closed socket speaking for the driver.
+    const sessionId = sessionIdOf(this);
+    (connecting.get(this) ?? Promise.resolve())
+      .then(() => presence.disconnect(this.data.subject, sessionId))
+      .catch((err) => deps.logger.warn({ ...fields, err: (err as Error).message }, 'disconnect bookkeeping failed'));
     deps.logger.debug({ ...fields, reason }, 'driver disconnected');
   }
 
-  nsp.on('connection', async (socket) => {
-    const driverId = socket.data.subject;
-    metrics.socketsConnected.inc({ namespace: '/drivers' });
-    // Handlers are registered before any await so no early event is lost.
-    socket.onAny(refuseOthers);
-    socket.on('location', onLocation);
-    socket.on('status', onStatus);
-    socket.on('delivery:update', onDeliveryUpdate);
-    socket.on('disconnect', onDisconnect);
+  /** Closes this node's connections of the driver that are older than `sessionId`. */
+  function closeOlder(driverId: string, sessionId: string): void {
+    const room = nsp.adapter.rooms.get(driverRoom(driverId));
+    if (!room) return;
+    for (const id of [...room]) {
+      const socket = nsp.sockets.get(id);
+      if (socket && sessionIdOf(socket) < sessionId) socket.disconnect(true);
+    }
+  }
+  nsp.on('driver:takeover', (driverId, sessionId) => {
+    if (typeof driverId === 'string' && typeof sessionId === 'string') closeOlder(driverId, sessionId);
+  });
 
+  /**
+   * One connection speaks for a driver: the newest by handshake time, however many arrive at once
+   * on however many nodes. PostgreSQL is the judge: the connect write keeps the newest session id
+   * it has seen and answers it. A connection that finds a newer one there closes itself; one that
+   * finds itself closes every older one, on every node. For any two, the later write sees the
+   * earlier, so the older of them is closed by one rule or the other (the takeover leaves after
+   * the write, and the older one joined its room before its own write).
+   */
+  async function startSession(socket: DriverSocket, driverId: string): Promise<void> {
+    const sessionId = sessionIdOf(socket);
     try {
-      // One connection speaks for a driver: the newest wins, on whichever node the old one lives.
-      socket.join(driverRoom(driverId));
-      nsp.in(driverRoom(driverId)).except(socket.id).disconnectSockets(true);
-      const session = await presence.connect(driverId, socket.id);
+      const session = await presence.connect(driverId, sessionId);
+      if (!session) {
+        deps.logger.debug({ socket: socket.id, driver: driverId }, 'driver connection superseded by a newer one');
+        socket.disconnect(true);
+        return;
+      }
+      closeOlder(driverId, sessionId);
+      if (deps.clustered) nsp.serverSideEmit('driver:takeover', driverId, sessionId);
       if (!socket.connected) return;
       socket.emit('session', session);
       // Its job again, and whatever the app has not acknowledged (a cancel that crossed the disconnect).
@@ -154,6 +198,22 @@ export function attachDriversNamespace(
       deps.logger.warn({ socket: socket.id, driver: driverId, code, err: (err as Error).message }, 'driver session could not start');
       socket.disconnect(true);
     }
+  }
+
+  nsp.on('connection', (socket) => {
+    const driverId = socket.data.subject;
+    metrics.socketsConnected.inc({ namespace: '/drivers' });
+    // Handlers are registered before any await so no early event is lost.
+    socket.onAny(refuseOthers);
+    socket.on('location', onLocation);
+    socket.on('status', onStatus);
+    socket.on('delivery:update', onDeliveryUpdate);
+    socket.on('disconnect', onDisconnect);
+    // Joined before the connect write: a newer connection's takeover, sent after its own write, finds it.
+    socket.join(driverRoom(driverId));
+    const started = startSession(socket, driverId);
+    connecting.set(socket, started);
+    void started.finally(() => connecting.delete(socket));
   });
 
   return {

@@ -25,6 +25,8 @@ export interface DriverPresenceRow {
 /** A presence row with the delivery that holds the driver, as the row itself says after the write. */
 export interface HeldPresenceRow extends DriverPresenceRow {
   currentDeliveryId: string | null;
+  /** The session that speaks for the driver after the write. */
+  sessionId: string | null;
 }
 
 const POSITIONS_PER_STATEMENT = 2000;
@@ -81,9 +83,9 @@ export function createDriversStore(database: Database) {
         ${heardFrom(sql`drivers d where d.id = ${id}`)}
         returning driver_id, lat, lng
       ), changed as (
-        update drivers set ${changes}, updated_at = now() where id = ${id} returning id, status, current_delivery_id
+        update drivers set ${changes}, updated_at = now() where id = ${id} returning id, status, current_delivery_id, session_id
       )
-      select changed.id, changed.status, seen.lat, seen.lng, changed.current_delivery_id as "currentDeliveryId"
+      select changed.id, changed.status, seen.lat, seen.lng, changed.current_delivery_id as "currentDeliveryId", changed.session_id as "sessionId"
       from changed left join seen on seen.driver_id = changed.id`);
     return row ?? null;
   }
@@ -153,9 +155,20 @@ export function createDriversStore(database: Database) {
       return rows.map((r) => ({ ...r, lastSeenAt: r.lastSeenAt?.toISOString() ?? null }));
     },
 
-    /** A socket now speaks for the driver; status comes back from duty and deliveries, not from the app. */
+    /**
+     * A socket now speaks for the driver, unless a newer one already does: session ids order by
+     * handshake time as plain bytes (collate "C", as JavaScript compares them), and one from before
+     * that ordering is older than any. Answers the session that speaks for the driver afterwards.
+     * Status comes back from duty and deliveries, not from the app.
+     */
     async connect(id: string, sessionId: string): Promise<HeldPresenceRow | null> {
-      return heardAndSet(id, sql`session_id = ${sessionId}, status = ${resolvedStatus()}`);
+      return heardAndSet(
+        id,
+        sql`session_id = case
+          when drivers.session_id is null or drivers.session_id !~ '^[0-9]{15}[.]' or drivers.session_id collate "C" < ${sessionId} collate "C" then ${sessionId}
+          else drivers.session_id end,
+        status = ${resolvedStatus()}`,
+      );
     },
 
     /** Only the socket that still speaks for the driver may take it offline. */

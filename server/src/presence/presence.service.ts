@@ -33,7 +33,7 @@ const RECONCILE_PAGE = 1000;
 export function createPresenceService(deps: PresenceDeps) {
   const { drivers, presence, events, metrics } = deps;
   const log = deps.logger.child({ component: 'presence' });
-  /** driverId -> socket id, for drivers whose socket lives on this node. */
+  /** driverId -> session id of the connection that speaks for it, for drivers whose socket lives on this node. */
   const local = new Map<string, string>();
   /** Statuses this node knows of (its own drivers); Redis's answer wins when it has one. */
   const knownStatus = new Map<string, DriverStatus>();
@@ -328,26 +328,36 @@ export function createPresenceService(deps: PresenceDeps) {
       await flushToPostgres().catch(() => {});
     },
 
-    /** A driver socket connected: it now speaks for the driver; status follows duty and deliveries. */
-    async connect(driverId: string, socketId: string): Promise<DriverSession> {
+    /**
+     * A driver socket connected: it now speaks for the driver, status following duty and deliveries.
+     * `sessionId` orders the driver's connections (newest greatest); null when a newer one already
+     * speaks for the driver in PostgreSQL, and this one is to be closed.
+     */
+    async connect(driverId: string, sessionId: string): Promise<DriverSession | null> {
       // The delivery is read after the connect, and only when the driver row says one holds it: the
       // connect waited for any claim in flight, so this read sees what that claim committed. An
       // assignment committed later reaches the socket as a push (it already joined its room).
-      const row = await drivers.connect(driverId, socketId);
+      const row = await drivers.connect(driverId, sessionId);
       if (!row) throw new HubError('NOT_FOUND', 'driver not found');
+      if (row.sessionId !== sessionId) return null;
       const activeDelivery = row.currentDeliveryId ? await deps.activeAssignment(driverId) : null;
-      local.set(driverId, socketId);
+      // Two connections on this node may finish in either order: the newer one stays local.
+      const current = local.get(driverId);
+      if (current === undefined || current < sessionId) local.set(driverId, sessionId);
       await publishStatus(row, 'refresh');
       stored.delete(driverId);
       return { driverId, status: row.status, activeDelivery, offer: null, locationConfirmation: 'cumulative' };
     },
 
-    async disconnect(driverId: string, socketId: string): Promise<void> {
-      if (local.get(driverId) === socketId) local.delete(driverId);
-      if (!local.has(driverId)) beatAt.delete(driverId);
-      toRedis.delete(driverId);
+    async disconnect(driverId: string, sessionId: string): Promise<void> {
+      if (local.get(driverId) === sessionId) local.delete(driverId);
+      // A newer connection on this node still speaks for the driver: its heartbeat and fixes stay.
+      if (!local.has(driverId)) {
+        beatAt.delete(driverId);
+        toRedis.delete(driverId);
+      }
       const work = (async () => {
-        const row = await drivers.disconnect(driverId, socketId);
+        const row = await drivers.disconnect(driverId, sessionId);
         // A newer socket on this node already speaks for the driver: its status must not be overwritten.
         if (row && !local.has(driverId)) await publishStatus(row, 'drop');
       })();

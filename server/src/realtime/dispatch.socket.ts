@@ -1,12 +1,14 @@
 import type { Namespace } from 'socket.io';
-import type { DispatchClientEvents, DispatchServerEvents, SocketData } from '../../../shared/src/events.js';
+import type { DispatchClientEvents, DispatchServerEvents, DispatchSnapshot, SocketData } from '../../../shared/src/events.js';
 import { type DriverMoved, type Viewport, viewportPayload } from '../../../shared/src/schemas.js';
+import type { TokenVersionsStore } from '../admin/token-versions.store.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
+import type { AuthGate } from '../platform/auth-throttle.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
-import type { RateLimits } from '../platform/rate-limits.js';
-import { eventListener, otherEventsRefuser, parsePayload } from '../platform/socket-edge.js';
+import { createLogThrottle, type RateLimits } from '../platform/rate-limits.js';
+import { eventListener, otherEventsRefuser, parsePayload, rateLimitedBody } from '../platform/socket-edge.js';
 import type { DriversStore } from '../presence/drivers.store.js';
 import type { PresenceService } from '../presence/presence.service.js';
 
@@ -28,6 +30,42 @@ interface DispatchInterServer {
 export type DispatchNamespace = Namespace<DispatchClientEvents, DispatchServerEvents, DispatchInterServer, SocketData & { viewport?: Viewport }>;
 
 const WATCH_ANNOUNCE_MS = 1000;
+
+/** What one snapshot holds at most: the most recently seen drivers and the newest open deliveries. */
+export const SNAPSHOT_MAX_DRIVERS = 10_000;
+export const SNAPSHOT_MAX_DELIVERIES = 1000;
+
+/**
+ * One load shared by every caller that arrives while it is pending, with one rule: a caller gets
+ * a load that started after it called (a load already running could have read the database before
+ * an event the caller would then miss). So at most one load runs and one waits, however many
+ * callers arrive together.
+ */
+export function sharedLoad<T>(load: () => Promise<T>): () => Promise<T> {
+  let running: Promise<T> | null = null;
+  let next: Promise<T> | null = null;
+  const start = (): Promise<T> => {
+    const current: Promise<T> = load().finally(() => {
+      if (running === current) running = null;
+    });
+    running = current;
+    return current;
+  };
+  return () => {
+    if (!running) return start();
+    next ??= running.then(
+      () => {},
+      () => {},
+    ).then(() => {
+      next = null;
+      return start();
+    });
+    return next;
+  };
+}
+
+/** Every map a token subject has open, on any node. */
+export const subjectRoom = (role: string, subject: string) => `${role}:${subject}`;
 
 export function inViewport(move: { lat: number; lng: number }, viewport: Viewport | undefined): boolean {
   if (!viewport) return true;
@@ -53,9 +91,11 @@ export function attachDispatchNamespace(
     presence: PresenceService;
     drivers: DriversStore;
     deliveries: DeliveriesService;
+    tokenVersions: TokenVersionsStore;
     events: HubEvents;
     logger: Logger;
     metrics: Metrics;
+    auth: AuthGate;
     tickMs: number;
     /** How long status and delivery events wait to share one Redis message; 50 ms by default. */
     eventTickMs?: number;
@@ -156,6 +196,38 @@ export function attachDispatchNamespace(
     next();
   });
 
+  // Per dispatcher, before any database lookup: every handshake that passes costs a snapshot.
+  const connectLog = createLogThrottle();
+  nsp.use(async (socket, next) => {
+    const subject = socket.data.subject;
+    const retryAfterMs = await deps.limits.consume('dispatcherConnect', subject);
+    if (retryAfterMs === null) return next();
+    metrics.rateLimited.inc({ event: 'dispatch-connect' });
+    const skipped = connectLog.take(subject, retryAfterMs);
+    if (skipped !== null) log.warn({ dispatcher: subject, retryAfterMs, refusedSinceLastLine: skipped }, 'dispatcher handshake rate limited');
+    next(Object.assign(new Error('RATE_LIMITED'), { data: rateLimitedBody('connections for this dispatcher', retryAfterMs) }));
+  });
+
+  // A revoked token (the subject's token version moved on) is refused at the door, after the limit.
+  nsp.use(async (socket, next) => {
+    const { role, subject, tokenVersion } = socket.data;
+    try {
+      if ((tokenVersion ?? 0) === (await deps.tokenVersions.version(role as 'dispatcher' | 'admin', subject))) return next();
+      await deps.auth.failed('handshake', deps.auth.handshakeAddress(socket.handshake));
+      next(Object.assign(new Error('TOKEN_INVALID'), { data: { code: 'TOKEN_INVALID', message: 'token revoked' } }));
+    } catch {
+      next(Object.assign(new Error('SERVICE_UNAVAILABLE'), { data: { code: 'SERVICE_UNAVAILABLE', message: 'try again shortly' } }));
+    }
+  });
+
+  // Through the adapter: the subject's maps close on whichever node holds them.
+  events.on('subject:revoked', ({ role, subject }) => nsp.in(subjectRoom(role, subject)).disconnectSockets(true));
+
+  const loadSnapshot = sharedLoad<DispatchSnapshot>(async () => {
+    const [drivers, deliveries] = await Promise.all([deps.drivers.list(SNAPSHOT_MAX_DRIVERS), deps.deliveries.listOpen(SNAPSHOT_MAX_DELIVERIES)]);
+    return { drivers, deliveries };
+  });
+
   const refuseOthers = otherEventsRefuser(['viewport'], { metrics });
   // Per socket: each map window has its own viewport, so each gets its own budget.
   const onViewport = eventListener('viewport', { logger: log, metrics, limit: (socket) => deps.limits.consume('viewport', socket.id) }, (socket, payload) => {
@@ -167,14 +239,15 @@ export function attachDispatchNamespace(
 
   nsp.on('connection', async (socket) => {
     metrics.socketsConnected.inc({ namespace: '/dispatch' });
+    socket.join(subjectRoom(socket.data.role, socket.data.subject));
     // The first map on this node: the other nodes start sending their batches now, not in a second.
     if (nsp.sockets.size === 1) announceWatching();
     socket.on('disconnect', onDisconnect);
     socket.onAny(refuseOthers);
     socket.on('viewport', onViewport);
     try {
-      const [drivers, deliveries] = await Promise.all([deps.drivers.list(), deps.deliveries.listOpen(1000)]);
-      socket.emit('snapshot', { drivers, deliveries });
+      const snapshot = await loadSnapshot();
+      if (socket.connected) socket.emit('snapshot', snapshot);
     } catch (err) {
       log.warn({ socket: socket.id, dispatcher: socket.data.subject, err: (err as Error).message }, 'snapshot failed');
       socket.disconnect(true);

@@ -7,8 +7,10 @@ import { Hono } from 'hono';
 export interface MapRoutesOptions {
   /** Leaflet URL template, e.g. `https://tile.openstreetmap.org/{z}/{x}/{y}.png`. */
   tileUrl: string;
-  /** HTML shown in the map corner; defaults to the OpenStreetMap credit when the tiles are theirs. */
+  /** Text shown in the map corner (never HTML); defaults to the OpenStreetMap credit when the tiles are theirs. */
   tileAttribution?: string;
+  /** Where the credit links to (http or https only). */
+  tileAttributionUrl?: string;
   /** A marker whose last ping is older than this is drawn as stale. */
   staleAfterMs?: number;
   /** How often the page re-checks staleness. */
@@ -66,11 +68,11 @@ export function createMapRoutes(opts: MapRoutesOptions): Hono {
     }
   }
 
+  const osm = /openstreetmap\.org/i.test(opts.tileUrl);
   const config = {
     tileUrl: opts.tileUrl,
-    tileAttribution:
-      opts.tileAttribution ??
-      (/openstreetmap\.org/i.test(opts.tileUrl) ? '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors' : ''),
+    tileAttribution: opts.tileAttribution ?? (osm ? '© OpenStreetMap contributors' : ''),
+    tileAttributionUrl: opts.tileAttributionUrl ?? (osm ? 'https://www.openstreetmap.org/copyright' : ''),
     staleAfterMs: opts.staleAfterMs ?? 30_000,
     staleCheckMs: opts.staleCheckMs ?? 5_000,
   };

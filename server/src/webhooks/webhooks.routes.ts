@@ -3,6 +3,7 @@ import { sellerOrderCancelled, sellerOrderReady } from '../../../shared/src/sche
 import { verifyWebhook } from '../../../shared/src/webhooks.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { DispatchService } from '../dispatch/dispatch.service.js';
+import type { AuthGate } from '../platform/auth-throttle.js';
 import { HubError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
@@ -12,6 +13,7 @@ export interface WebhookDeps {
   dispatch: DispatchService;
   deliveries: DeliveriesService;
   secrets: readonly string[];
+  auth: AuthGate;
   logger: Logger;
   metrics: Metrics;
 }
@@ -20,10 +22,13 @@ export interface WebhookDeps {
 export function createWebhookRoutes(deps: WebhookDeps) {
   const app = new Hono();
 
-  async function verifiedJson(c: { req: { raw: Request; header(name: string): string | undefined } }, event: string): Promise<unknown> {
+  async function verifiedJson(c: { env: unknown; req: { raw: Request; header(name: string): string | undefined } }, event: string): Promise<unknown> {
     if (deps.secrets.length === 0) {
       throw new HubError('SERVICE_UNAVAILABLE', 'WEBHOOK_SECRET is not configured on this hub');
     }
+    // Before the body is even read: an address that keeps sending bad signatures costs nothing more.
+    const address = deps.auth.httpAddress(c);
+    await deps.auth.check(address);
     // The signature covers the bytes as sent; decoding first would drop a BOM or mend bad UTF-8 and break it.
     const body = new Uint8Array(await c.req.raw.arrayBuffer());
     const verdict = verifyWebhook(deps.secrets, {
@@ -34,6 +39,7 @@ export function createWebhookRoutes(deps: WebhookDeps) {
     });
     if (!verdict.ok) {
       deps.metrics.webhookRequests.inc({ event, outcome: 'bad-signature' });
+      await deps.auth.failed('webhook', address);
       throw new HubError('INVALID_SIGNATURE', `webhook signature rejected: ${verdict.reason}`);
     }
     try {

@@ -11,10 +11,11 @@ import type { DriverSession } from '../../../shared/src/events.js';
 import { signWebhook } from '../../../shared/src/webhooks.js';
 import { type Config, parseConfig } from '../../src/platform/config.js';
 import { createLogger } from '../../src/platform/logger.js';
-import { type RunningHub, startHub } from '../../src/main.js';
+import { type HubExtensions, type RunningHub, startHub } from '../../src/main.js';
+import type { LogSink } from './log-sink.js';
 
 export const WEBHOOK_SECRET = `whsec_${Buffer.from('test-webhook-secret-0123456789').toString('base64')}`;
-export const ADMIN_TOKEN = 'test-admin-token-0123456789';
+export const ADMIN_TOKEN = 'test-admin-token-0123456789-abcdefghij';
 export const JWT_SECRET = 'test-jwt-secret-0123456789-0123456789-abcdef';
 
 /** Multi-process and multi-node tests need a PostgreSQL server; PGlite is one process's alone. */
@@ -71,6 +72,9 @@ export function testConfig(db: TestDatabase, env: Record<string, string | undefi
       // Several hubs and their clients share one test process: a busy event loop must not read as a Redis timeout.
       REDIS_COMMAND_TIMEOUT_MS: '2000',
       SHUTDOWN_TIMEOUT_MS: '2000',
+      // Every test client comes from 127.0.0.1 and many tests fail authentication on purpose; the
+      // throttle's own tests set a small budget and use addresses of their own.
+      AUTH_FAILURE_LIMIT: '100000',
       ...env,
     },
     () => randomBytes(32).toString('base64url'),
@@ -81,18 +85,24 @@ export interface TestHub extends RunningHub {
   url: string;
 }
 
-export async function startTestHub(config: Config): Promise<TestHub> {
-  const logger = createLogger({ level: config.LOG_LEVEL, nodeId: config.NODE_ID });
-  const hub = await startHub(config, logger);
+export interface TestHubOptions extends HubExtensions {
+  /** Every log line at `trace` goes here (the config's level is ignored then). */
+  sink?: LogSink;
+}
+
+export async function startTestHub(config: Config, opts: TestHubOptions = {}): Promise<TestHub> {
+  const { sink, ...extensions } = opts;
+  const logger = createLogger({ level: sink ? 'trace' : config.LOG_LEVEL, nodeId: config.NODE_ID }, sink?.stream);
+  const hub = await startHub(config, logger, extensions);
   return { ...hub, url: `http://127.0.0.1:${hub.port}` };
 }
 
 /** Several hubs sharing one database and one Redis prefix, as a cluster would. */
-export async function startCluster(db: TestDatabase, count: number, env: Record<string, string | undefined> = {}): Promise<TestHub[]> {
+export async function startCluster(db: TestDatabase, count: number, env: Record<string, string | undefined> = {}, opts: TestHubOptions = {}): Promise<TestHub[]> {
   const prefix = `t${randomBytes(4).toString('hex')}:`;
   const hubs: TestHub[] = [];
   for (let i = 0; i < count; i++) {
-    hubs.push(await startTestHub(testConfig(db, { REDIS_PREFIX: prefix, NODE_ID: `node-${i}`, ...env })));
+    hubs.push(await startTestHub(testConfig(db, { REDIS_PREFIX: prefix, NODE_ID: `node-${i}`, ...env }), opts));
   }
   return hubs;
 }
