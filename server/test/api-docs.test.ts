@@ -212,6 +212,7 @@ describe('API documents: /openapi.json and /asyncapi.json', () => {
     check('GET', '/admin/outbox/dead', await call(hub, 'GET', '/admin/outbox/dead'));
     check('POST', '/admin/outbox/:id/replay', await call(hub, 'POST', `/admin/outbox/${randomUUID()}/replay`));
     check('POST', '/admin/drivers/:id/revoke-tokens', await call(hub, 'POST', `/admin/drivers/${driver.id}/revoke-tokens`));
+    check('POST', '/admin/dispatchers/:subject/revoke-tokens', await call(hub, 'POST', '/admin/dispatchers/docs/revoke-tokens'));
     check('POST', '/admin/drivers/:id/revoke-tokens', await call(hub, 'POST', `/admin/drivers/${randomUUID()}/revoke-tokens`));
     driver.close();
 

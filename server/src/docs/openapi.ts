@@ -166,6 +166,16 @@ export const OPERATIONS: HttpOperation[] = [
     refusals: { 404: 'NOT_FOUND: no driver with this id.' },
   },
   {
+    method: 'post',
+    path: '/admin/dispatchers/:subject/revoke-tokens',
+    operationId: 'revokeDispatcherTokens',
+    tag: 'admin',
+    summary: "A leaked dispatcher token: every token of that subject stops working and its open maps close on every node; answers a fresh token",
+    auth: 'admin',
+    params: { subject: { schema: mintTokenBody.shape.subject, description: 'the dispatcher subject the tokens were minted for' } },
+    answers: { 200: { description: 'Revoked; `token` is the only one valid now.', json: replies.revokedTokensReply } },
+  },
+  {
     method: 'get',
     path: '/admin/deliveries',
     operationId: 'listDeliveries',

@@ -24,6 +24,8 @@ export type FrontDoorIndex = z.infer<typeof frontDoorIndex>;
 export const mapConfigReply = z.object({
   tileUrl: z.string(),
   tileAttribution: z.string(),
+  /** Where the credit links to (http or https only; omitted otherwise). */
+  tileAttributionUrl: z.string().optional(),
   staleAfterMs: z.number(),
   staleCheckMs: z.number(),
   /** The hub's clock, so "last ping 30 s ago" is judged against it, not the browser's. */
