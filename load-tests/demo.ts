@@ -70,10 +70,11 @@ async function main(): Promise<void> {
   }
   const logger = createLogger({ level: config.LOG_LEVEL, nodeId: config.NODE_ID });
 
-  let hub: RunningHub | null = null;
-  let simulation: Simulation | null = null;
+  // Kept as promises so a Ctrl+C during startup waits for what is starting, then stops it.
+  let hubStarting: Promise<RunningHub | null> = Promise.resolve(null);
+  let simulationStarting: Promise<Simulation | null> = Promise.resolve(null);
   let stopping = false;
-  const shutdown = async (signal: string) => {
+  const shutdown = async (signal: string, exitCode = 0) => {
     if (stopping) return;
     stopping = true;
     console.log(`\ndemo: ${signal}, stopping`);
@@ -83,11 +84,11 @@ async function main(): Promise<void> {
     }, config.SHUTDOWN_TIMEOUT_MS + 5000);
     force.unref();
     try {
-      const summary = await simulation?.stop();
-      await hub?.stop();
+      const summary = await (await simulationStarting)?.stop();
+      await (await hubStarting)?.stop();
       removeData();
       if (summary) console.log(`demo: ${summary.seconds} s, ${summary.deliveries.assignments} assignments, ${summary.deliveries.delivered} delivered, ${summary.pings.confirmed}/${summary.pings.sent} fixes stored`);
-      process.exit(0);
+      process.exit(exitCode);
     } catch (err) {
       console.error(`demo: stopping failed: ${(err as Error).message}`);
       process.exit(1);
@@ -98,37 +99,36 @@ async function main(): Promise<void> {
   process.on('unhandledRejection', (err) => logger.error({ err }, 'unhandled rejection'));
 
   console.log('demo: starting the hub (embedded database, single node)...');
-  try {
-    hub = await startHub(config, logger);
-  } catch (err) {
+  hubStarting = startHub(config, logger).catch((err: Error) => {
     removeData();
-    console.error(`demo: the hub could not start: ${(err as Error).message}`);
+    console.error(`demo: the hub could not start: ${err.message}`);
     process.exit(1);
-  }
+  });
+  const hub = await hubStarting;
+  if (!hub || stopping) return;
   // Bound to 127.0.0.1 unless HOST says otherwise; the link is for this machine's browser.
   const url = `http://127.0.0.1:${hub.port}`;
-  if (stopping) return;
 
   const drivers = Math.max(1, Math.floor(numberFromEnv('DEMO_DRIVERS', 25)));
   console.log(`demo: ${drivers} drivers coming on duty around ${lat},${lng}...`);
-  try {
-    simulation = await startSimulation({
-      drivers,
-      url,
-      adminToken: config.ADMIN_TOKEN,
-      ordersPerMinute: numberFromEnv('DEMO_ORDERS_PER_MINUTE', 20),
-      webhookSecret: config.WEBHOOK_SECRETS[0],
-      centre: { lat, lng },
-      radiusKm: 2.5,
-      // Brisk, so jobs visibly complete within a few minutes.
-      speed: 15,
-      pingMs: 1000,
-      namePrefix: 'Driver',
-    });
-  } catch (err) {
-    console.error(`demo: the simulation could not start: ${(err as Error).message}`);
-    return shutdown('error');
-  }
+  simulationStarting = startSimulation({
+    drivers,
+    url,
+    adminToken: config.ADMIN_TOKEN,
+    ordersPerMinute: numberFromEnv('DEMO_ORDERS_PER_MINUTE', 20),
+    webhookSecret: config.WEBHOOK_SECRETS[0],
+    centre: { lat, lng },
+    radiusKm: 2.5,
+    // Brisk, so jobs visibly complete within a few minutes.
+    speed: 15,
+    pingMs: 1000,
+    namePrefix: 'Driver',
+  }).catch((err: Error) => {
+    console.error(`demo: the simulation could not start: ${err.message}`);
+    return null;
+  });
+  const simulation = await simulationStarting;
+  if (!simulation) return shutdown('no simulation', 1);
   if (stopping) return;
 
   const res = await fetch(`${url}/admin/tokens`, {
@@ -138,7 +138,7 @@ async function main(): Promise<void> {
   });
   if (!res.ok) {
     console.error(`demo: could not mint a dispatcher token: ${res.status} ${await res.text()}`);
-    return shutdown('error');
+    return shutdown('no dispatcher token', 1);
   }
   const { token } = (await res.json()) as { token: string };
   console.log(`\nOpen the live map: ${url}/map#token=${token}\n`);
