@@ -20,6 +20,12 @@ export interface LoadgenInit {
   positions: [number, number][];
   /** Hub: a socket is ready when the `session` event arrives (presence bookkeeping done). */
   waitSession: boolean;
+  /**
+   * How pings are sent: `plain` without an acknowledgement; `ack` each with one (a naive app and
+   * server: one reply per ping); `seq` numbered and without one, confirmed by `location:stored`
+   * now and then (the driver client's cumulative protocol).
+   */
+  protocol?: 'plain' | 'ack' | 'seq';
 }
 
 interface Conn {
@@ -43,7 +49,7 @@ const conns: Conn[] = [];
 let ready: Conn[] = [];
 let closing = false;
 
-const counters = { sent: 0, skipped: 0, missed: 0, disconnects: 0, connectErrors: 0, assignments: 0, pushes: 0 };
+const counters = { sent: 0, skipped: 0, missed: 0, disconnects: 0, connectErrors: 0, assignments: 0, pushes: 0, pingAcks: 0, storedConfirmations: 0 };
 let assignments: [string, number][] = [];
 let cpuAt = process.cpuUsage();
 let wallAt = performance.now();
@@ -52,6 +58,15 @@ function locationFrame(lat: number, lng: number, ackId?: number): string {
   const body = `{"lat":${lat.toFixed(6)},"lng":${lng.toFixed(6)}}`;
   if (init.mode === 'ws') return body;
   return `42${prefix}${ackId ?? ''}["location",${body}]`;
+}
+
+/** A ping with an ack id (`ack`) or a fix number (`seq`): built per send, as the number changes. */
+function numberedFrame(conn: Conn): string {
+  const [lat, lng] = init.positions[conn.index];
+  const d = conn.flip * 0.00001;
+  const n = conn.nextAck++;
+  const fix = `{"lat":${(lat + d).toFixed(6)},"lng":${(lng + d).toFixed(6)}${init.protocol === 'seq' ? `,"seq":${n}` : ''}}`;
+  return init.protocol === 'ack' ? `42${prefix}${n}["location",${fix}]` : `42${prefix}["location",${fix}]`;
 }
 
 function handleText(conn: Conn, text: string, onReady: () => void, onError: (err: Error) => void): void {
@@ -65,8 +80,16 @@ function handleText(conn: Conn, text: string, onReady: () => void, onError: (err
     return;
   }
   if (text.startsWith(`42${prefix}`)) {
-    const rest = text.slice(2 + prefix.length);
-    if (rest.startsWith('["session"')) {
+    let rest = text.slice(2 + prefix.length);
+    // A push that asks for an acknowledgement carries its id before the array: answer it as an app does.
+    const bracket = rest.indexOf('[');
+    if (bracket > 0) {
+      conn.ws.send(`43${prefix}${rest.slice(0, bracket)}[{"ok":true}]`);
+      rest = rest.slice(bracket);
+    }
+    if (rest.startsWith('["location:stored"')) {
+      counters.storedConfirmations += 1;
+    } else if (rest.startsWith('["session"')) {
       if (init.waitSession) onReady();
     } else if (rest.startsWith('["assignment"')) {
       const at = wallMs();
@@ -85,7 +108,7 @@ function handleText(conn: Conn, text: string, onReady: () => void, onError: (err
     if (waiter) {
       conn.acks.delete(id);
       waiter((JSON.parse(rest.slice(bracket)) as unknown[])[0]);
-    }
+    } else counters.pingAcks += 1;
     return;
   }
   if (text.startsWith(`40${prefix}`)) {
@@ -221,7 +244,8 @@ function tick(): void {
       continue;
     }
     conn.flip ^= 1;
-    conn.ws.send(conn.frames[conn.flip], TEXT);
+    if (init.protocol === 'ack' || init.protocol === 'seq') conn.ws.send(numberedFrame(conn), TEXT);
+    else conn.ws.send(conn.frames[conn.flip], TEXT);
     counters.sent += 1;
   }
 }

@@ -68,7 +68,10 @@ interface Step {
 }
 
 interface TargetResult {
+  /** The target as named on the command line (`hub`, `hub+seq`, ...). */
+  target: string;
   kind: ServerKind;
+  protocol: 'plain' | 'ack' | 'seq';
   sockets: number;
   connectSeconds: number;
   connectFailures: number;
@@ -101,7 +104,9 @@ export async function ingest(ctx: RunContext): Promise<ScenarioOutput> {
   const maxRate = ctx.num('max-rate', 200_000);
   const latencyMs = ctx.num('latency-ms', 10_000, 5_000);
   const probes = ctx.num('probes', 20);
-  const kinds = ctx.str('targets', 'ws,sio,hub').split(',') as ServerKind[];
+  // A target is a server, optionally with the ping protocol: `sio+ack` (a naive app and server,
+  // one reply per ping), `hub+seq` (the driver client's numbered fixes, confirmed cumulatively).
+  const kinds = ctx.str('targets', 'ws,sio,hub,sio+ack,hub+seq').split(',');
 
   const outer = new Cleanup();
   const profiles: Record<string, ProfileSummary> = {};
@@ -142,6 +147,17 @@ export async function ingest(ctx: RunContext): Promise<ScenarioOutput> {
       met: r === null ? null : r >= 1.0,
     });
   }
+  const hubSeq = results['hub+seq'];
+  const sioAck = results['sio+ack'];
+  if (hubSeq && sioAck) {
+    const r = ratio(hubSeq.sustainedPerSec, sioAck.sustainedPerSec);
+    checks.push({
+      name: "ingest with the driver client's cumulative confirmation vs Socket.IO+GEOADD acknowledging every ping",
+      target: '>= 1.2x',
+      measured: `${r}x (${hubSeq.sustainedPerSec} vs ${sioAck.sustainedPerSec} pings/s)`,
+      met: r === null ? null : r >= 1.2,
+    });
+  }
   if (hub?.latency) {
     const p99 = hub.latency.pingToGeoMs.p99;
     checks.push({
@@ -155,7 +171,7 @@ export async function ingest(ctx: RunContext): Promise<ScenarioOutput> {
   const rows: unknown[][] = [['server', 'sockets', 'sustained pings/s', 'vs ws', 'vs sio+geo', 'stop reason', 'geo p50 ms', 'geo p99 ms', 'at rate', 'p99 at 50%']];
   for (const r of Object.values(results)) {
     rows.push([
-      r.kind,
+      r.target,
       r.sockets,
       r.sustainedPerSec,
       ratio(r.sustainedPerSec, ws?.sustainedPerSec ?? null),
@@ -179,6 +195,7 @@ export async function ingest(ctx: RunContext): Promise<ScenarioOutput> {
         hubVsSocketIoGeo: ratio(hub?.sustainedPerSec, sio?.sustainedPerSec),
         hubVsWs: ratio(hub?.sustainedPerSec, ws?.sustainedPerSec),
         socketIoGeoVsWs: ratio(sio?.sustainedPerSec, ws?.sustainedPerSec),
+        hubCumulativeVsSocketIoGeoAcked: ratio(hubSeq?.sustainedPerSec, sioAck?.sustainedPerSec),
       },
     },
     checks,
@@ -201,7 +218,7 @@ interface IngestOptions {
 
 async function runTarget(
   ctx: RunContext,
-  kind: ServerKind,
+  target: string,
   db: BenchDatabase,
   ids: string[],
   tokens: string[],
@@ -211,17 +228,20 @@ async function runTarget(
 ): Promise<TargetResult> {
   const cleanup = new Cleanup();
   const prefix = redisPrefix();
+  const [server_, protocol = 'plain'] = target.split('+') as [ServerKind, ('ack' | 'seq')?];
+  const kind = server_;
+  const label = target;
   try {
     cleanup.add(`redis keys ${prefix}`, () => deletePrefix(SHARED_REDIS_URL, prefix));
     const env = kind === 'hub' ? hubEnv(db, prefix, { NODE_ID: 'bench-ingest', ...ctx.hubEnv }) : { REDIS_URL: SHARED_REDIS_URL, REDIS_PREFIX: prefix };
     const server = await spawnServer(kind, cleanup, { name: `ingest-${kind}-${ctx.runId}`, env, logDir: ctx.logDir });
     const group = await LoadGroup.start(cleanup, o.generators, `ingest-${kind}`);
-    await group.init({ mode: kind === 'ws' ? 'ws' : 'sio', url: server.url, waitSession: kind === 'hub' }, tokens.slice(0, o.sockets), positions.slice(0, o.sockets));
-    ctx.log(`[${kind}] connecting ${o.sockets} sockets`);
+    await group.init({ mode: kind === 'ws' ? 'ws' : 'sio', url: server.url, waitSession: kind === 'hub', protocol }, tokens.slice(0, o.sockets), positions.slice(0, o.sockets));
+    ctx.log(`[${label}] connecting ${o.sockets} sockets`);
     const connected = await group.connect(100);
-    ctx.log(`[${kind}] ${connected.connected} connected in ${connected.seconds.toFixed(1)} s, ${connected.failed} failed ${JSON.stringify(connected.errors)}`);
-    if (kind === 'hub') ctx.log(`[${kind}] status AVAILABLE: ${JSON.stringify(await group.all('goAvailable', { concurrency: 50 }))}`);
-    if (kind !== 'ws') ctx.log(`[${kind}] first positions: ${JSON.stringify(await group.all('placeAll', { concurrency: 100 }))}`);
+    ctx.log(`[${label}] ${connected.connected} connected in ${connected.seconds.toFixed(1)} s, ${connected.failed} failed ${JSON.stringify(connected.errors)}`);
+    if (kind === 'hub') ctx.log(`[${label}] status AVAILABLE: ${JSON.stringify(await group.all('goAvailable', { concurrency: 50 }))}`);
+    if (kind !== 'ws') ctx.log(`[${label}] first positions: ${JSON.stringify(await group.all('placeAll', { concurrency: 100 }))}`);
 
     let prober = null;
     if (kind !== 'ws' && kind !== 'sio-bare' && o.probes > 0) {
@@ -290,7 +310,7 @@ async function runTarget(
       };
       steps.push(step);
       ctx.log(
-        `[${kind}] rate ${rate}/s: sent ${step.sentPerSec}/s, done ${step.receivedPerSec}/s, lag p99 ${step.lagP99Ms} ms (${step.lagSamples} samples), server CPU ${step.serverCpuPercent}% (sys ${step.serverSysPercent}%) RSS ${step.serverRssMiB} MiB, generators CPU ${step.generatorCpuPercent}%, machine ${machineBusy}% busy, foreign ${foreign}%${stats.extra ? ` ${JSON.stringify(stats.extra)}` : ''} GC max ${stats.gc.maxPauseMs} ms -> ${step.pass ? 'pass' : `FAIL (${step.reason})`}`,
+        `[${label}] rate ${rate}/s: sent ${step.sentPerSec}/s, done ${step.receivedPerSec}/s, lag p99 ${step.lagP99Ms} ms (${step.lagSamples} samples), server CPU ${step.serverCpuPercent}% (sys ${step.serverSysPercent}%) RSS ${step.serverRssMiB} MiB, generators CPU ${step.generatorCpuPercent}%, machine ${machineBusy}% busy, foreign ${foreign}%${stats.extra ? ` ${JSON.stringify(stats.extra)}` : ''} GC max ${stats.gc.maxPauseMs} ms -> ${step.pass ? 'pass' : `FAIL (${step.reason})`}`,
       );
       if (!step.pass) await drain(server, group);
       return step;
@@ -308,7 +328,7 @@ async function runTarget(
         if (step.foreignCpuPercent <= FOREIGN_LIMIT || attempt >= 4) return step;
         step.pass = false;
         step.reason = `disturbed: other processes used ${step.foreignCpuPercent}% CPU`;
-        ctx.log(`[${kind}] ${step.reason}; waiting for the machine and measuring again`);
+        ctx.log(`[${label}] ${step.reason}; waiting for the machine and measuring again`);
         await group.setRate(0);
         await waitForForeignQuiet(ctx);
       }
@@ -316,7 +336,7 @@ async function runTarget(
     const measureTwiceOnLag = async (rate: number): Promise<Step> => {
       const step = await undisturbed(rate);
       if (step.pass || !/^lag p99 [\d.]+ ms$/.test(step.reason)) return step;
-      ctx.log(`[${kind}] rate ${rate}/s failed on lag alone; measuring it once more`);
+      ctx.log(`[${label}] rate ${rate}/s failed on lag alone; measuring it once more`);
       return undisturbed(rate);
     };
     for (let rate = o.startRate; rate <= o.maxRate; rate += o.stepRate) {
@@ -344,7 +364,9 @@ async function runTarget(
     const stopReason = firstFail ? firstFail.reason : `reached --max-rate ${o.maxRate}`;
 
     const result: TargetResult = {
+      target: label,
       kind,
+      protocol,
       sockets: connected.connected,
       connectSeconds: round(connected.seconds, 1)!,
       connectFailures: connected.failed,
@@ -358,8 +380,8 @@ async function runTarget(
       await group.setRate(rate);
       await sleep(2000);
       await server.reset();
-      const label = `ingest-${kind}-${Math.round(fraction * 100)}pct`;
-      const run = await profiled(ctx, server, label, () => prober!.call('run', { durationMs: o.latencyMs, intervalMs: 100 }, o.latencyMs + 60_000), profiles);
+      const probeLabel = `ingest-${kind}-${Math.round(fraction * 100)}pct`;
+      const run = await profiled(ctx, server, probeLabel, () => prober!.call('run', { durationMs: o.latencyMs, intervalMs: 100 }, o.latencyMs + 60_000), profiles);
       const stats = await server.stats();
       const latency: LatencyResult = {
         atRatePerSec: rate,
@@ -371,7 +393,7 @@ async function runTarget(
         serverCpuPercent: round(stats.cpuPercent, 0)!,
         proberLagP99Ms: round(run.proberLagP99Ms)!,
       };
-      ctx.log(`[${kind}] ping -> GEO at ${rate}/s: ${JSON.stringify(latency.pingToGeoMs)}, timeouts ${run.timeouts}, server lag p99 ${latency.serverLagP99Ms} ms max ${latency.serverLagMaxMs} ms, GC ${JSON.stringify(stats.gc)}`);
+      ctx.log(`[${label}] ping -> GEO at ${rate}/s: ${JSON.stringify(latency.pingToGeoMs)}, timeouts ${run.timeouts}, server lag p99 ${latency.serverLagP99Ms} ms max ${latency.serverLagMaxMs} ms, GC ${JSON.stringify(stats.gc)}`);
       return latency;
     };
     if (prober && sustained) {

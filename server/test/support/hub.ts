@@ -8,6 +8,7 @@ import { type Socket, io as connect } from 'socket.io-client';
 import { inject } from 'vitest';
 import type { AckReply } from '../../../shared/src/errors.js';
 import type { DriverSession } from '../../../shared/src/events.js';
+import { createDriverClient, type DriverClient as DriverApp, socketIoConnector } from '../../../shared/src/driver-client/index.js';
 import { signWebhook } from '../../../shared/src/webhooks.js';
 import { type Config, parseConfig } from '../../src/platform/config.js';
 import { createLogger } from '../../src/platform/logger.js';
@@ -220,15 +221,69 @@ export async function connectDriver(hub: { url: string }, token: string, extra: 
   };
 }
 
-/** A driver that is connected, on duty, and placed on the map. */
-export async function onDutyDriver(hub: TestHub, at: { lat: number; lng: number }, name = 'Driver'): Promise<DriverClient & { id: string; token: string }> {
+/**
+ * A driver that is connected, on duty, and placed on the map, through the driver client apps use
+ * (`createDriverClient` in shared/): its pushes are taken and acknowledged by the client, which
+ * also reconnects by itself. `socket` is the client's current socket, for raw events.
+ */
+export async function onDutyDriver(hub: TestHub, at: { lat: number; lng: number }, name = 'Driver'): Promise<DriverClient & { id: string; token: string; app: DriverApp }> {
   const { id, token } = await createDriver(hub, name);
-  const client = await connectDriver(hub, token);
-  const loc = await client.emitAck('location', at);
-  if (!loc.ok) throw new Error(`location refused: ${JSON.stringify(loc)}`);
-  const st = await client.emitAck('status', { status: 'AVAILABLE' });
-  if (!st.ok) throw new Error(`status refused: ${JSON.stringify(st)}`);
-  return { ...client, id, token };
+  let socket: Socket | null = null;
+  const app = createDriverClient({
+    url: hub.url,
+    token,
+    backoff: { baseMs: 200, capMs: 1000 },
+    // Tests wait for each fix: a per-batch acknowledgement rather than a confirmation a second later.
+    locationConfirmation: 'ack',
+    connect: (target) => {
+      const made = socketIoConnector(target);
+      socket = made as unknown as Socket;
+      return made;
+    },
+  });
+  const assignments: any[] = [];
+  const cancellations: any[] = [];
+  let session: DriverSession | null = null;
+  app.on('session', (s) => {
+    session = s;
+  });
+  app.on('assignment', (a) => void assignments.push(a));
+  app.on('cancelled', (c) => void cancellations.push(c));
+  try {
+    await app.ready({ timeoutMs: 15_000 });
+    const placed = new Promise<void>((resolve, reject) => {
+      const stop = app.on('locations', (progress) => {
+        if (progress.confirmed > 0 || app.pendingFixes === 0) {
+          stop();
+          resolve();
+        } else if (progress.dropped > 0) {
+          stop();
+          reject(new Error('location refused'));
+        }
+      });
+    });
+    app.sendLocation(at);
+    await placed;
+    await app.setStatus('AVAILABLE');
+  } catch (err) {
+    app.close();
+    throw err;
+  }
+  return {
+    get socket() {
+      return socket!;
+    },
+    get session() {
+      return session!;
+    },
+    assignments,
+    cancellations,
+    emitAck: (event, payload) => socket!.timeout(10_000).emitWithAck(event, payload),
+    close: () => app.close(),
+    id,
+    token,
+    app,
+  };
 }
 
 export function redisFor(hub: { config: Config }): Redis {
