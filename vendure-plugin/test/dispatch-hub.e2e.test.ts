@@ -8,7 +8,7 @@ import { api, createDriver, createTestDatabase, type TestDatabase, type TestHub,
 import { eventually, freePort } from '../../server/test/support/net.js';
 import { signWebhook } from '../../shared/src/webhooks.js';
 import { DispatchHubPlugin, STATUS_PATH } from '../src/index.js';
-import { DISPATCH_JOBS, MARK_READY, ORDER_DELIVERY, placePaidOrder, startVendure, UPDATE_CHANNEL } from './support/vendure.js';
+import { CANCEL_ORDER, DISPATCH_JOBS, MARK_READY, ORDER_DELIVERY, placePaidOrder, startVendure, UPDATE_CHANNEL } from './support/vendure.js';
 
 const STATUS_SECRET = `whsec_${Buffer.from('vendure-plugin-status-secret').toString('base64')}`;
 const SHOP = { lat: 52.5301, lng: 13.4012 };
@@ -241,6 +241,20 @@ describe('the Vendure plugin against a real Vendure server and a real hub', () =
       expect(after.fulfillments).toEqual(before.fulfillments);
       expect(after.history.items).toHaveLength(before.history.items.length);
     });
+  });
+
+  it('when a paid order is cancelled in Vendure, then the hub cancels its delivery and Order.delivery says CANCELLED', async () => {
+    const placed = await placePaidOrder(env, CUSTOMER);
+    await eventually(async () => (await orderView(placed.id)).delivery?.status === 'PENDING', 'the order to reach the hub', 20_000);
+    const cancelled = await env.adminClient.query(CANCEL_ORDER, { input: { orderId: placed.id, reason: 'Customer changed their mind', cancelShipping: true } });
+    expect(cancelled.cancelOrder).toMatchObject({ state: 'Cancelled' });
+    const after = await eventually(async () => {
+      const o = await orderView(placed.id);
+      return o.delivery?.status === 'CANCELLED' && o;
+    }, 'the hub to report the cancellation', 20_000);
+    expect(after.delivery.reason).toBe('Order cancelled in Vendure');
+    const [delivery] = await hubDeliveriesFor(sellerOrderIdOf(placed.id));
+    expect(delivery.status).toBe('CANCELLED');
   });
 
   it('when an order has no dropoff coordinates, then it is refused with the reason and nothing is sent', async () => {

@@ -5,6 +5,9 @@ import { DefaultJobQueuePlugin, type InitialData, LanguageCode, mergeConfig, Pay
 import { createTestEnvironment, registerInitializer, SqljsInitializer, type TestEnvironment, testConfig } from '@vendure/testing';
 import gql from 'graphql-tag';
 
+// Vendure reports usage to its makers from a server that is not in CI; tests stay on 127.0.0.1.
+process.env.VENDURE_DISABLE_TELEMETRY = 'true';
+
 /** Settles at once, as a card payment that needs no capture would. */
 export const testPaymentHandler = new PaymentMethodHandler({
   code: 'test-payment',
@@ -162,6 +165,21 @@ export const UPDATE_CHANNEL = gql`
     updateChannel(input: $input) {
       ... on Channel {
         id
+      }
+      ... on ErrorResult {
+        errorCode
+        message
+      }
+    }
+  }
+`;
+
+export const CANCEL_ORDER = gql`
+  mutation ($input: CancelOrderInput!) {
+    cancelOrder(input: $input) {
+      ... on Order {
+        id
+        state
       }
       ... on ErrorResult {
         errorCode
