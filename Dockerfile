@@ -5,10 +5,12 @@ FROM node:20-bookworm-slim
 WORKDIR /app
 
 # Dependencies first, so a source change does not reinstall them. tsx runs the TypeScript sources
-# directly. The full install is deliberate: the /map page serves socket.io-client's browser bundle
-# and the benchmark harness in load-tests/ uses the client too, so do not add --omit=dev.
+# directly. Production dependencies only: everything the hub, `npm run migrate` and the benchmark
+# harness run on (tsx, socket.io-client for the /map page and the harness) is one. The dev
+# dependencies are the test and build tools and the Vendure server the plugin's tests start
+# (about 130 MB); the vendure-plugin/ workspace is not copied, so npm skips it.
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund && npm cache clean --force
+RUN npm ci --no-audit --no-fund --omit=dev && npm cache clean --force
 
 COPY tsconfig.json ./
 COPY shared/ shared/
