@@ -21,7 +21,7 @@ export interface DispatchHubPluginOptions {
   trigger?: DispatchTrigger;
   /** Where pickup and dropoff coordinates come from. Default: custom fields (see docs). */
   locationStrategy?: DispatchLocationStrategy;
-  /** Attempts after the first before a webhook job is given up on. Default 20 (about an hour and a half with the default backoff). */
+  /** Attempts after the first before a webhook job is given up on. Default 30: about an hour on average with the default backoff, two at most. */
   retries?: number;
   /** Delay between attempts, for Vendure's polling job queues (the default and SQL ones). */
   backoff?: Partial<BackoffOptions>;
@@ -69,7 +69,7 @@ export function resolveOptions(options: DispatchHubPluginOptions): ResolvedOptio
       }
     }
   }
-  const retries = options.retries ?? 20;
+  const retries = options.retries ?? 30;
   if (!Number.isInteger(retries) || retries < 0) problems.push('retries must be a whole number, 0 or more');
   const requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
   if (!(requestTimeoutMs > 0)) problems.push('requestTimeoutMs must be positive');

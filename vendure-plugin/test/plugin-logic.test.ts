@@ -150,7 +150,7 @@ describe('backoff and options', () => {
       hubUrl: 'https://hub.example.com',
       statusSecrets: [SECRET],
       trigger: { orderState: 'PaymentSettled' },
-      retries: 20,
+      retries: 30,
     });
   });
 });
