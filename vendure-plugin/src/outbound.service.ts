@@ -39,10 +39,12 @@ type WebhookJob =
 /** Statuses after which the hub has the order: another request would only repeat it. */
 const REQUESTED_OR_LATER = new Set(['REQUESTED', 'PENDING', 'OFFERED', 'ASSIGNED', 'PICKED_UP', 'DELIVERED', 'FAILED', 'CANCELLED']);
 const TERMINAL = new Set(['DELIVERED', 'FAILED', 'CANCELLED']);
+/** Order states in which there is nothing to deliver yet, or no more. */
+const NOT_PLACED = new Set(['Created', 'Draft', 'AddingItems', 'ArrangingPayment', 'Cancelled']);
 
 export type ReadyRequestOutcome =
   | { sent: true }
-  | { sent: false; reason: 'already-requested' | 'aggregate-order' | 'refused'; message: string };
+  | { sent: false; reason: 'already-requested' | 'aggregate-order' | 'not-placed' | 'refused'; message: string };
 
 /**
  * The outbound half: decides when an order is ready, checks it can be delivered (coordinates),
@@ -104,6 +106,9 @@ export class DispatchOutboundService implements OnModuleInit, OnApplicationBoots
     if (!order) throw new UserInputError(`No order with id ${orderId}`);
     if (order.type === OrderType.Aggregate) {
       return { sent: false, reason: 'aggregate-order', message: `Order ${order.code} is an aggregate order; its seller orders are delivered, each on its own.` };
+    }
+    if (order.active || NOT_PLACED.has(order.state)) {
+      return { sent: false, reason: 'not-placed', message: `Order ${order.code} is ${order.state}: only a placed order can be sent for delivery.` };
     }
     const fields = order.customFields as DispatchOrderFields;
     if (fields.dispatchStatus && REQUESTED_OR_LATER.has(fields.dispatchStatus)) {
