@@ -8,7 +8,7 @@ import { api, createDriver, createTestDatabase, type TestDatabase, type TestHub,
 import { eventually, freePort } from '../../server/test/support/net.js';
 import { signWebhook } from '../../shared/src/webhooks.js';
 import { DispatchHubPlugin, STATUS_PATH } from '../src/index.js';
-import { CANCEL_ORDER, DISPATCH_JOBS, MARK_READY, ORDER_DELIVERY, placePaidOrder, startVendure, UPDATE_CHANNEL } from './support/vendure.js';
+import { CANCEL_ORDER, DISPATCH_JOBS, MARK_READY, ORDER_DELIVERY, placePaidOrder, shippingOnHold, startVendure, UPDATE_CHANNEL } from './support/vendure.js';
 
 const STATUS_SECRET = `whsec_${Buffer.from('vendure-plugin-status-secret').toString('base64')}`;
 const SHOP = { lat: 52.5301, lng: 13.4012 };
@@ -138,6 +138,30 @@ describe('the Vendure plugin against a real Vendure server and a real hub', () =
       expect(delivered.delivery).toMatchObject({ status: 'DELIVERED', deliveryId: assignment.deliveryId, driverId });
       expect(Date.parse(delivered.delivery.updatedAt)).toBeGreaterThan(0);
       expect(notes(delivered).filter((n) => n.startsWith('Delivered by'))).toHaveLength(1);
+    } finally {
+      driver.close();
+    }
+  });
+
+  it('when Vendure refuses the fulfillment transition, then the event is still answered 200, logged and noted, and the hub has nothing to retry', async () => {
+    // Before the hub-down test: its orders wait in the hub as PENDING and would take this driver.
+    const { token } = await createDriver(hub, 'Held Harry');
+    const driver = await driverApp(hub.url, token);
+    try {
+      expect(await driver.send('location', SHOP)).toMatchObject({ ok: true });
+      expect(await driver.send('status', { status: 'AVAILABLE' })).toMatchObject({ ok: true });
+      const placed = await placePaidOrder(env, CUSTOMER);
+      shippingOnHold.add(placed.code);
+      const assignment = await driver.nextAssignment();
+      expect(await driver.send('delivery:update', { deliveryId: assignment.deliveryId, status: 'PICKED_UP' })).toMatchObject({ ok: true });
+      const held = await eventually(async () => {
+        const o = await orderView(placed.id);
+        return o.delivery?.status === 'PICKED_UP' && o;
+      }, 'the pickup to be recorded', 20_000);
+      expect(held.fulfillments.map((f: any) => f.state)).toEqual(['Pending']);
+      expect(notes(held).some((n) => /Vendure refused moving fulfillment .* from Pending to Shipped: .*shipping is on hold/.test(n))).toBe(true);
+      // The hub got a 2xx: nothing of this delivery is left to send or given up on.
+      expect((await api(hub, 'GET', '/admin/outbox/dead')).body.events).toHaveLength(0);
     } finally {
       driver.close();
     }

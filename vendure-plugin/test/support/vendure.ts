@@ -1,7 +1,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DefaultJobQueuePlugin, type InitialData, LanguageCode, mergeConfig, PaymentMethodHandler, type VendurePlugin } from '@vendure/core';
+import { DefaultJobQueuePlugin, defaultFulfillmentProcess, type FulfillmentProcess, type InitialData, LanguageCode, mergeConfig, PaymentMethodHandler, type VendurePlugin } from '@vendure/core';
 import { createTestEnvironment, registerInitializer, SqljsInitializer, type TestEnvironment, testConfig } from '@vendure/testing';
 import gql from 'graphql-tag';
 
@@ -16,6 +16,14 @@ export const testPaymentHandler = new PaymentMethodHandler({
   createPayment: (_ctx, _order, amount) => ({ amount, state: 'Settled' as const, transactionId: `test-${Date.now()}` }),
   settlePayment: () => ({ success: true }),
 });
+
+/** Orders whose shipping a shop's own fulfillment process holds back (a rule Vendure enforces, as multi-vendor setups do). */
+export const shippingOnHold = new Set<string>();
+
+const holdShipping: FulfillmentProcess<any> = {
+  onTransitionStart: (_from, to, data) =>
+    to === 'Shipped' && data.orders.some((o) => shippingOnHold.has(o.code)) ? 'shipping is on hold for this order' : undefined,
+};
 
 const initialData: InitialData = {
   defaultLanguage: LanguageCode.en,
@@ -36,6 +44,7 @@ export async function startVendure(port: number, plugins: Array<ReturnType<typeo
   const config = mergeConfig(testConfig, {
     apiOptions: { port },
     paymentOptions: { paymentMethodHandlers: [testPaymentHandler] },
+    shippingOptions: { process: [defaultFulfillmentProcess, holdShipping] },
     plugins: [DefaultJobQueuePlugin.init({ pollInterval: 50 }), ...plugins],
   });
   const env = createTestEnvironment(config);
