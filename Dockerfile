@@ -6,6 +6,8 @@
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
+# Everything, for the build (the vendure-plugin/ workspace is not copied: npm skips it, and the
+# Vendure server its tests start stays out of every stage).
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY shared/ shared/

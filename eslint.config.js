@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/**', 'data/**', 'server/public/**', 'load-tests/k6/**', 'load-tests/results/**', 'migrations/**', 'dist/**'] },
+  { ignores: ['node_modules/**', 'vendure-plugin/dist/**', 'data/**', 'server/public/**', 'load-tests/k6/**', 'load-tests/results/**', 'migrations/**', 'dist/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -2,7 +2,7 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
-    include: ['server/test/**/*.test.ts', 'shared/**/*.test.ts'],
+    include: ['server/test/**/*.test.ts', 'shared/**/*.test.ts', 'vendure-plugin/test/**/*.test.ts'],
     globalSetup: ['server/test/support/global-setup.ts'],
     testTimeout: 30_000,
     hookTimeout: 60_000,

@@ -129,6 +129,44 @@ export const sellerOrderCancelled = z
   .strict();
 export type SellerOrderCancelled = z.infer<typeof sellerOrderCancelled>;
 
+/** The status events the hub sends back to Vendure (see docs/outbox.md), one per delivery transition. */
+export const DELIVERY_EVENT_TYPES = [
+  'delivery.assigned',
+  'delivery.picked_up',
+  'delivery.delivered',
+  'delivery.failed',
+  'delivery.cancelled',
+] as const;
+export const deliveryEventType = z.enum(DELIVERY_EVENT_TYPES);
+export type DeliveryEventType = z.infer<typeof deliveryEventType>;
+
+/**
+ * A status event's body as the hub signs and sends it. Loose objects on purpose: the hub may add
+ * fields (a receiver keeps working when `trackingUrl` or a driver's name start to arrive).
+ */
+export const deliveryStatusEvent = z.looseObject({
+  /** Equals the `webhook-id` header; never changes across retries. */
+  id: z.string().min(1).max(200),
+  type: deliveryEventType,
+  deliveryId: z.string().min(1).max(200),
+  /** Grows with every event the hub writes: an event below one already applied is stale. */
+  sequence: z.number().int().min(0),
+  occurredAt: z.string().max(100),
+  data: z.looseObject({
+    deliveryId: z.string().min(1).max(200),
+    sellerOrderId: z.string().min(1).max(200),
+    orderCode: z.string().min(1).max(200),
+    status: deliveryStatus,
+    previousStatus: deliveryStatus.nullable(),
+    driverId: z.string().max(200).nullable(),
+    reason: boundedText(2000).nullable(),
+    at: z.string().max(100),
+    trackingUrl: z.string().url().max(2000).nullish(),
+    driverName: boundedText(200).nullish(),
+  }),
+});
+export type DeliveryStatusEvent = z.infer<typeof deliveryStatusEvent>;
+
 export const createDriverBody = z
   .object({
     name: z.string().trim().min(1).max(200),

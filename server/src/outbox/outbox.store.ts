@@ -1,17 +1,13 @@
 import { and, asc, desc, eq, inArray, lt, lte, notExists, sql } from 'drizzle-orm';
 import { alias } from 'drizzle-orm/pg-core';
+import { DELIVERY_EVENT_TYPES, type DeliveryEventType } from '../../../shared/src/schemas.js';
 import type { Database, DbOrTx } from '../platform/db.js';
 import { outbox } from '../platform/schema.js';
 
-export const OUTBOX_EVENT_TYPES = [
-  'delivery.assigned',
-  'delivery.picked_up',
-  'delivery.delivered',
-  'delivery.failed',
-  'delivery.cancelled',
-] as const;
+/** One list of event types, in shared/, so receivers (the Vendure plugin) parse what the hub writes. */
+export const OUTBOX_EVENT_TYPES = DELIVERY_EVENT_TYPES;
 
-export type OutboxEventType = (typeof OUTBOX_EVENT_TYPES)[number];
+export type OutboxEventType = DeliveryEventType;
 
 export interface OutboxEventInput {
   deliveryId: string;

@@ -1,0 +1,12 @@
+export { DispatchHubPlugin } from './dispatch-hub.plugin.js';
+export type { DispatchHubPluginOptions, DispatchTrigger } from './options.js';
+export { CustomFieldLocationStrategy, type CandidatePlace, type DispatchLocationStrategy } from './location-strategy.js';
+export { DispatchDeliveryStatusEvent, DispatchRequestRefusedEvent, type DispatchRefusal } from './events.js';
+export { DispatchOutboundService, type ReadyRequestOutcome } from './outbound.service.js';
+export { DispatchInboundService, type InboundOutcome } from './inbound.service.js';
+export { ProcessedStatusEvent } from './processed-status-event.entity.js';
+export { dispatchHubFulfillmentHandler } from './fulfillment-handler.js';
+export { orderDelivery, type OrderDelivery } from './delivery.resolver.js';
+export { backoffDelayMs, type BackoffOptions } from './backoff.js';
+export { STATUS_PATH, QUEUE_NAME, FULFILLMENT_HANDLER_CODE } from './constants.js';
+export type { DeliveryStatus, DeliveryStatusEvent, SellerOrderReady } from '../../shared/src/schemas.js';
