@@ -242,6 +242,7 @@ export function createApp(deps: AppDeps): HubApp {
   driversNsp.use(authenticate as never);
   dispatchNsp.use(authenticate as never);
   const driversSocket = attachDriversNamespace(driversNsp, {
+    storedTickMs: config.LOCATION_CONFIRM_MS,
     presence: deps.presence,
     pushes: deps.pushes,
     drivers: deps.drivers,

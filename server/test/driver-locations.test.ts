@@ -27,7 +27,7 @@ describe('locations over HTTP and cumulative confirmation of fixes', () => {
 
   beforeAll(async () => {
     db = await createTestDatabase();
-    const config = testConfig(db);
+    const config = testConfig(db, { LOCATION_CONFIRM_MS: '1000' });
     const running = await startHub(config, createLogger({ level: config.LOG_LEVEL, nodeId: config.NODE_ID }), {
       edge: { rateLimits: { location: { points: 6, seconds: 10 } } },
     });

@@ -44,7 +44,8 @@ import type {
  *    rightly leave a BUSY or OFFLINE driver out of `drivers:geo`) or, while Redis is down, recorded
  *    as the driver's last known position for PostgreSQL, or it was superseded by a newer fix of the
  *    driver that was. `upTo` never goes down on a connection. At most one `location:stored` per
- *    driver per short interval (about a second; well under the client's 10 s `confirmTimeoutMs`),
+ *    driver per short interval (the hub's LOCATION_CONFIRM_MS, 3 s by default: a fraction of the
+ *    pings of a driver sending one a second, and well under the client's 10 s `confirmTimeoutMs`),
  *    and none while nothing new was stored. The hub keeps no numbers across connections: a new
  *    connection starts from nothing, and a restarted app may start again from 0.
  * 4. Fixes the hub refuses (validation, rate limit) are not confirmed. The client validates every

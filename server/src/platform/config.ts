@@ -84,6 +84,8 @@ const envSchema = z.object({
   MAP_TILE_URL: z.string().default('https://tile.openstreetmap.org/{z}/{x}/{y}.png'),
   RUN_MIGRATIONS: boolFromEnv(true),
   PUSH_RETRY_MS: intFromEnv(3000, 100, 600_000),
+  /** How often each driver hears `location:stored` at most; well under the client's 10 s re-send. */
+  LOCATION_CONFIRM_MS: intFromEnv(3000, 200, 9000),
   PUSH_MAX_RESENDS: intFromEnv(10, 1, 1000),
   /** Only `production` changes behaviour: no generated webhook secret, JSON logs even on a terminal. */
   NODE_ENV: optionalString,

@@ -12,7 +12,7 @@ import { eventListener, otherEventsRefuser, parsePayload, rateLimitedBody } from
 import type { DriversStore } from './drivers.store.js';
 import type { PushKind } from '../platform/schema.js';
 import { isAcknowledgement, type PushService, type PushTransport } from '../pushes/pushes.service.js';
-import type { PresenceService } from './presence.service.js';
+import { type PresenceService, STORED_SLOTS } from './presence.service.js';
 
 interface DriversInterServer {
   /** "The driver's connection `sessionId` speaks for it now": every node closes the driver's older ones. */
@@ -50,7 +50,7 @@ export function attachDriversNamespace(
     logger: Logger;
     metrics: Metrics;
     limits: RateLimits;
-    /** How often `location:stored` confirmations go out; about a second by contract. */
+    /** How often each driver's `location:stored` confirmation goes out at most (LOCATION_CONFIRM_MS). */
     storedTickMs?: number;
     auth: AuthGate;
     /** True when the Redis adapter links this node to others. */
@@ -85,11 +85,18 @@ export function attachDriversNamespace(
   deps.pushes.useTransport(transport);
 
   // Cumulative confirmation: one `location:stored` per driver per tick covers every numbered fix stored since.
+  // One bucket of drivers per slice of the interval, so each driver hears at most once per interval
+  // and thousands of confirmations never leave in one burst (that stalled the event loop); straight
+  // to each socket, as a room broadcast per driver costs far more.
+  let storedSlot = 0;
   const storedTimer = setInterval(() => {
-    for (const [driverId, upTo] of presence.drainStored()) {
-      if (transport.isLocal(driverId)) nsp.local.to(driverRoom(driverId)).emit('location:stored', { upTo });
+    for (const [driverId, upTo] of presence.drainStored(storedSlot)) {
+      const room = nsp.adapter.rooms.get(driverRoom(driverId));
+      if (!room) continue;
+      for (const socketId of room) nsp.sockets.get(socketId)?.emit('location:stored', { upTo });
     }
-  }, deps.storedTickMs ?? 1000);
+    storedSlot = (storedSlot + 1) % STORED_SLOTS;
+  }, (deps.storedTickMs ?? 3000) / STORED_SLOTS);
   storedTimer.unref();
 
   nsp.use((socket, next) => {

@@ -27,6 +27,15 @@ export function newestFix(fixes: readonly LocationFix[]): LocationFix {
   return newest;
 }
 
+/** Buckets of stored-fix confirmations: one is drained per 1/STORED_SLOTS of the confirmation interval. */
+export const STORED_SLOTS = 20;
+
+/** A driver's confirmation bucket, from the end of its id (a uuid: evenly spread). */
+export function storedSlotOf(driverId: string): number {
+  const n = Number.parseInt(driverId.slice(-4), 16);
+  return Number.isNaN(n) ? 0 : n % STORED_SLOTS;
+}
+
 /** Drivers per step of the reconcile walk. */
 const RECONCILE_PAGE = 1000;
 
@@ -55,8 +64,12 @@ export function createPresenceService(deps: PresenceDeps) {
   let redisLost = false;
   let reconcileSoon = false;
   let flushing: Promise<void> = Promise.resolve();
-  /** Numbered fixes stored (GEO written, or flushed to PostgreSQL) since the edge last asked: driverId -> highest number. */
-  let stored = new Map<string, number>();
+  /**
+   * Numbered fixes stored (GEO written, or flushed to PostgreSQL) since the edge last asked, per
+   * driver the highest number, in STORED_SLOTS buckets by driver id: the edge drains one bucket per
+   * slice of a second, so the confirmations of thousands of drivers do not all leave at once.
+   */
+  const stored = Array.from({ length: STORED_SLOTS }, () => new Map<string, number>());
   /** Disconnect bookkeeping still running; shutdown waits for it before closing PostgreSQL. */
   const inflight = new Set<Promise<unknown>>();
 
@@ -151,7 +164,11 @@ export function createPresenceService(deps: PresenceDeps) {
   }
 
   function markStored(batch: readonly DriverPosition[]): void {
-    for (const p of batch) if (p.seq !== undefined && p.seq > (stored.get(p.id) ?? -1)) stored.set(p.id, p.seq);
+    for (const p of batch) {
+      if (p.seq === undefined) continue;
+      const bucket = stored[storedSlotOf(p.id)];
+      if (p.seq > (bucket.get(p.id) ?? -1)) bucket.set(p.id, p.seq);
+    }
   }
 
   async function flushToPostgres(): Promise<void> {
@@ -345,7 +362,7 @@ export function createPresenceService(deps: PresenceDeps) {
       const current = local.get(driverId);
       if (current === undefined || current < sessionId) local.set(driverId, sessionId);
       await publishStatus(row, 'refresh');
-      stored.delete(driverId);
+      stored[storedSlotOf(driverId)].delete(driverId);
       return { driverId, status: row.status, activeDelivery, offer: null, locationConfirmation: 'cumulative' };
     },
 
@@ -392,10 +409,10 @@ export function createPresenceService(deps: PresenceDeps) {
       metrics.pingsReceived.inc(fixes.length);
     },
 
-    /** Numbered fixes stored since the last call, per driver: what `location:stored` confirms. */
-    drainStored(): Map<string, number> {
-      const drained = stored;
-      stored = new Map();
+    /** Numbered fixes stored since this slot was last drained, per driver: what `location:stored` confirms. */
+    drainStored(slot: number): Map<string, number> {
+      const drained = stored[slot];
+      stored[slot] = new Map();
       return drained;
     },
 
