@@ -1,4 +1,5 @@
 import postgres from 'postgres';
+import { seededRandom } from '../../shared/src/driver-client/fake-socket.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   api,
@@ -327,15 +328,3 @@ interface DriverClientLike {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Mulberry32: the same interleaving of choices on every run, so a failure can be replayed. */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}

@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { Writable } from 'node:stream';
 import { Redis } from 'ioredis';
 import { SignJWT } from 'jose';
 import postgres from 'postgres';
@@ -32,34 +31,14 @@ import {
   testConfig,
   WEBHOOK_SECRET,
 } from './support/hub.js';
+import { type LogSink, logSink } from './support/log-sink.js';
 import { eventually } from './support/net.js';
 
 const BERLIN = { lat: 52.52, lng: 13.405 };
 const READY = '/events/seller-order-ready';
 const tokens = createTokenService(JWT_SECRET);
 
-/** Everything the hub logs, as text, for tests that read the logs. */
-function logSink() {
-  const chunks: string[] = [];
-  const stream = new Writable({
-    write(chunk, _encoding, done) {
-      chunks.push(chunk.toString());
-      done();
-    },
-  });
-  return {
-    stream,
-    text: () => chunks.join(''),
-    lines: (): Record<string, any>[] =>
-      chunks
-        .join('')
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => JSON.parse(l)),
-  };
-}
-
-type Sink = ReturnType<typeof logSink>;
+type Sink = LogSink;
 
 async function startHubWith(config: Config, opts: { edge?: EdgeOptions; sink?: Sink } = {}): Promise<TestHub> {
   const logger = createLogger({ level: opts.sink ? 'trace' : config.LOG_LEVEL, nodeId: config.NODE_ID }, opts.sink?.stream);
