@@ -28,7 +28,7 @@ export function newestFix(fixes: readonly LocationFix[]): LocationFix {
 }
 
 /** Buckets of stored-fix confirmations: one is drained per 1/STORED_SLOTS of the confirmation interval. */
-export const STORED_SLOTS = 20;
+export const STORED_SLOTS = 100;
 
 /** A driver's confirmation bucket, from the end of its id (a uuid: evenly spread). */
 export function storedSlotOf(driverId: string): number {
