@@ -1,3 +1,4 @@
+import { pushAckReply } from '../../../shared/src/schemas.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
@@ -41,9 +42,10 @@ export interface PushDeps {
   };
 }
 
-/** The app's acknowledgement: `{ ok: true }`, nothing else. */
+/** The app's acknowledgement: `{ ok: true }` by the contract's own schema, nothing else. */
 export function isAcknowledgement(reply: unknown): boolean {
-  return typeof reply === 'object' && reply !== null && (reply as { ok?: unknown }).ok === true;
+  const parsed = pushAckReply.safeParse(reply);
+  return parsed.success && parsed.data.ok;
 }
 
 /**

@@ -69,11 +69,11 @@ export function createPushesStore(database: Database) {
      */
     async due(afterMs: number, limit: number): Promise<OpenPush[]> {
       return database.rows<OpenPush>(sql`
-        select ${openPushColumns} from pushes p
-        where p.acknowledged_at is null and p.closed_at is null and p.unacknowledged_at is null
-          and coalesce(p.last_sent_at, p.created_at) <= now() - make_interval(secs => ${afterMs / 1000})
-          and exists (select 1 from drivers d where d.id = p.driver_id and d.session_id is not null)
-        order by p.created_at
+        select ${openPushColumns} from pushes
+        where ${OPEN} and unacknowledged_at is null
+          and coalesce(last_sent_at, created_at) <= now() - make_interval(secs => ${afterMs / 1000})
+          and exists (select 1 from drivers d where d.id = pushes.driver_id and d.session_id is not null)
+        order by created_at
         limit ${limit}`);
     },
 
