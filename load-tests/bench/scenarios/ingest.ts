@@ -266,7 +266,8 @@ async function runTarget(
       await group.resetWindow();
       const cpuA = readCpuTimes();
       const procA = sampleProcesses();
-      await sleep(o.windowMs);
+      // With --profile the ramp's windows are profiled too: where a server fails on lag is where its time goes.
+      await profiled(ctx, server, `ingest-${label}-${rate}`, () => sleep(o.windowMs), profiles);
       const machineBusy = machineBusyPercent(cpuA, readCpuTimes());
       const foreign = foreignCpuPercent(procA, sampleProcesses());
       const after = await snapshot(server, group, rate);
