@@ -6,9 +6,9 @@
  * "seller order ready" webhooks at the given rate.
  */
 import { randomUUID } from 'node:crypto';
-import { type ActiveDelivery, type DriverClient, type LocationInput, createDriverClient } from '../shared/src/driver-client/index.js';
-import { DriverClientError } from '../shared/src/driver-client/index.js';
-import { signWebhook } from '../shared/src/webhooks.js';
+import { type ActiveDelivery, type DriverClient, type LocationInput, createDriverClient } from '#shared/driver-client/index.js';
+import { DriverClientError } from '#shared/driver-client/index.js';
+import { signWebhook } from '#shared/webhooks.js';
 
 export interface Point {
   lat: number;

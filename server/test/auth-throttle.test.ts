@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { signWebhook } from '../../shared/src/webhooks.js';
+import { signWebhook } from '#shared/webhooks.js';
 import { addressKey, createClientAddress } from '../src/platform/client-address.js';
 import { TcpProxy } from './support/faults.js';
 import {

@@ -1,7 +1,7 @@
 import type { Socket } from 'socket.io-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { DispatchSnapshot } from '../../shared/src/events.js';
-import type { DeliveryView, DriverMoved } from '../../shared/src/schemas.js';
+import type { DispatchSnapshot } from '#shared/events.js';
+import type { DeliveryView, DriverMoved } from '#shared/schemas.js';
 import {
   api,
   connectError,

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type ActiveDelivery, createDriverClient, type DriverClient, DriverClientError, type DriverClientOptions } from '../../shared/src/driver-client/index.js';
-import type { DriverSession } from '../../shared/src/events.js';
+import { type ActiveDelivery, createDriverClient, type DriverClient, DriverClientError, type DriverClientOptions } from '#shared/driver-client/index.js';
+import type { DriverSession } from '#shared/events.js';
 import { api, createDriver, createTestDatabase, order, postWebhook, redisFor, startTestHub, type TestDatabase, type TestHub, testConfig } from './support/hub.js';
 import { eventually } from './support/net.js';
 

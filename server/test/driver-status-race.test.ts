@@ -1,5 +1,5 @@
 import postgres from 'postgres';
-import { seededRandom } from '../../shared/src/driver-client/fake-socket.js';
+import { seededRandom } from '#shared/driver-client/fake-socket.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   api,

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import fc from 'fast-check';
 import type { Socket } from 'socket.io-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { signWebhook } from '../../shared/src/webhooks.js';
+import { signWebhook } from '#shared/webhooks.js';
 import { createLogger } from '../src/platform/logger.js';
 import { startHub } from '../src/main.js';
 import {

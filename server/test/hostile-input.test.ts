@@ -8,7 +8,7 @@ import type { EdgeOptions } from '../src/app.js';
 import type { Config } from '../src/platform/config.js';
 import { createLogger } from '../src/platform/logger.js';
 import { createTokenService, TOKEN_AUDIENCE, TOKEN_ISSUER } from '../src/platform/tokens.js';
-import { signWebhook } from '../../shared/src/webhooks.js';
+import { signWebhook } from '#shared/webhooks.js';
 import { startHub } from '../src/main.js';
 import { TcpProxy } from './support/faults.js';
 import {

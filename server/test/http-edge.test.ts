@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { signWebhook } from '../../shared/src/webhooks.js';
+import { signWebhook } from '#shared/webhooks.js';
 import { ADMIN_TOKEN, createTestDatabase, order, type TestDatabase, type TestHub, startTestHub, testConfig, WEBHOOK_SECRET } from './support/hub.js';
 import { type LogSink, logSink } from './support/log-sink.js';
 

@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { verifyWebhook } from '../../shared/src/webhooks.js';
+import { verifyWebhook } from '#shared/webhooks.js';
 import { envFrom, spawnHub } from './support/child-hub.js';
 import { api, createTestDatabase, hasSharedPostgres, onDutyDriver, order, postWebhook, startTestHub, type TestDatabase, type TestHub, testConfig } from './support/hub.js';
 import { eventually } from './support/net.js';

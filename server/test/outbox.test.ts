@@ -7,7 +7,7 @@ import { Hono } from 'hono';
 import { pino } from 'pino';
 import postgres from 'postgres';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { verifyWebhook } from '../../shared/src/webhooks.js';
+import { verifyWebhook } from '#shared/webhooks.js';
 import { backoffDelayMs, createOutboxRelay, type OutboxRelay, type OutboxRelayConfig, type OutboxWebhookBody, retryAfterMs } from '../src/outbox/outbox.relay.js';
 import { createOutboxRoutes } from '../src/outbox/outbox.routes.js';
 import { createOutboxStore, type OutboxEventType, type OutboxStore } from '../src/outbox/outbox.store.js';

@@ -2,7 +2,7 @@ import { execFile, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { verifyWebhook } from '../../shared/src/webhooks.js';
+import { verifyWebhook } from '#shared/webhooks.js';
 import { parseConfig } from '../src/platform/config.js';
 import { createLogger, wantsPrettyLogs } from '../src/platform/logger.js';
 import { logStartupNotes, webhookCurlExample } from '../src/platform/startup-notes.js';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { signWebhook, verifyWebhook } from '../../shared/src/webhooks.js';
+import { signWebhook, verifyWebhook } from '#shared/webhooks.js';
 
 // The Standard Webhooks specification's published test vector.
 const VECTOR = {

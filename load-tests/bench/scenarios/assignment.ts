@@ -10,7 +10,7 @@
 import { randomUUID } from 'node:crypto';
 import { Agent, request } from 'node:http';
 import { Redis } from 'ioredis';
-import { signWebhook } from '../../../shared/src/webhooks.js';
+import { signWebhook } from '#shared/webhooks.js';
 import {
   CENTRE,
   Cleanup,

@@ -1,7 +1,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { Hono, type MiddlewareHandler } from 'hono';
-import { createDriverBody, listDeliveriesQuery, mintTokenBody } from '../../../shared/src/schemas.js';
-import type { Role } from '../../../shared/src/schemas.js';
+import { createDriverBody, listDeliveriesQuery, mintTokenBody } from '#shared/schemas.js';
+import type { Role } from '#shared/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { AuthGate } from '../platform/auth-throttle.js';
 import { HubError, validationError } from '../platform/errors.js';

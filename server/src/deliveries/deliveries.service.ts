@@ -1,4 +1,4 @@
-import type { DeliveryStatus, DeliveryUpdatePayload, DeliveryView, ListDeliveriesQuery } from '../../../shared/src/schemas.js';
+import type { DeliveryStatus, DeliveryUpdatePayload, DeliveryView, ListDeliveriesQuery } from '#shared/schemas.js';
 import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';

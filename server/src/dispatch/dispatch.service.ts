@@ -1,5 +1,5 @@
-import type { DriverSession } from '../../../shared/src/events.js';
-import type { OrderReadyReply, SellerOrderReady } from '../../../shared/src/schemas.js';
+import type { DriverSession } from '#shared/events.js';
+import type { OrderReadyReply, SellerOrderReady } from '#shared/schemas.js';
 import { type DeliveriesStore, type DeliveryRow, toAssignmentPush, toDeliveryView } from '../deliveries/deliveries.store.js';
 import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';

@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import type { DispatchClientEvents, DispatchServerEvents, DriverClientEvents, DriverServerEvents } from '../../../shared/src/events.js';
-import * as replies from '../../../shared/src/replies.js';
+import type { DispatchClientEvents, DispatchServerEvents, DriverClientEvents, DriverServerEvents } from '#shared/events.js';
+import * as replies from '#shared/replies.js';
 import {
   deliveryUpdatePayload,
   driverStatus,
@@ -11,7 +11,7 @@ import {
   offerAcceptPayload,
   offerDeclinePayload,
   viewportPayload,
-} from '../../../shared/src/schemas.js';
+} from '#shared/schemas.js';
 import { createSchemaCatalogue, type JsonSchema } from './json-schema.js';
 
 /**

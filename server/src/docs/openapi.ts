@@ -1,8 +1,8 @@
 import type { z } from 'zod';
-import { ERROR_CODES } from '../../../shared/src/errors.js';
-import * as replies from '../../../shared/src/replies.js';
-import { createDriverBody, listDeliveriesQuery, locationPayload, mintTokenBody, place, sellerOrderCancelled, sellerOrderReady } from '../../../shared/src/schemas.js';
-import { WEBHOOK_TOLERANCE_SECONDS } from '../../../shared/src/webhooks.js';
+import { ERROR_CODES } from '#shared/errors.js';
+import * as replies from '#shared/replies.js';
+import { createDriverBody, listDeliveriesQuery, locationPayload, mintTokenBody, place, sellerOrderCancelled, sellerOrderReady } from '#shared/schemas.js';
+import { WEBHOOK_TOLERANCE_SECONDS } from '#shared/webhooks.js';
 import { uuidParam } from '../admin/admin.routes.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { HealthBody } from '../app.js';

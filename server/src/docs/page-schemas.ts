@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { healthReply } from '../../../shared/src/replies.js';
+import { healthReply } from '#shared/replies.js';
 
 /** `GET /` for JSON clients: what this is and where everything is. */
 export const frontDoorIndex = z.object({

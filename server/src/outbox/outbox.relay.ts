@@ -1,4 +1,4 @@
-import { signWebhook } from '../../../shared/src/webhooks.js';
+import { signWebhook } from '#shared/webhooks.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
 import type { ClaimedEvent, OutboxStore } from './outbox.store.js';

@@ -1,6 +1,6 @@
 import { and, asc, desc, eq, inArray, lt, lte, notExists, sql } from 'drizzle-orm';
 import { alias } from 'drizzle-orm/pg-core';
-import { DELIVERY_EVENT_TYPES, type DeliveryEventType } from '../../../shared/src/schemas.js';
+import { DELIVERY_EVENT_TYPES, type DeliveryEventType } from '#shared/schemas.js';
 import type { Database, DbOrTx } from '../platform/db.js';
 import { outbox } from '../platform/schema.js';
 

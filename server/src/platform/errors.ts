@@ -1,4 +1,4 @@
-import type { ErrorBody, ErrorCode } from '../../../shared/src/errors.js';
+import type { ErrorBody, ErrorCode } from '#shared/errors.js';
 
 const HTTP_STATUS: Record<ErrorCode, number> = {
   VALIDATION_FAILED: 400,

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { AssignmentPush, DeliveryStatus, DeliveryView, DriverStatus } from '../../../shared/src/schemas.js';
+import type { AssignmentPush, DeliveryStatus, DeliveryView, DriverStatus } from '#shared/schemas.js';
 
 /**
  * Domain events inside one process. Services emit them; the socket edges turn them into

@@ -14,7 +14,7 @@ import {
   uniqueIndex,
   uuid,
 } from 'drizzle-orm/pg-core';
-import { ACTIVE_DELIVERY_STATUSES, type DeliveryStatus, type DriverStatus, type Role } from '../../../shared/src/schemas.js';
+import { ACTIVE_DELIVERY_STATUSES, type DeliveryStatus, type DriverStatus, type Role } from '#shared/schemas.js';
 
 /** The delivery statuses that hold a driver, as an SQL list: `status in ${ACTIVE_STATUSES_SQL}`. */
 export const ACTIVE_STATUSES_LIST = `(${ACTIVE_DELIVERY_STATUSES.map((s) => `'${s}'`).join(', ')})`;

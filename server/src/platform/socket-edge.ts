@@ -1,6 +1,6 @@
 import type { Socket } from 'socket.io';
 import type { z } from 'zod';
-import type { AckReply } from '../../../shared/src/errors.js';
+import type { AckReply } from '#shared/errors.js';
 import { HubError, toHubError, validationError } from './errors.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';

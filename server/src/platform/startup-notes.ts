@@ -1,4 +1,4 @@
-import { decodeWebhookSecret } from '../../../shared/src/webhooks.js';
+import { decodeWebhookSecret } from '#shared/webhooks.js';
 import type { Config } from './config.js';
 import type { Logger } from './logger.js';
 

@@ -1,5 +1,5 @@
 import { SignJWT, errors as joseErrors, jwtVerify } from 'jose';
-import type { Role } from '../../../shared/src/schemas.js';
+import type { Role } from '#shared/schemas.js';
 import { HubError } from './errors.js';
 
 export interface TokenClaims {

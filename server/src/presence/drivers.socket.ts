@@ -1,6 +1,6 @@
 import type { Namespace, Socket } from 'socket.io';
-import type { DriverClientEvents, DriverServerEvents, SocketData } from '../../../shared/src/events.js';
-import { deliveryUpdatePayload, driverStatusPayload, type LocationFix, locationPayload } from '../../../shared/src/schemas.js';
+import type { DriverClientEvents, DriverServerEvents, SocketData } from '#shared/events.js';
+import { deliveryUpdatePayload, driverStatusPayload, type LocationFix, locationPayload } from '#shared/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { AuthGate } from '../platform/auth-throttle.js';
 import { HubError } from '../platform/errors.js';

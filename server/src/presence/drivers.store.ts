@@ -1,5 +1,5 @@
 import { and, desc, eq, inArray, isNull, type SQL, sql } from 'drizzle-orm';
-import type { DriverStatus, DriverView } from '../../../shared/src/schemas.js';
+import type { DriverStatus, DriverView } from '#shared/schemas.js';
 import type { Database, DbOrTx } from '../platform/db.js';
 import { ACTIVE_STATUSES_SQL, driverPositions, drivers } from '../platform/schema.js';
 

@@ -1,5 +1,5 @@
 import { Hono } from 'hono';
-import { locationPayload } from '../../../shared/src/schemas.js';
+import { locationPayload } from '#shared/schemas.js';
 import { HubError } from '../platform/errors.js';
 import { bearerToken, jsonBody } from '../platform/http-input.js';
 import type { Metrics } from '../platform/metrics.js';

@@ -1,5 +1,5 @@
-import type { DriverSession } from '../../../shared/src/events.js';
-import type { DriverMoved, DriverStatus, LocationFix } from '../../../shared/src/schemas.js';
+import type { DriverSession } from '#shared/events.js';
+import type { DriverMoved, DriverStatus, LocationFix } from '#shared/schemas.js';
 import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import type { DriverStatus } from '../../../shared/src/schemas.js';
+import type { DriverStatus } from '#shared/schemas.js';
 import { type CircuitBreaker, RedisUnavailableError } from '../platform/redis.js';
 
 /**

@@ -1,4 +1,4 @@
-import { pushAckReply } from '../../../shared/src/schemas.js';
+import { pushAckReply } from '#shared/schemas.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';

@@ -1,6 +1,6 @@
 import type { Namespace } from 'socket.io';
-import type { DispatchClientEvents, DispatchServerEvents, DispatchSnapshot, SocketData } from '../../../shared/src/events.js';
-import { type DriverMoved, type Viewport, viewportPayload } from '../../../shared/src/schemas.js';
+import type { DispatchClientEvents, DispatchServerEvents, DispatchSnapshot, SocketData } from '#shared/events.js';
+import { type DriverMoved, type Viewport, viewportPayload } from '#shared/schemas.js';
 import type { TokenVersionsStore } from '../admin/token-versions.store.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { AuthGate } from '../platform/auth-throttle.js';

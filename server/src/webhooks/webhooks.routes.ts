@@ -1,6 +1,6 @@
 import { Hono } from 'hono';
-import { sellerOrderCancelled, sellerOrderReady } from '../../../shared/src/schemas.js';
-import { verifyWebhook } from '../../../shared/src/webhooks.js';
+import { sellerOrderCancelled, sellerOrderReady } from '#shared/schemas.js';
+import { verifyWebhook } from '#shared/webhooks.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { DispatchService } from '../dispatch/dispatch.service.js';
 import type { AuthGate } from '../platform/auth-throttle.js';
