@@ -8,6 +8,7 @@
 import { createServer } from 'node:http';
 import { Redis } from 'ioredis';
 import { Server } from 'socket.io';
+import { SOCKET_ENGINE_OPTIONS } from '../../server/src/realtime/socket-server.js';
 import { emitEvent } from './lib.js';
 
 const port = Number(process.env.PORT);
@@ -40,14 +41,7 @@ function subjectOf(token: unknown): string {
 const http = createServer((_req, res) => {
   res.writeHead(404).end();
 });
-const io = new Server(http, {
-  transports: ['websocket'],
-  serveClient: false,
-  maxHttpBufferSize: 32 * 1024,
-  pingInterval: 25_000,
-  pingTimeout: 20_000,
-  connectTimeout: 10_000,
-});
+const io = new Server(http, { ...SOCKET_ENGINE_OPTIONS, transports: [...SOCKET_ENGINE_OPTIONS.transports] });
 
 io.of('/drivers').on('connection', (socket) => {
   const id = subjectOf((socket.handshake.auth as { token?: unknown }).token);

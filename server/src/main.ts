@@ -18,7 +18,7 @@ import { connectRedis, createRedisClients, type RedisClients } from './platform/
 import { logStartupNotes } from './platform/startup-notes.js';
 import { registerStateGauges } from './platform/state-gauges.js';
 import { createTokenService } from './platform/tokens.js';
-import { createDriversStore } from './presence/drivers.store.js';
+import { createDriversStore } from './drivers/drivers.store.js';
 import { createPushService } from './pushes/pushes.service.js';
 import { createPushesStore } from './pushes/pushes.store.js';
 import { createPresenceService } from './presence/presence.service.js';
@@ -33,7 +33,7 @@ export interface RunningHub {
 }
 
 export interface HubExtensions {
-  /** Public routes; by default the dispatcher map page. */
+  /** Public routes with paths from the root; by default the dispatcher map page. */
   publicRoutes?: Hono[];
   /** Rate limits and token recheck period; production defaults when absent. */
   edge?: EdgeOptions;
@@ -129,8 +129,10 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     pushes,
     dispatch,
     deliveries,
-    adminRoutes: [createOutboxRoutes({ store: outboxStore })],
-    publicRoutes: extensions.publicRoutes ?? [createMapRoutes({ tileUrl: config.MAP_TILE_URL })],
+    routes: [
+      { path: '/admin/outbox', routes: createOutboxRoutes({ store: outboxStore }) },
+      ...(extensions.publicRoutes ?? [createMapRoutes({ tileUrl: config.MAP_TILE_URL })]).map((routes) => ({ path: '/', routes })),
+    ],
     edge: extensions.edge,
   });
   const port = await app.listen();

@@ -410,7 +410,7 @@ describe('outbox relay', () => {
     const id = await enqueue(randomUUID(), 'delivery.failed');
     await store.markDead(id, 'HTTP 410');
     const app = new Hono();
-    app.route('/', createOutboxRoutes({ store }));
+    app.route('/admin/outbox', createOutboxRoutes({ store }));
     app.onError((err, c) =>
       err instanceof HubError ? c.json({ error: err.toBody() }, err.httpStatus as 404) : c.json({ error: { code: 'INTERNAL', message: 'x' } }, 500),
     );

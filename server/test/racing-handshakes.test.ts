@@ -1,7 +1,7 @@
 import type { Socket as ServerSocket } from 'socket.io';
 import type { Socket } from 'socket.io-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sessionIdOf } from '../src/presence/drivers.socket.js';
+import { sessionIdOf } from '../src/realtime/drivers.socket.js';
 import {
   api,
   connectDriver,

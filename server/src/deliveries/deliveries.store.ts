@@ -5,8 +5,8 @@ import { OUTBOX_INSERT, type OutboxEventType } from '../outbox/outbox.store.js';
 import { PUSH_UPSERT, PUSH_UPSERT_CONFLICT, type PushesStore } from '../pushes/pushes.store.js';
 import { type Database, type DbOrTx, isRetryableConflict, retryOnConflict, rowMapper, type Tx, uniqueViolation } from '../platform/db.js';
 import { ACTIVE_STATUSES_LIST, ACTIVE_STATUSES_SQL, deliveries, deliveryEvents } from '../platform/schema.js';
-import type { DriversStore } from '../presence/drivers.store.js';
-import { haversineSql } from '../presence/drivers.store.js';
+import type { DriversStore } from '../drivers/drivers.store.js';
+import { haversineSql } from '../drivers/drivers.store.js';
 
 export type DeliveryRow = typeof deliveries.$inferSelect;
 export type Candidate = { driverId: string; distanceMeters: number };

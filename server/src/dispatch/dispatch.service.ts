@@ -5,7 +5,7 @@ import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
-import type { DriversStore } from '../presence/drivers.store.js';
+import type { DriversStore } from '../drivers/drivers.store.js';
 import type { PresenceService } from '../presence/presence.service.js';
 import type { PresenceStore } from '../presence/presence.store.js';
 

@@ -8,12 +8,12 @@ export const deadEventsQuery = z.object({
   limit: z.coerce.number().int().min(1).max(1000).default(100),
 });
 
-/** Admin view of given-up status events. The caller mounts it behind its admin auth. */
+/** Admin view of given-up status events, mounted at /admin/outbox (admin-only like the rest of /admin). */
 export function createOutboxRoutes(deps: { store: Pick<OutboxStore, 'listDead' | 'replay'> }): Hono {
   const { store } = deps;
   const routes = new Hono();
 
-  routes.get('/admin/outbox/dead', async (c) => {
+  routes.get('/dead', async (c) => {
     const query = deadEventsQuery.safeParse(c.req.query());
     if (!query.success) throw validationError(query.error.issues, 'query');
     const events = await store.listDead(query.data.limit);
@@ -32,7 +32,7 @@ export function createOutboxRoutes(deps: { store: Pick<OutboxStore, 'listDead' |
     });
   });
 
-  routes.post('/admin/outbox/:id/replay', async (c) => {
+  routes.post('/:id/replay', async (c) => {
     const id = c.req.param('id');
     if (!(await store.replay(id))) throw new HubError('NOT_FOUND', `no dead outbox event ${id}`);
     return c.json({ replayed: true });

@@ -71,3 +71,8 @@ export function validationError(issues: { path: PropertyKey[]; message: string }
     issues.slice(0, 20).map((i) => ({ path: i.path.map(String).join('.'), message: i.message })),
   );
 }
+
+/** Too many of `what`: RATE_LIMITED with the wait in `details.retryAfterMs` (HTTP adds Retry-After). */
+export function rateLimitedError(what: string, retryAfterMs: number): HubError {
+  return new HubError('RATE_LIMITED', `too many ${what}; retry in ${retryAfterMs} ms`, { retryAfterMs });
+}

@@ -1,43 +1,11 @@
 import type { Socket } from 'socket.io';
-import type { z } from 'zod';
-import type { AckReply } from '#shared/errors.js';
-import { HubError, toHubError, validationError } from './errors.js';
+import type { AckReply, ErrorBody } from '#shared/errors.js';
+import { HubError, rateLimitedError, toHubError } from './errors.js';
+import { createLogThrottle } from './log-throttle.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
 
 type AnySocket = Socket<any, any, any, any>;
-
-/** A UTF-16 half without its other half: not Unicode at all (jsonb refuses it, text would mangle it). */
-const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
-
-/** The path of the first string in `value` that PostgreSQL could not store faithfully, or null. */
-export function findUnstorableText(value: unknown): PropertyKey[] | null {
-  // PostgreSQL text and jsonb cannot hold a NUL.
-  if (typeof value === 'string') return value.includes('\u0000') || LONE_SURROGATE.test(value) ? [] : null;
-  if (value === null || typeof value !== 'object') return null;
-  // Runs on every location ping: the path is built only on the way back from a bad string.
-  for (const key in value) {
-    const inner = (value as Record<string, unknown>)[key];
-    if (inner === null || (typeof inner !== 'string' && typeof inner !== 'object')) continue;
-    const found = findUnstorableText(inner);
-    if (found) return [Array.isArray(value) ? Number(key) : key, ...found];
-  }
-  return null;
-}
-
-/**
- * Parses a client payload (socket event or HTTP body) with its shared schema; a bad one is a
- * VALIDATION_FAILED HubError. Text the schemas let through but the database would choke on is
- * refused here too, so it is a 400 and not a 500 halfway through a transaction.
- */
-export function parsePayload<S extends z.ZodType>(schema: S, payload: unknown, what: string): z.infer<S> {
-  const parsed = schema.safeParse(payload);
-  if (!parsed.success) throw validationError(parsed.error.issues, what);
-  // After the schema: only known, bounded fields are left to walk.
-  const bad = findUnstorableText(parsed.data);
-  if (bad) throw validationError([{ path: bad, message: 'text must be valid Unicode without NUL characters' }], what);
-  return parsed.data;
-}
 
 export interface EdgeDeps {
   logger: Logger;
@@ -46,27 +14,27 @@ export interface EdgeDeps {
   limit?: (socket: AnySocket) => number | null | Promise<number | null>;
 }
 
-/** Per socket: when its last rate-limit line was written, and how many refusals went unlogged since. */
-const rateLimitLog = new WeakMap<AnySocket, { until: number; suppressed: number }>();
-
 /** Who a log line about a socket is about, under the same keys as the namespaces' own lines. */
 const socketFields = (socket: AnySocket) => ({ socket: socket.id, [socket.data?.role === 'driver' ? 'driver' : 'dispatcher']: socket.data?.subject });
 
+/**
+ * Per socket: one rate-limit line per window however many refusals (a flood must not turn into a
+ * log flood). Shared by every namespace; a socket id is unique across them.
+ */
+const rateLimitLog = createLogThrottle();
+
 function noteRateLimited(socket: AnySocket, event: string, retryAfterMs: number, deps: EdgeDeps): void {
   deps.metrics.rateLimited.inc({ event });
-  // A flood must not turn into a log flood: one line per socket per window.
-  const now = Date.now();
-  const entry = rateLimitLog.get(socket);
-  if (entry && now < entry.until) {
-    entry.suppressed += 1;
-    return;
-  }
-  deps.logger.warn({ ...socketFields(socket), event, retryAfterMs, refusedSinceLastLine: entry?.suppressed ?? 0 }, 'socket rate limited');
-  rateLimitLog.set(socket, { until: now + Math.max(retryAfterMs, 1000), suppressed: 0 });
+  const skipped = rateLimitLog.take(socket.id, retryAfterMs);
+  if (skipped !== null) deps.logger.warn({ ...socketFields(socket), event, retryAfterMs, refusedSinceLastLine: skipped }, 'socket rate limited');
 }
 
-export function rateLimitedBody(what: string, retryAfterMs: number) {
-  return { code: 'RATE_LIMITED' as const, message: `too many ${what}; retry in ${retryAfterMs} ms`, details: { retryAfterMs } };
+/**
+ * A refused handshake as Socket.IO passes it to `next`: the client's `connect_error` carries the
+ * code as its message and the error body as its `data`.
+ */
+export function handshakeError(error: HubError): Error & { data: ErrorBody } {
+  return Object.assign(new Error(error.code), { data: error.toBody() });
 }
 
 /** A listener shared by every socket of a namespace: Socket.IO calls it with the socket as `this`. */
@@ -87,7 +55,7 @@ export function eventListener<T extends object>(
   type Ack = ((reply: AckReply<T>) => void) | undefined;
   const refuse = (socket: AnySocket, ack: Ack, retryAfterMs: number) => {
     noteRateLimited(socket, event, retryAfterMs, deps);
-    ack?.({ ok: false, error: rateLimitedBody(`${event} events`, retryAfterMs) });
+    ack?.({ ok: false, error: rateLimitedError(`${event} events`, retryAfterMs).toBody() });
   };
   const fail = (socket: AnySocket, ack: Ack, err: unknown) => {
     const hubError = toHubError(err);

@@ -1,12 +1,12 @@
 import { Hono } from 'hono';
 import { locationPayload } from '#shared/schemas.js';
-import { HubError } from '../platform/errors.js';
+import { HubError, rateLimitedError } from '../platform/errors.js';
 import { bearerToken, jsonBody } from '../platform/http-input.js';
 import type { Metrics } from '../platform/metrics.js';
 import type { RateLimits } from '../platform/rate-limits.js';
-import { parsePayload, rateLimitedBody } from '../platform/socket-edge.js';
+import { parsePayload } from '../platform/payload.js';
 import type { TokenService } from '../platform/tokens.js';
-import type { DriversStore } from './drivers.store.js';
+import type { DriversStore } from '../drivers/drivers.store.js';
 import type { PresenceService } from './presence.service.js';
 
 export interface LocationRoutesDeps {
@@ -19,12 +19,12 @@ export interface LocationRoutesDeps {
 
 /**
  * Background location for apps whose phone OS will not keep a socket open: the same payload,
- * validation, per-driver budget and atomic GEO step as the socket's `location` event.
+ * validation, per-driver budget and atomic GEO step as the socket's `location` event. Mounted at /drivers.
  */
 export function createLocationRoutes(deps: LocationRoutesDeps) {
   const app = new Hono();
 
-  app.post('/drivers/me/locations', async (c) => {
+  app.post('/me/locations', async (c) => {
     const claims = await deps.tokens.verify(bearerToken(c) || undefined);
     if (claims.role !== 'driver') throw new HubError('FORBIDDEN', 'driver token required');
     const driverId = claims.subject;
@@ -32,8 +32,7 @@ export function createLocationRoutes(deps: LocationRoutesDeps) {
     const retryAfterMs = await deps.limits.consume('location', driverId);
     if (retryAfterMs !== null) {
       deps.metrics.rateLimited.inc({ event: 'location-http' });
-      const body = rateLimitedBody('locations', retryAfterMs);
-      throw new HubError('RATE_LIMITED', body.message, body.details);
+      throw rateLimitedError('locations', retryAfterMs);
     }
     const current = (await deps.drivers.tokenVersions([driverId])).get(driverId);
     if (current === undefined || (claims.version ?? 0) !== current) throw new HubError('TOKEN_INVALID', current === undefined ? 'no such driver' : 'token revoked');

@@ -4,7 +4,7 @@ import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
-import type { DriverPosition, DriverPresenceRow, DriversStore } from './drivers.store.js';
+import type { DriverPosition, DriverPresenceRow, DriversStore } from '../drivers/drivers.store.js';
 import type { PresenceStore } from './presence.store.js';
 
 export interface PresenceDeps {

@@ -2,7 +2,7 @@ import { pushAckReply } from '#shared/schemas.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
-import { createLogThrottle } from '../platform/rate-limits.js';
+import { createLogThrottle } from '../platform/log-throttle.js';
 import type { PushKind } from '../platform/schema.js';
 import type { OpenPush, PushesStore, PushKey } from './pushes.store.js';
 

@@ -4,12 +4,15 @@ import { type DriverMoved, type Viewport, viewportPayload } from '#shared/schema
 import type { TokenVersionsStore } from '../admin/token-versions.store.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { AuthGate } from '../platform/auth-throttle.js';
+import { HubError, rateLimitedError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
-import { createLogThrottle, type RateLimits } from '../platform/rate-limits.js';
-import { eventListener, otherEventsRefuser, parsePayload, rateLimitedBody } from '../platform/socket-edge.js';
-import type { DriversStore } from '../presence/drivers.store.js';
+import { createLogThrottle } from '../platform/log-throttle.js';
+import type { RateLimits } from '../platform/rate-limits.js';
+import { parsePayload } from '../platform/payload.js';
+import { eventListener, handshakeError, otherEventsRefuser } from '../platform/socket-edge.js';
+import type { DriversStore } from '../drivers/drivers.store.js';
 import type { PresenceService } from '../presence/presence.service.js';
 
 /** A `/dispatch` event other than the position batches, as the clients receive it. */
@@ -191,7 +194,7 @@ export function attachDispatchNamespace(
 
   nsp.use((socket, next) => {
     if (socket.data.role !== 'dispatcher' && socket.data.role !== 'admin') {
-      return next(Object.assign(new Error('FORBIDDEN'), { data: { code: 'FORBIDDEN', message: 'dispatcher token required' } }));
+      return next(handshakeError(new HubError('FORBIDDEN', 'dispatcher token required')));
     }
     next();
   });
@@ -205,7 +208,7 @@ export function attachDispatchNamespace(
     metrics.rateLimited.inc({ event: 'dispatch-connect' });
     const skipped = connectLog.take(subject, retryAfterMs);
     if (skipped !== null) log.warn({ dispatcher: subject, retryAfterMs, refusedSinceLastLine: skipped }, 'dispatcher handshake rate limited');
-    next(Object.assign(new Error('RATE_LIMITED'), { data: rateLimitedBody('connections for this dispatcher', retryAfterMs) }));
+    next(handshakeError(rateLimitedError('connections for this dispatcher', retryAfterMs)));
   });
 
   // A revoked token (the subject's token version moved on) is refused at the door, after the limit.
@@ -214,9 +217,9 @@ export function attachDispatchNamespace(
     try {
       if ((tokenVersion ?? 0) === (await deps.tokenVersions.version(role as 'dispatcher' | 'admin', subject))) return next();
       await deps.auth.failed('handshake', deps.auth.handshakeAddress(socket.handshake));
-      next(Object.assign(new Error('TOKEN_INVALID'), { data: { code: 'TOKEN_INVALID', message: 'token revoked' } }));
+      next(handshakeError(new HubError('TOKEN_INVALID', 'token revoked')));
     } catch {
-      next(Object.assign(new Error('SERVICE_UNAVAILABLE'), { data: { code: 'SERVICE_UNAVAILABLE', message: 'try again shortly' } }));
+      next(handshakeError(new HubError('SERVICE_UNAVAILABLE', 'try again shortly')));
     }
   });
 

@@ -7,7 +7,7 @@ import type { AuthGate } from '../platform/auth-throttle.js';
 import { HubError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
-import { parsePayload } from '../platform/socket-edge.js';
+import { parsePayload } from '../platform/payload.js';
 
 export interface WebhookDeps {
   dispatch: DispatchService;
@@ -18,7 +18,7 @@ export interface WebhookDeps {
   metrics: Metrics;
 }
 
-/** Vendure's calls, signed per Standard Webhooks over the raw body. */
+/** Vendure's calls, signed per Standard Webhooks over the raw body; mounted at /events. */
 export function createWebhookRoutes(deps: WebhookDeps) {
   const app = new Hono();
 
@@ -49,14 +49,14 @@ export function createWebhookRoutes(deps: WebhookDeps) {
     }
   }
 
-  app.post('/events/seller-order-ready', async (c) => {
+  app.post('/seller-order-ready', async (c) => {
     const order = parsePayload(sellerOrderReady, await verifiedJson(c, 'seller-order-ready'), 'seller order');
     const reply = await deps.dispatch.orderReady(order);
     deps.metrics.webhookRequests.inc({ event: 'seller-order-ready', outcome: reply.idempotent ? 'retry' : reply.status });
     return c.json(reply, reply.status === 'PENDING' ? 202 : 200);
   });
 
-  app.post('/events/seller-order-cancelled', async (c) => {
+  app.post('/seller-order-cancelled', async (c) => {
     const cancellation = parsePayload(sellerOrderCancelled, await verifiedJson(c, 'seller-order-cancelled'), 'cancellation');
     const { delivery, idempotent } = await deps.deliveries.cancel(cancellation.sellerOrderId, cancellation.reason);
     deps.metrics.webhookRequests.inc({ event: 'seller-order-cancelled', outcome: idempotent ? 'retry' : 'CANCELLED' });

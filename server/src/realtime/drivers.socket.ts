@@ -3,16 +3,18 @@ import type { DriverClientEvents, DriverServerEvents, SocketData } from '#shared
 import { deliveryUpdatePayload, driverStatusPayload, type LocationFix, locationPayload } from '#shared/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { AuthGate } from '../platform/auth-throttle.js';
-import { HubError } from '../platform/errors.js';
+import { HubError, rateLimitedError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
-import { createLogThrottle, type RateLimits } from '../platform/rate-limits.js';
-import { eventListener, otherEventsRefuser, parsePayload, rateLimitedBody } from '../platform/socket-edge.js';
-import type { DriversStore } from './drivers.store.js';
+import { createLogThrottle } from '../platform/log-throttle.js';
+import type { RateLimits } from '../platform/rate-limits.js';
+import { parsePayload } from '../platform/payload.js';
+import { eventListener, handshakeError, otherEventsRefuser } from '../platform/socket-edge.js';
+import type { DriversStore } from '../drivers/drivers.store.js';
 import type { PushKind } from '../platform/schema.js';
 import { isAcknowledgement, type PushService, type PushTransport } from '../pushes/pushes.service.js';
-import { type PresenceService, STORED_SLOTS } from './presence.service.js';
+import { type PresenceService, STORED_SLOTS } from '../presence/presence.service.js';
 
 interface DriversInterServer {
   /** "The driver's connection `sessionId` speaks for it now": every node closes the driver's older ones. */
@@ -100,7 +102,7 @@ export function attachDriversNamespace(
   storedTimer.unref();
 
   nsp.use((socket, next) => {
-    if (socket.data.role !== 'driver') return next(Object.assign(new Error('FORBIDDEN'), { data: { code: 'FORBIDDEN', message: 'driver token required' } }));
+    if (socket.data.role !== 'driver') return next(handshakeError(new HubError('FORBIDDEN', 'driver token required')));
     next();
   });
 
@@ -113,7 +115,7 @@ export function attachDriversNamespace(
     metrics.rateLimited.inc({ event: 'connect' });
     const skipped = connectLog.take(driverId, retryAfterMs);
     if (skipped !== null) deps.logger.warn({ driver: driverId, retryAfterMs, refusedSinceLastLine: skipped }, 'driver handshake rate limited');
-    next(Object.assign(new Error('RATE_LIMITED'), { data: rateLimitedBody('connections for this driver', retryAfterMs) }));
+    next(handshakeError(rateLimitedError('connections for this driver', retryAfterMs)));
   });
 
   // A revoked token (the driver's token version moved on) or a removed driver is refused at the door.
@@ -122,9 +124,9 @@ export function attachDriversNamespace(
       const current = (await deps.drivers.tokenVersions([socket.data.subject])).get(socket.data.subject);
       if (current !== undefined && (socket.data.tokenVersion ?? 0) === current) return next();
       await deps.auth.failed('handshake', deps.auth.handshakeAddress(socket.handshake));
-      next(Object.assign(new Error('TOKEN_INVALID'), { data: { code: 'TOKEN_INVALID', message: current === undefined ? 'no such driver' : 'token revoked' } }));
+      next(handshakeError(new HubError('TOKEN_INVALID', current === undefined ? 'no such driver' : 'token revoked')));
     } catch {
-      next(Object.assign(new Error('SERVICE_UNAVAILABLE'), { data: { code: 'SERVICE_UNAVAILABLE', message: 'try again shortly' } }));
+      next(handshakeError(new HubError('SERVICE_UNAVAILABLE', 'try again shortly')));
     }
   });
 
