@@ -5,6 +5,7 @@ import { createTokenVersionsStore } from './admin/token-versions.store.js';
 import { createApp, type EdgeOptions, type HubApp } from './app.js';
 import { createDeliveriesService } from './deliveries/deliveries.service.js';
 import { createDeliveriesStore, toAssignmentPush } from './deliveries/deliveries.store.js';
+import { createDeliveryAnnouncer } from './deliveries/delivery-announcer.js';
 import { createDispatchService } from './dispatch/dispatch.service.js';
 import { createOutboxRelay } from './outbox/outbox.relay.js';
 import { createOutboxRoutes } from './outbox/outbox.routes.js';
@@ -22,7 +23,7 @@ import { createDriversStore } from './drivers/drivers.store.js';
 import { createPushService } from './pushes/pushes.service.js';
 import { createPushesStore } from './pushes/pushes.store.js';
 import { createPresenceService } from './presence/presence.service.js';
-import { createPresenceStore } from './presence/presence.store.js';
+import { createNoopPresenceStore, createPresenceStore } from './presence/presence.store.js';
 import { createMapRoutes } from './realtime/map.routes.js';
 
 export interface RunningHub {
@@ -69,12 +70,11 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     metrics,
     config: { retryMs: config.PUSH_RETRY_MS, maxResends: config.PUSH_MAX_RESENDS },
   });
-  const presenceStore = redis
-    ? createPresenceStore({ redis: redis.command, breaker: redis.breaker, prefix: config.REDIS_PREFIX, heartbeatTtlSeconds: config.HEARTBEAT_TTL_SECONDS })
-    : null;
   const presence = createPresenceService({
     drivers,
-    presence: presenceStore,
+    store: redis
+      ? createPresenceStore({ redis: redis.command, breaker: redis.breaker, prefix: config.REDIS_PREFIX, heartbeatTtlSeconds: config.HEARTBEAT_TTL_SECONDS })
+      : createNoopPresenceStore(),
     events,
     logger,
     metrics,
@@ -87,19 +87,20 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
       locationTickMs: config.LOCATION_TICK_MS,
       positionFlushMs: config.POSITION_FLUSH_MS,
       reconcileMs: config.RECONCILE_MS,
+      maxRadiusKm: config.ASSIGN_MAX_RADIUS_KM,
     },
   });
+  const announce = createDeliveryAnnouncer({ events, presence });
   const dispatch = createDispatchService({
     deliveries: deliveriesStore,
-    drivers,
-    presenceStore,
     presence,
+    announce,
     events,
     logger,
     metrics,
-    config: { maxRadiusKm: config.ASSIGN_MAX_RADIUS_KM, heartbeatTtlSeconds: config.HEARTBEAT_TTL_SECONDS, pendingRetryMs: 2000 },
+    config: { maxRadiusKm: config.ASSIGN_MAX_RADIUS_KM, pendingRetryMs: 2000 },
   });
-  const deliveries = createDeliveriesService({ store: deliveriesStore, pushes: pushesStore, presence, events, logger });
+  const deliveries = createDeliveriesService({ store: deliveriesStore, pushes: pushesStore, announce, events, logger });
   const relay = createOutboxRelay({
     store: outboxStore,
     logger,

@@ -2,9 +2,9 @@ import type { DeliveryStatus, DeliveryUpdatePayload, DeliveryView, ListDeliverie
 import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
-import type { PresenceService } from '../presence/presence.service.js';
 import type { PushesStore } from '../pushes/pushes.store.js';
 import { type DeliveriesStore, type TransitionResult, toDeliveryView } from './deliveries.store.js';
+import type { DeliveryAnnouncer } from './delivery-announcer.js';
 
 /** Where each state may be reached from. FAILED is allowed before pickup too: a driver may not reach the shop. */
 const ALLOWED_FROM: Record<'PICKED_UP' | 'DELIVERED' | 'FAILED' | 'CANCELLED', readonly DeliveryStatus[]> = {
@@ -17,19 +17,17 @@ const ALLOWED_FROM: Record<'PICKED_UP' | 'DELIVERED' | 'FAILED' | 'CANCELLED', r
 export interface DeliveriesDeps {
   store: DeliveriesStore;
   pushes: Pick<PushesStore, 'forDelivery'>;
-  presence: PresenceService;
+  announce: DeliveryAnnouncer;
   events: HubEvents;
   logger: Logger;
 }
 
 export function createDeliveriesService(deps: DeliveriesDeps) {
-  const { store, presence, events } = deps;
+  const { store, events } = deps;
   const log = deps.logger.child({ component: 'deliveries' });
 
   async function afterTransition(result: TransitionResult): Promise<void> {
-    if (!result.changed) return;
-    events.emit('delivery:updated', { delivery: toDeliveryView(result.delivery), previousStatus: result.previousStatus });
-    if (result.released) await presence.released(result.released as Parameters<PresenceService['released']>[0]);
+    if (result.changed) await deps.announce(result);
   }
 
   return {

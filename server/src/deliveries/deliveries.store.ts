@@ -5,8 +5,7 @@ import { OUTBOX_INSERT, type OutboxEventType } from '../outbox/outbox.store.js';
 import { PUSH_UPSERT, PUSH_UPSERT_CONFLICT, type PushesStore } from '../pushes/pushes.store.js';
 import { type Database, type DbOrTx, isRetryableConflict, retryOnConflict, rowMapper, type Tx, uniqueViolation } from '../platform/db.js';
 import { ACTIVE_STATUSES_LIST, ACTIVE_STATUSES_SQL, deliveries, deliveryEvents } from '../platform/schema.js';
-import type { DriversStore } from '../drivers/drivers.store.js';
-import { haversineSql } from '../drivers/drivers.store.js';
+import { type DriverPresenceRow, type DriversStore, haversineSql } from '../drivers/drivers.store.js';
 
 export type DeliveryRow = typeof deliveries.$inferSelect;
 export type Candidate = { driverId: string; distanceMeters: number };
@@ -103,7 +102,7 @@ export interface TransitionResult {
   previousStatus: DeliveryStatus;
   changed: boolean;
   /** The driver freed by a terminal transition, with its new presence row. */
-  released: { id: string; status: string; lat: number | null; lng: number | null } | null;
+  released: DriverPresenceRow | null;
 }
 
 const OUTBOX_TYPE: Partial<Record<DeliveryStatus, OutboxEventType>> = {

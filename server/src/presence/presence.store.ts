@@ -15,11 +15,20 @@ export interface PresenceKeys {
   geo: string;
   status: string;
   onlinePrefix: string;
+  /** A driver's heartbeat key. */
+  online(driverId: string): string;
   built: string;
 }
 
 export function presenceKeys(prefix: string): PresenceKeys {
-  return { geo: `${prefix}drivers:geo`, status: `${prefix}drivers:status`, onlinePrefix: `${prefix}driver:online:`, built: `${prefix}presence:built` };
+  const onlinePrefix = `${prefix}driver:online:`;
+  return {
+    geo: `${prefix}drivers:geo`,
+    status: `${prefix}drivers:status`,
+    onlinePrefix,
+    online: (driverId) => `${onlinePrefix}${driverId}`,
+    built: `${prefix}presence:built`,
+  };
 }
 
 /**
@@ -114,7 +123,60 @@ export interface RebuildEntry {
 
 const FIXES_PER_CALL = 2000;
 
-export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreaker; prefix: string; heartbeatTtlSeconds: number }) {
+/** Presence in Redis, as the presence service uses it; see the keys above. */
+export interface PresenceStore {
+  /** False for single-node mode's store, which keeps nothing (PostgreSQL alone holds the picture). */
+  readonly enabled: boolean;
+  /** Worth calling now: connected, and the circuit is closed or due for a probe. */
+  readonly available: boolean;
+  /** Healthy: connected and the circuit closed. */
+  readonly healthy: boolean;
+  /** One script call per chunk of fixes: heartbeat + GEOADD when AVAILABLE; returns the statuses, in order. */
+  writeFixes(fixes: readonly Fix[]): Promise<DriverStatus[]>;
+  /** Only one node rebuilds at a time. */
+  tryRebuildLock(ms: number): Promise<boolean>;
+  setStatus(id: string, status: DriverStatus, opts?: { position?: { lat: number; lng: number } | null; heartbeat?: 'refresh' | 'keep' | 'drop' }): Promise<void>;
+  /** Refreshes heartbeats of connected drivers that are quiet (no pings). */
+  touch(ids: readonly string[]): Promise<void>;
+  nearest(point: { lat: number; lng: number }, radiusMeters: number, count: number): Promise<NearbyDriver[]>;
+  /** Each driver's status in the hash (null when absent) and whether it is in the GEO set, in order. */
+  lookup(ids: readonly string[]): Promise<{ statuses: (string | null)[]; inGeo: boolean[] }>;
+  /** One step of a walk over the status hash: the next cursor ('0' at the end) and id/status pairs. */
+  scanStatuses(cursor: string, count: number): Promise<[string, [string, string][]]>;
+  /** One step of a walk over the GEO set: the next cursor ('0' at the end) and member ids. */
+  scanGeo(cursor: string, count: number): Promise<[string, string[]]>;
+  /** GEO members whose heartbeat expired leave the set here; a slice per call, Redis free in between. */
+  expiredDrivers(): Promise<string[]>;
+  /** Replaces the whole presence picture in one MULTI (after Redis was wiped or came back). */
+  rebuild(entries: readonly RebuildEntry[]): Promise<void>;
+  /** A marker that says this Redis holds our picture; gone after a restart or a flush. */
+  hasPicture(): Promise<boolean>;
+}
+
+/**
+ * Single-node mode (no REDIS_URL): a store that keeps nothing and is never worth calling, so the
+ * presence service has no Redis-less branches of its own.
+ */
+export function createNoopPresenceStore(): PresenceStore {
+  return {
+    enabled: false,
+    available: false,
+    healthy: false,
+    writeFixes: async (fixes) => fixes.map(() => 'OFFLINE' as const),
+    tryRebuildLock: async () => false,
+    setStatus: async () => {},
+    touch: async () => {},
+    nearest: async () => [],
+    lookup: async (ids) => ({ statuses: ids.map(() => null), inGeo: ids.map(() => false) }),
+    scanStatuses: async () => ['0', []],
+    scanGeo: async () => ['0', []],
+    expiredDrivers: async () => [],
+    rebuild: async () => {},
+    hasPicture: async () => false,
+  };
+}
+
+export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreaker; prefix: string; heartbeatTtlSeconds: number }): PresenceStore & { keys: PresenceKeys } {
   const { redis, breaker, heartbeatTtlSeconds: ttl } = deps;
   const keys = presenceKeys(deps.prefix);
   const keyArgs = [keys.geo, keys.status, keys.onlinePrefix];
@@ -133,6 +195,7 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
 
   return {
     keys,
+    enabled: true,
     /** Worth calling now: connected, and the circuit is closed or due for a probe. */
     get available(): boolean {
       return redis.status === 'ready' && breaker.canTry();
@@ -174,7 +237,7 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
       if (ids.length === 0) return;
       await guarded(async () => {
         const pipeline = redis.pipeline();
-        for (const id of ids) pipeline.set(`${keys.onlinePrefix}${id}`, '1', 'EX', ttl);
+        for (const id of ids) pipeline.set(keys.online(id), '1', 'EX', ttl);
         const results = await pipeline.exec();
         const failed = results?.find(([err]) => err);
         if (failed?.[0]) throw failed[0];
@@ -231,7 +294,7 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
         multi.set(keys.built, String(Date.now()));
         for (const entry of entries) {
           multi.hset(keys.status, entry.id, entry.status);
-          if (entry.online) multi.set(`${keys.onlinePrefix}${entry.id}`, '1', 'EX', ttl);
+          if (entry.online) multi.set(keys.online(entry.id), '1', 'EX', ttl);
           if (entry.online && entry.status === 'AVAILABLE' && entry.lat !== null && entry.lng !== null) {
             multi.geoadd(keys.geo, entry.lng, entry.lat, entry.id);
           }
@@ -248,4 +311,3 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
   };
 }
 
-export type PresenceStore = ReturnType<typeof createPresenceStore>;

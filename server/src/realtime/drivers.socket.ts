@@ -14,7 +14,8 @@ import { eventListener, handshakeError, otherEventsRefuser } from '../platform/s
 import type { DriversStore } from '../drivers/drivers.store.js';
 import type { PushKind } from '../platform/schema.js';
 import { isAcknowledgement, type PushService, type PushTransport } from '../pushes/pushes.service.js';
-import { type PresenceService, STORED_SLOTS } from '../presence/presence.service.js';
+import { STORED_SLOTS } from '../presence/position-pipeline.js';
+import type { PresenceService } from '../presence/presence.service.js';
 
 interface DriversInterServer {
   /** "The driver's connection `sessionId` speaks for it now": every node closes the driver's older ones. */

@@ -1,0 +1,48 @@
+import type { DriversStore } from '../drivers/drivers.store.js';
+import type { Logger } from '../platform/logger.js';
+import type { NearbyDriver, PresenceStore } from './presence.store.js';
+
+/** Search radii in metres, small first: GEOSEARCH cost grows with the drivers inside the circle. */
+export function searchRadii(maxRadiusKm: number): number[] {
+  const max = maxRadiusKm * 1000;
+  const steps = [1000, 3000, 8000, 20_000, 50_000, 150_000].filter((r) => r < max);
+  return [...steps, max];
+}
+
+/** Free drivers near a point, nearest first, and which store proposed them. */
+export interface NearestCandidates {
+  source: 'redis' | 'postgres';
+  candidates: NearbyDriver[];
+}
+
+export interface CandidateSearchDeps {
+  store: Pick<PresenceStore, 'available' | 'nearest'>;
+  drivers: Pick<DriversStore, 'nearestAvailable'>;
+  logger: Logger;
+  config: { maxRadiusKm: number; heartbeatTtlSeconds: number };
+}
+
+/**
+ * The one owner of "who is free near here": Redis GEO when it answers, searched small radius
+ * first; PostgreSQL's last known positions (alive within the heartbeat TTL) when Redis is away,
+ * disabled or fails. Only proposals: the claim in PostgreSQL decides.
+ */
+export function createCandidateSearch(deps: CandidateSearchDeps): (point: { lat: number; lng: number }, count: number) => Promise<NearestCandidates> {
+  const { store, drivers, config } = deps;
+  const radii = searchRadii(config.maxRadiusKm);
+  return async function nearestCandidates(point, count) {
+    if (store.available) {
+      try {
+        for (const radius of radii) {
+          const found = await store.nearest(point, radius, count);
+          if (found.length > 0) return { source: 'redis', candidates: found };
+        }
+        return { source: 'redis', candidates: [] };
+      } catch (err) {
+        deps.logger.warn({ err: (err as Error).message }, 'redis search failed; using postgres');
+      }
+    }
+    const candidates = await drivers.nearestAvailable(point, config.maxRadiusKm * 1000, count, config.heartbeatTtlSeconds);
+    return { source: 'postgres', candidates };
+  };
+}
