@@ -1,7 +1,6 @@
 /** Every error the hub reports, over HTTP (`{ error: { code, message } }`) or in a socket ack. */
 export const ERROR_CODES = [
   'VALIDATION_FAILED',
-  'INVALID_LOCATION',
   'UNAUTHORIZED',
   'INVALID_SIGNATURE',
   'TOKEN_MISSING',

@@ -152,12 +152,6 @@ export interface DispatchServerEvents {
   'delivery:push': (payload: DeliveryPushState) => void;
 }
 
-export type ClientToServerEvents = DriverClientEvents & DispatchClientEvents;
-export type ServerToClientEvents = DriverServerEvents & DispatchServerEvents;
-
-/** No inter-server events are shared with clients; the hub's own are private to its realtime edge. */
-export type InterServerEvents = Record<string, never>;
-
 export interface SocketData {
   role: Role;
   subject: string;

@@ -2,7 +2,6 @@ import type { ErrorBody, ErrorCode } from '#shared/errors.js';
 
 const HTTP_STATUS: Record<ErrorCode, number> = {
   VALIDATION_FAILED: 400,
-  INVALID_LOCATION: 400,
   UNAUTHORIZED: 401,
   INVALID_SIGNATURE: 401,
   TOKEN_MISSING: 401,

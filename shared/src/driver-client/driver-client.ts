@@ -140,7 +140,7 @@ export interface DriverClient {
 /** Handshake refusals that a new token could cure; with a fixed token they end the client. */
 const AUTH_REFUSALS = new Set(['TOKEN_MISSING', 'TOKEN_INVALID', 'TOKEN_EXPIRED', 'UNAUTHORIZED', 'FORBIDDEN']);
 /** A batch refused with these can never be stored; sending it again cannot help. */
-const UNSTORABLE_BATCH = new Set(['VALIDATION_FAILED', 'INVALID_LOCATION']);
+const UNSTORABLE_BATCH = new Set(['VALIDATION_FAILED']);
 /** Pushes remembered as taken, so a re-sent one is acknowledged without running the handlers again. */
 const HANDLED_PUSHES_KEPT = 256;
 
