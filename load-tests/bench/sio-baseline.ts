@@ -8,11 +8,12 @@
 import { createServer } from 'node:http';
 import { Redis } from 'ioredis';
 import { Server } from 'socket.io';
+import { presenceKeys } from '../../server/src/presence/presence.store.js';
 import { SOCKET_ENGINE_OPTIONS } from '../../server/src/realtime/socket-server.js';
 import { emitEvent } from './lib.js';
 
 const port = Number(process.env.PORT);
-const key = `${process.env.REDIS_PREFIX ?? ''}drivers:geo`;
+const key = presenceKeys(process.env.REDIS_PREFIX ?? '').geo;
 const withRedis = process.env.BASELINE_REDIS !== '0';
 const redis = withRedis ? new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', { enableAutoPipelining: true, lazyConnect: false }) : null;
 /** `__benchReceived` counts GEOADDs Redis has answered: a ping is done when its position is in Redis. */

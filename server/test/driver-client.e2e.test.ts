@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type ActiveDelivery, createDriverClient, type DriverClient, DriverClientError, type DriverClientOptions } from '#shared/driver-client/index.js';
 import type { DriverSession } from '#shared/events.js';
+import { presenceKeys } from '../src/presence/presence.store.js';
 import { api, createDriver, createTestDatabase, order, postWebhook, redisFor, startTestHub, type TestDatabase, type TestHub, testConfig } from './support/hub.js';
 import { eventually } from './support/net.js';
 
@@ -54,7 +55,7 @@ describe('driver client against the hub', () => {
   }
 
   const geoLat = async (id: string) => {
-    const [pos] = await redis.geopos(`${hub.config.REDIS_PREFIX}drivers:geo`, id);
+    const [pos] = await redis.geopos(presenceKeys(hub.config.REDIS_PREFIX).geo, id);
     return pos ? Number(pos[1]) : null;
   };
   const adminDriver = async (id: string) => (await api(hub, 'GET', '/admin/drivers')).body.drivers.find((d: any) => d.id === id);

@@ -2,6 +2,7 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../src/platform/logger.js';
 import { startHub } from '../src/main.js';
+import { presenceKeys } from '../src/presence/presence.store.js';
 import {
   api,
   connectSocket,
@@ -40,7 +41,7 @@ describe('locations over HTTP and cumulative confirmation of fixes', () => {
     await db?.drop();
   });
 
-  const geoKey = () => `${hub.config.REDIS_PREFIX}drivers:geo`;
+  const geoKey = () => presenceKeys(hub.config.REDIS_PREFIX).geo;
   const post = (token: string | null, body: unknown) => api(hub, 'POST', '/drivers/me/locations', body, token);
 
   it('when an on-duty driver posts a batch of fixes, then the newest reaches drivers:geo and PostgreSQL, and the answer counts them', async () => {

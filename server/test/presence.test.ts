@@ -3,17 +3,15 @@ import { SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CircuitBreaker } from '../src/platform/redis.js';
 import { TOKEN_AUDIENCE, TOKEN_ISSUER } from '../src/platform/tokens.js';
-import { createPresenceStore } from '../src/presence/presence.store.js';
+import { createPresenceStore, presenceKeys } from '../src/presence/presence.store.js';
 import { envFrom, spawnHub } from './support/child-hub.js';
 import {
   ADMIN_TOKEN,
   api,
-  hasSharedPostgres,
   connectDriver,
   connectError,
   connectSocket,
   createDriver,
-  createTestDatabase,
   JWT_SECRET,
   onDutyDriver,
   redisFor,
@@ -22,30 +20,37 @@ import {
   type TestHub,
   testConfig,
 } from './support/hub.js';
+import { HUB_MODES, type PresencePicture, pictureOf } from './support/modes.js';
 import { eventually } from './support/net.js';
 
 const BERLIN = { lat: 52.52, lng: 13.405 };
 
-describe('driver presence', () => {
+describe.each(HUB_MODES)('driver presence, $name', (mode) => {
   let db: TestDatabase;
   let hub: TestHub;
+  let picture: PresencePicture;
+  /** Redis itself, for what only the Redis layout has (with Redis only). */
   let redis: ReturnType<typeof redisFor>;
-  let keys: { geo: string; status: string; online: (id: string) => string };
+  let keys: ReturnType<typeof presenceKeys>;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    hub = await startTestHub(testConfig(db, { HEARTBEAT_TTL_SECONDS: '2' }));
-    redis = redisFor(hub);
-    const p = hub.config.REDIS_PREFIX;
-    keys = { geo: `${p}drivers:geo`, status: `${p}drivers:status`, online: (id) => `${p}driver:online:${id}` };
+    db = await mode.database();
+    hub = await startTestHub(testConfig(db, { HEARTBEAT_TTL_SECONDS: '2', ...mode.env }));
+    picture = pictureOf(hub);
+    if (mode.redis) {
+      redis = redisFor(hub);
+      keys = presenceKeys(hub.config.REDIS_PREFIX);
+    }
   });
   afterAll(async () => {
     await hub?.stop();
+    picture?.close();
     redis?.disconnect();
     await db?.drop();
   });
 
-  const inGeo = async (id: string) => (await redis.geopos(keys.geo, id))[0] !== null;
+  const inGeo = (id: string) => picture.inGeo(id);
+  const latOf = async (id: string) => (await picture.position(id))?.lat;
   const pgStatus = async (id: string) => (await api(hub, 'GET', '/admin/drivers')).body.drivers.find((d: any) => d.id === id)?.status;
 
   it('when the token is missing, forged, expired or of the wrong role, then connect_error carries a code and no socket opens', async () => {
@@ -67,12 +72,12 @@ describe('driver presence', () => {
     const { id, token } = await createDriver(hub, 'Session');
     const client = await connectDriver(hub, token);
     expect(client.session).toEqual({ driverId: id, status: 'OFFLINE', activeDelivery: null, offer: null, locationConfirmation: 'cumulative' });
-    expect(await redis.exists(keys.online(id))).toBe(1);
+    expect(await picture.alive(id)).toBe(true);
     expect((await client.emitAck('location', BERLIN)).ok).toBe(true);
     const st = await client.emitAck('status', { status: 'AVAILABLE' });
     expect(st).toEqual({ ok: true, status: 'AVAILABLE' });
     await eventually(() => inGeo(id), 'driver in geo');
-    expect(await redis.hget(keys.status, id)).toBe('AVAILABLE');
+    expect(await picture.status(id)).toBe('AVAILABLE');
     expect(await pgStatus(id)).toBe('AVAILABLE');
     client.close();
   });
@@ -80,10 +85,7 @@ describe('driver presence', () => {
   it('when pings arrive, then positions reach GEO and, in batches, PostgreSQL', async () => {
     const driver = await onDutyDriver(hub, BERLIN, 'Mover');
     await driver.emitAck('location', { lat: 52.6, lng: 13.5, heading: 90, speed: 8 });
-    await eventually(async () => {
-      const [pos] = await redis.geopos(keys.geo, driver.id);
-      return pos && Math.abs(Number(pos[1]) - 52.6) < 1e-4;
-    }, 'geo position updated');
+    await eventually(async () => Math.abs(((await latOf(driver.id)) ?? 0) - 52.6) < 1e-4, 'geo position updated');
     await eventually(async () => {
       const d = (await api(hub, 'GET', '/admin/drivers')).body.drivers.find((x: any) => x.id === driver.id);
       return d.lat === 52.6 && d.lng === 13.5;
@@ -100,10 +102,7 @@ describe('driver presence', () => {
       { lat: 9, lng: 9, ts: now - 2000 },
     ]);
     expect(ack).toEqual({ ok: true, accepted: 3 });
-    await eventually(async () => {
-      const [pos] = await redis.geopos(keys.geo, driver.id);
-      return pos && Math.abs(Number(pos[1]) - 11) < 1e-4;
-    }, 'newest fix in geo');
+    await eventually(async () => Math.abs(((await latOf(driver.id)) ?? 0) - 11) < 1e-4, 'newest fix in geo');
     driver.close();
   });
 
@@ -129,8 +128,7 @@ describe('driver presence', () => {
       if (!ack.ok) expect(ack.error.code).toBe('VALIDATION_FAILED');
     }
     // Non-finite numbers cannot travel as JSON; socket.io turns them into null, which is refused above.
-    const [pos] = await redis.geopos(keys.geo, driver.id);
-    expect(Number(pos![1])).toBeCloseTo(BERLIN.lat, 4);
+    expect(await latOf(driver.id)).toBeCloseTo(BERLIN.lat, 4);
     const metrics = await (await fetch(`${hub.url}/metrics`)).text();
     expect(metrics).toMatch(/hub_input_rejected_total\{[^}]*event="location"[^}]*\} \d+/);
     driver.close();
@@ -152,7 +150,7 @@ describe('driver presence', () => {
     const driver = await onDutyDriver(hub, BERLIN, 'Reconnect');
     await eventually(() => inGeo(driver.id), 'in geo');
     driver.close();
-    await eventually(async () => !(await inGeo(driver.id)) && (await redis.hget(keys.status, driver.id)) === 'OFFLINE', 'out of geo');
+    await eventually(async () => !(await inGeo(driver.id)) && (await picture.status(driver.id)) === 'OFFLINE', 'out of geo');
     await eventually(async () => (await pgStatus(driver.id)) === 'OFFLINE', 'offline in postgres');
     const again = await connectDriver(hub, driver.token);
     expect(again.session.status).toBe('AVAILABLE');
@@ -168,11 +166,11 @@ describe('driver presence', () => {
     await closed;
     expect(second.socket.connected).toBe(true);
     await new Promise((r) => setTimeout(r, 100));
-    expect(await redis.exists(keys.online(id))).toBe(1);
+    expect(await picture.alive(id)).toBe(true);
     second.close();
   });
 
-  it('when pings race with a status change to BUSY, then a BUSY or OFFLINE driver never appears in GEOSEARCH', async () => {
+  it.runIf(mode.redis)('when pings race with a status change to BUSY, then a BUSY or OFFLINE driver never appears in GEOSEARCH', async () => {
     const prefix = `${hub.config.REDIS_PREFIX}race:`;
     const store = createPresenceStore({ redis, breaker: new CircuitBreaker(), prefix, heartbeatTtlSeconds: 30 });
     const ids = ['d1', 'd2', 'd3'];
@@ -191,7 +189,7 @@ describe('driver presence', () => {
               else await store.setStatus(op.id, 'AVAILABLE', { position: BERLIN, heartbeat: 'refresh' });
               if (op.kind !== 'ping') finalStatus.set(op.id, op.kind.toUpperCase());
               const found = await store.nearest(BERLIN, 1000, 10);
-              const statuses = await redis.hgetall(`${prefix}drivers:status`);
+              const statuses = await redis.hgetall(presenceKeys(prefix).status);
               for (const f of found) expect(statuses[f.driverId]).toBe('AVAILABLE');
             }),
           );
@@ -207,7 +205,7 @@ describe('driver presence', () => {
     );
   });
 
-  it('when a driver pings several times a second, then its heartbeat key is rewritten every TTL/3 and not per ping, and it stays alive past the TTL', async () => {
+  it.runIf(mode.redis)('when a driver pings several times a second, then its heartbeat key is rewritten every TTL/3 and not per ping, and it stays alive past the TTL', async () => {
     const driver = await onDutyDriver(hub, BERLIN, 'Chatty');
     try {
       const started = Date.now();
@@ -229,27 +227,28 @@ describe('driver presence', () => {
     }
   });
 
-  it('when thousands of GEO members lose their heartbeat, then the expiry sweep removes exactly those, one slice at a time', async () => {
+  it.runIf(mode.redis)('when thousands of GEO members lose their heartbeat, then the expiry sweep removes exactly those, one slice at a time', async () => {
     const prefix = `${hub.config.REDIS_PREFIX}expiry:`;
     const store = createPresenceStore({ redis, breaker: new CircuitBreaker(), prefix, heartbeatTtlSeconds: 30 });
     const ids = Array.from({ length: 2600 }, (_, i) => `driver-${String(i).padStart(4, '0')}`);
     const silent = new Set(ids.filter((_, i) => i % 3 === 0));
+    const own = presenceKeys(prefix);
     const pipeline = redis.pipeline();
     for (const [i, id] of ids.entries()) {
-      pipeline.geoadd(`${prefix}drivers:geo`, String(BERLIN.lng + i * 1e-5), String(BERLIN.lat), id);
-      if (!silent.has(id)) pipeline.set(`${prefix}driver:online:${id}`, '1', 'EX', 30);
+      pipeline.geoadd(own.geo, String(BERLIN.lng + i * 1e-5), String(BERLIN.lat), id);
+      if (!silent.has(id)) pipeline.set(own.online(id), '1', 'EX', 30);
     }
     await pipeline.exec();
     const removed = await store.expiredDrivers();
     expect(new Set(removed)).toEqual(silent);
-    const left = await redis.zrange(`${prefix}drivers:geo`, '0', '-1');
+    const left = await redis.zrange(own.geo, '0', '-1');
     expect(left.length).toBe(ids.length - silent.size);
     expect(left.some((id) => silent.has(id))).toBe(false);
     const keysLeft = await redis.keys(`${prefix}*`);
     if (keysLeft.length) await redis.del(...keysLeft);
   });
 
-  it.skipIf(!hasSharedPostgres())('when a hub process is killed with SIGKILL, then its drivers go OFFLINE by heartbeat expiry and leave the GEO set', async () => {
+  it.runIf(mode.redis && mode.sharedDatabase)('when a hub process is killed with SIGKILL, then its drivers go OFFLINE by heartbeat expiry and leave the GEO set', async () => {
     const child = await spawnHub(envFrom(hub.config, { NODE_ID: 'victim', HEARTBEAT_TTL_SECONDS: '2' }));
     const victimHub = { url: child.url } as TestHub;
     try {

@@ -1,5 +1,6 @@
 import { Redis } from 'ioredis';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { presenceKeys } from '../src/presence/presence.store.js';
 import { PrivateRedis, TcpProxy } from './support/faults.js';
 import {
   api,
@@ -31,6 +32,7 @@ describe('redis down, slow or wiped', () => {
   let pinger: NodeJS.Timeout;
   let direct: Redis;
   const prefix = 'faults:';
+  const keys = presenceKeys(prefix);
 
   beforeEach(async () => {
     db = await createTestDatabase();
@@ -90,7 +92,7 @@ describe('redis down, slow or wiped', () => {
     const pg = (await api(hub, 'GET', '/admin/drivers')).body.drivers as any[];
     const available = pg.filter((d) => d.status === 'AVAILABLE').map((d) => d.id).sort();
     await eventually(async () => {
-      const geo = (await direct.zrange(`${prefix}drivers:geo`, '0', '-1')).sort();
+      const geo = (await direct.zrange(keys.geo, '0', '-1')).sort();
       return JSON.stringify(geo) === JSON.stringify(available);
     }, 'drivers:geo equals the AVAILABLE drivers', 10_000);
     for (const d of active) expect(pg.find((x) => x.id === d.driverId).status).toBe('BUSY');
@@ -143,8 +145,8 @@ describe('redis down, slow or wiped', () => {
   it('when Redis is flushed, then the hub notices and rebuilds drivers:status and drivers:geo from PostgreSQL', async () => {
     expect(assignedFrom(await sendOrders(2))).toBe(2);
     await direct.flushall();
-    await eventually(async () => (await direct.zcard(`${prefix}drivers:geo`)) === 4, 'geo rebuilt', 10_000);
-    expect(Object.values(await direct.hgetall(`${prefix}drivers:status`)).filter((s) => s === 'BUSY')).toHaveLength(2);
+    await eventually(async () => (await direct.zcard(keys.geo)) === 4, 'geo rebuilt', 10_000);
+    expect(Object.values(await direct.hgetall(keys.status)).filter((s) => s === 'BUSY')).toHaveLength(2);
     const after = await sendOrders(2);
     expect(assignedFrom(after)).toBe(2);
     await checkInvariants(4);
@@ -156,16 +158,16 @@ describe('redis down, slow or wiped', () => {
     const freeId = drivers.find((d) => d.id !== busyId)!.id;
     // A driver PostgreSQL calls OFFLINE that Redis believes free: only the Redis -> PostgreSQL walk finds it.
     const ghost = await createDriver(hub, 'Ghost');
-    await direct.hset(`${prefix}drivers:status`, ghost.id, 'AVAILABLE');
-    await direct.geoadd(`${prefix}drivers:geo`, PLACE.lng, PLACE.lat, ghost.id);
-    await direct.geoadd(`${prefix}drivers:geo`, PLACE.lng, PLACE.lat, busyId);
-    await direct.hdel(`${prefix}drivers:status`, freeId);
-    await direct.zrem(`${prefix}drivers:geo`, freeId);
-    await eventually(async () => (await direct.geopos(`${prefix}drivers:geo`, busyId))[0] === null, 'busy driver out of geo', 10_000);
-    await eventually(async () => (await direct.hget(`${prefix}drivers:status`, freeId)) === 'AVAILABLE', 'free driver status back', 10_000);
-    await eventually(async () => (await direct.geopos(`${prefix}drivers:geo`, freeId))[0] !== null, 'free driver back in geo', 10_000);
-    await eventually(async () => (await direct.geopos(`${prefix}drivers:geo`, ghost.id))[0] === null, 'offline ghost out of geo', 10_000);
-    expect(await direct.hget(`${prefix}drivers:status`, ghost.id)).toBe('OFFLINE');
+    await direct.hset(keys.status, ghost.id, 'AVAILABLE');
+    await direct.geoadd(keys.geo, PLACE.lng, PLACE.lat, ghost.id);
+    await direct.geoadd(keys.geo, PLACE.lng, PLACE.lat, busyId);
+    await direct.hdel(keys.status, freeId);
+    await direct.zrem(keys.geo, freeId);
+    await eventually(async () => (await direct.geopos(keys.geo, busyId))[0] === null, 'busy driver out of geo', 10_000);
+    await eventually(async () => (await direct.hget(keys.status, freeId)) === 'AVAILABLE', 'free driver status back', 10_000);
+    await eventually(async () => (await direct.geopos(keys.geo, freeId))[0] !== null, 'free driver back in geo', 10_000);
+    await eventually(async () => (await direct.geopos(keys.geo, ghost.id))[0] === null, 'offline ghost out of geo', 10_000);
+    expect(await direct.hget(keys.status, ghost.id)).toBe('OFFLINE');
     await checkInvariants(1);
   });
 
@@ -177,7 +179,7 @@ describe('redis down, slow or wiped', () => {
       await redisServer.kill();
       await redisServer.start(redisServer.port);
       await eventually(async () => (await health()).status === 'ok', 'health ok', 15_000);
-      await eventually(async () => (await direct.zcard(`${prefix}drivers:geo`)) === 1, 'remote driver back in geo', 10_000);
+      await eventually(async () => (await direct.zcard(keys.geo)) === 1, 'remote driver back in geo', 10_000);
       const replies = await sendOrders(1);
       expect(replies[0].body).toMatchObject({ status: 'ASSIGNED', driverId: remote.id });
       // The webhook landed on this node; the driver's socket lives on the other one.
@@ -204,7 +206,7 @@ describe('redis absent at start', () => {
       await redisServer.start(port);
       await eventually(async () => (await api(hub, 'GET', '/health', undefined, null)).body.status === 'ok', 'health ok', 20_000);
       const direct = new Redis(redisServer.url);
-      expect(await direct.hget('late:drivers:status', driver.id)).toBe('BUSY');
+      expect(await direct.hget(presenceKeys('late:').status, driver.id)).toBe('BUSY');
       direct.disconnect();
       driver.close();
     } finally {

@@ -11,6 +11,7 @@ import { randomUUID } from 'node:crypto';
 import { Agent, request } from 'node:http';
 import { Redis } from 'ioredis';
 import { signWebhook } from '#shared/webhooks.js';
+import { presenceKeys } from '../../../server/src/presence/presence.store.js';
 import {
   CENTRE,
   Cleanup,
@@ -133,12 +134,12 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
     const onMap = await waitFor(
       'every driver in drivers:geo',
       async () => {
-        const n = await redis.zcard(`${prefix}drivers:geo`);
+        const n = await redis.zcard(presenceKeys(prefix).geo);
         return n >= connected.connected ? n : undefined;
       },
       60_000,
       250,
-    ).catch(async () => redis.zcard(`${prefix}drivers:geo`));
+    ).catch(async () => redis.zcard(presenceKeys(prefix).geo));
     ctx.log(`${onMap} drivers in drivers:geo; background pings ${Math.round(connected.connected * pingHz)}/s`);
     await group.setRate(connected.connected * pingHz);
     await sleep(3000);

@@ -7,6 +7,7 @@
  * prober measures ping -> position visible in Redis (GEOPOS).
  */
 import { loadavg } from 'node:os';
+import { presenceKeys } from '../../../server/src/presence/presence.store.js';
 import {
   type BenchDatabase,
   Cleanup,
@@ -253,7 +254,7 @@ async function runTarget(
         lat: positions[o.sockets + i][0],
         lng: positions[o.sockets + i][1],
       }));
-      await prober.call('init', { mode: 'geo', samples, hub: kind === 'hub', redisUrl: SHARED_REDIS_URL, geoKey: `${prefix}drivers:geo` });
+      await prober.call('init', { mode: 'geo', samples, hub: kind === 'hub', redisUrl: SHARED_REDIS_URL, geoKey: presenceKeys(prefix).geo });
     }
     await sleep(1000);
 

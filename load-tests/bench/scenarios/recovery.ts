@@ -5,6 +5,7 @@
  * (ZCARD polled every 10 ms). Repeated `--trials` times.
  */
 import { Redis } from 'ioredis';
+import { presenceKeys } from '../../../server/src/presence/presence.store.js';
 import {
   Cleanup,
   createBenchDatabase,
@@ -32,7 +33,7 @@ export async function recovery(ctx: RunContext): Promise<ScenarioOutput> {
     const redisServer = await startPrivateRedis(cleanup);
     const db = await createBenchDatabase(cleanup);
     const prefix = redisPrefix();
-    const geoKey = `${prefix}drivers:geo`;
+    const geoKey = presenceKeys(prefix).geo;
     const hub = await spawnServer('hub', cleanup, {
       name: `recovery-hub-${ctx.runId}`,
       env: hubEnv(db, prefix, { NODE_ID: 'bench-recovery', ...ctx.hubEnv }, redisServer.url),

@@ -28,9 +28,12 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
-/** A database of the test's own: a fresh PostgreSQL database, or a PGlite folder when PostgreSQL is absent. */
-export async function createTestDatabase(): Promise<TestDatabase> {
-  const adminUrl = inject('pgAdminUrl');
+/**
+ * A database of the test's own: a fresh PostgreSQL database, or a PGlite folder when PostgreSQL is
+ * absent or `embedded` asks for one.
+ */
+export async function createTestDatabase(opts: { embedded?: boolean } = {}): Promise<TestDatabase> {
+  const adminUrl = opts.embedded ? '' : inject('pgAdminUrl');
   const dataDir = mkdtempSync(join(tmpdir(), 'hub-test-'));
   if (!adminUrl) {
     return { url: undefined, dataDir, drop: async () => rmSync(dataDir, { recursive: true, force: true }) };
