@@ -5,8 +5,6 @@ import { Hono } from 'hono';
 import { requestId } from 'hono/request-id';
 import type { Server } from 'socket.io';
 import { createAdminRoutes } from './admin/admin.routes.js';
-import type { TokenVersionsStore } from './admin/token-versions.store.js';
-import type { DeliveriesService } from './deliveries/deliveries.service.js';
 import type { DispatchService } from './dispatch/dispatch.service.js';
 import { createDocsRoutes } from './docs/docs.routes.js';
 import type { Config } from './platform/config.js';
@@ -15,35 +13,20 @@ import { createAuthGate, createAuthThrottle } from './platform/auth-throttle.js'
 import { createClientAddress } from './platform/client-address.js';
 import { toHubError } from './platform/errors.js';
 import { bodyLimit, createMethodGuard } from './platform/http-edge.js';
-import type { HubEvents } from './platform/hub-events.js';
-import type { Logger } from './platform/logger.js';
-import type { Metrics } from './platform/metrics.js';
 import { createLogThrottle } from './platform/log-throttle.js';
 import { createRateLimits, type RateLimitRules } from './platform/rate-limits.js';
-import type { RedisClients } from './platform/redis.js';
 import { requireRole } from './platform/require-role.js';
-import type { TokenService } from './platform/tokens.js';
-import type { DriversStore } from './drivers/drivers.store.js';
 import { createLocationRoutes } from './presence/locations.routes.js';
-import type { PresenceService } from './presence/presence.service.js';
-import type { PushService } from './pushes/pushes.service.js';
-import { createSocketServer } from './realtime/socket-server.js';
+import { createSocketServer, type SocketServerDeps } from './realtime/socket-server.js';
 import { createWebhookRoutes } from './webhooks/webhooks.routes.js';
 
-export interface AppDeps {
+/** What the socket server gets from the app rather than from the composition root. */
+type BuiltByTheApp = 'config' | 'limits' | 'auth' | 'refusalLog' | 'tokenRecheckMs';
+
+export interface AppDeps extends Omit<SocketServerDeps, BuiltByTheApp> {
   config: Config;
-  logger: Logger;
-  metrics: Metrics;
   database: Database;
-  redis: RedisClients | null;
-  tokens: TokenService;
-  tokenVersions: TokenVersionsStore;
-  events: HubEvents;
-  drivers: DriversStore;
-  presence: PresenceService;
-  pushes: PushService;
   dispatch: DispatchService;
-  deliveries: DeliveriesService;
   /** Further features' routes from the composition root, mounted after the hub's own (see MountedRoutes). */
   routes?: MountedRoutes[];
   edge?: EdgeOptions;
@@ -176,23 +159,7 @@ export function createApp(deps: AppDeps): HubApp {
   // or a request sent as the server closes it dies with ECONNRESET (Node's default is 5 s).
   http.keepAliveTimeout = 65_000;
   http.headersTimeout = 66_000;
-  const sockets = createSocketServer(http, {
-    config,
-    logger,
-    metrics,
-    redis,
-    tokens: deps.tokens,
-    tokenVersions: deps.tokenVersions,
-    events: deps.events,
-    drivers: deps.drivers,
-    presence: deps.presence,
-    pushes: deps.pushes,
-    deliveries: deps.deliveries,
-    limits,
-    auth,
-    refusalLog: throttledLog,
-    tokenRecheckMs: deps.edge?.tokenRecheckMs,
-  });
+  const sockets = createSocketServer(http, { ...deps, limits, auth, refusalLog: throttledLog, tokenRecheckMs: deps.edge?.tokenRecheckMs });
 
   return {
     http,
