@@ -25,7 +25,7 @@ export interface PresenceDeps {
 export interface PresenceService
   extends Pick<PositionPipeline, 'acceptFixes' | 'drainStored' | 'drainMoves' | 'discardMoves'>,
     Pick<DriverSessions, 'connect' | 'disconnect' | 'setDuty' | 'released' | 'claimed'>,
-    Pick<RedisRepair, 'redisHealthy' | 'repairRedis' | 'reconcile' | 'sweep'> {
+    Pick<RedisRepair, 'redisHealthy'> {
   /**
    * The `count` nearest free drivers to a point: Redis GEO when it answers, PostgreSQL's last
    * known positions when Redis is away, disabled or fails. Proposals only; the claim decides.
@@ -90,9 +90,6 @@ export function createPresenceService(deps: PresenceDeps): PresenceService {
     released: sessions.released,
     claimed: sessions.claimed,
     redisHealthy: repair.redisHealthy,
-    repairRedis: repair.repairRedis,
-    reconcile: repair.reconcile,
-    sweep: repair.sweep,
     nearestCandidates,
 
     start(): void {
