@@ -87,6 +87,18 @@ const envSchema = z.object({
   /** How often each driver hears `location:stored` at most; well under the client's 10 s re-send. */
   LOCATION_CONFIRM_MS: intFromEnv(3000, 200, 9000),
   PUSH_MAX_RESENDS: intFromEnv(10, 1, 1000),
+  /** The hub's address as customers and apps reach it (tracking links); unset: http://localhost:<the port it listens on>. */
+  PUBLIC_URL: optionalString.pipe(
+    z
+      .string()
+      .url()
+      .regex(/^https?:\/\//i, 'must be an http(s) URL')
+      .refine((v) => !/[?#]/.test(v), 'must not carry a query or fragment')
+      .transform((v) => v.replace(/\/+$/, ''))
+      .optional(),
+  ),
+  /** How long a tracking link keeps working after its delivery ended; fractions allowed (0.5: half an hour). */
+  TRACKING_TTL_HOURS: z.preprocess((v) => (v === undefined || v === '' ? 24 : Number(v)), z.number().finite().positive().max(24 * 366)),
   /** Only `production` changes behaviour: no generated webhook secret, JSON logs even on a terminal. */
   NODE_ENV: optionalString,
 });

@@ -20,6 +20,9 @@ import { ACTIVE_DELIVERY_STATUSES, type DeliveryStatus, type DriverStatus, type 
 export const ACTIVE_STATUSES_LIST = `(${ACTIVE_DELIVERY_STATUSES.map((s) => `'${s}'`).join(', ')})`;
 export const ACTIVE_STATUSES_SQL = sql.raw(ACTIVE_STATUSES_LIST);
 
+/** 2 x 122 random bits, base64url without padding (43 characters). */
+const TRACKING_TOKEN_DEFAULT = sql`translate(encode(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()), 'base64'), '+/=', '-_')`;
+
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
 
 export const drivers = pgTable(
@@ -93,6 +96,12 @@ export const deliveries = pgTable(
     assignedAt: ts('assigned_at'),
     /** When the driver's app confirmed it stored the assignment push; null until then. */
     acknowledgedAt: ts('acknowledged_at'),
+    /**
+     * The secret in the customer's tracking link (`/track/<token>`): 244 random bits from two
+     * `gen_random_uuid()` (PostgreSQL's strong random source), base64url. A column default, so every
+     * insert path gets one without knowing of it, and existing rows got their own when it was added.
+     */
+    trackingToken: text('tracking_token').notNull().default(TRACKING_TOKEN_DEFAULT),
     createdAt: ts('created_at').notNull().defaultNow(),
     updatedAt: ts('updated_at').notNull().defaultNow(),
   },
@@ -104,6 +113,7 @@ export const deliveries = pgTable(
     index('deliveries_pending_idx').on(t.createdAt).where(sql`${t.status} = 'PENDING'`),
     index('deliveries_status_created_idx').on(t.status, t.createdAt),
     index('deliveries_driver_created_idx').on(t.driverId, t.createdAt),
+    uniqueIndex('deliveries_tracking_token_key').on(t.trackingToken),
   ],
 );
 

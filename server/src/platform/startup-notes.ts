@@ -39,4 +39,7 @@ export function logStartupNotes(config: Config, logger: Logger, baseUrl: string,
       'WEBHOOK_SECRET not set in production: every Vendure webhook is refused with 503 SERVICE_UNAVAILABLE until it is set to the whsec_... secret Vendure signs with',
     );
   }
+  if (config.production && !config.PUBLIC_URL) {
+    logger.warn('PUBLIC_URL not set in production: tracking links given to customers name http://localhost, which they cannot open');
+  }
 }

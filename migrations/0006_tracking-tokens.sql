@@ -1,0 +1,2 @@
+ALTER TABLE "deliveries" ADD COLUMN "tracking_token" text DEFAULT translate(encode(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()), 'base64'), '+/=', '-_') NOT NULL;--> statement-breakpoint
+CREATE UNIQUE INDEX "deliveries_tracking_token_key" ON "deliveries" USING btree ("tracking_token");
