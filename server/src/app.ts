@@ -18,6 +18,9 @@ import { createRateLimits, type RateLimitRules } from './platform/rate-limits.js
 import { requireRole } from './platform/require-role.js';
 import { createLocationRoutes } from './presence/locations.routes.js';
 import { createSocketServer, type SocketServerDeps } from './realtime/socket-server.js';
+import type { TrackingLinks } from './tracking/tracking-links.js';
+import { createTrackingRoutes } from './tracking/tracking.routes.js';
+import type { TrackingService } from './tracking/tracking.service.js';
 import { createWebhookRoutes } from './webhooks/webhooks.routes.js';
 
 /** What the socket server gets from the app rather than from the composition root. */
@@ -27,6 +30,8 @@ export interface AppDeps extends Omit<SocketServerDeps, BuiltByTheApp> {
   config: Config;
   database: Database;
   dispatch: DispatchService;
+  tracking: TrackingService;
+  links: TrackingLinks;
   /** Further features' routes from the composition root, mounted after the hub's own (see MountedRoutes). */
   routes?: MountedRoutes[];
   edge?: EdgeOptions;
@@ -126,7 +131,8 @@ export function createApp(deps: AppDeps): HubApp {
   admin.use('*', requireRole(roleGate, ['admin']));
   const mounts: MountedRoutes[] = [
     { path: '/drivers', routes: createLocationRoutes({ tokens: deps.tokens, drivers: deps.drivers, presence: deps.presence, limits, metrics }) },
-    { path: '/events', routes: createWebhookRoutes({ dispatch: deps.dispatch, deliveries: deps.deliveries, secrets: config.WEBHOOK_SECRETS, auth, logger, metrics }) },
+    { path: '/events', routes: createWebhookRoutes({ dispatch: deps.dispatch, deliveries: deps.deliveries, secrets: config.WEBHOOK_SECRETS, auth, logger, metrics, links: deps.links }) },
+    { path: '/track', routes: createTrackingRoutes({ tracking: deps.tracking, limits, auth, logger, metrics, tileUrl: config.MAP_TILE_URL }) },
     { path: '/admin', routes: admin },
     ...(deps.routes ?? []),
     // The front door, /openapi.json, /asyncapi.json and the pages showing them.

@@ -25,6 +25,9 @@ import { createPushesStore } from './pushes/pushes.store.js';
 import { createPresenceService } from './presence/presence.service.js';
 import { createNoopPresenceStore, createPresenceStore } from './presence/presence.store.js';
 import { createMapRoutes } from './realtime/map.routes.js';
+import { createTrackingLinks } from './tracking/tracking-links.js';
+import { createTrackingService } from './tracking/tracking.service.js';
+import { createTrackingStore } from './tracking/tracking.store.js';
 
 export interface RunningHub {
   app: HubApp;
@@ -57,6 +60,10 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     redis = createRedisClients({ url: config.REDIS_URL, commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS, logger });
     if (!(await connectRedis(redis, 3000))) logger.warn('redis unreachable at start; running degraded until it returns');
   }
+
+  // Unset, PUBLIC_URL names the port the hub listens on, known only once it listens (PORT=0).
+  let publicUrl = config.PUBLIC_URL ?? `http://localhost:${config.PORT}`;
+  const links = createTrackingLinks(() => publicUrl);
 
   const events = new HubEvents();
   const drivers = createDriversStore(database);
@@ -98,9 +105,18 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     events,
     logger,
     metrics,
+    links,
     config: { maxRadiusKm: config.ASSIGN_MAX_RADIUS_KM, pendingRetryMs: 2000 },
   });
-  const deliveries = createDeliveriesService({ store: deliveriesStore, pushes: pushesStore, announce, events, logger });
+  const deliveries = createDeliveriesService({
+    store: deliveriesStore,
+    pushes: pushesStore,
+    announce,
+    events,
+    logger,
+    assignNow: (deliveryId) => dispatch.assignPendingDelivery(deliveryId),
+  });
+  const tracking = createTrackingService({ store: createTrackingStore(database), ttlHours: config.TRACKING_TTL_HOURS });
   const relay = createOutboxRelay({
     store: outboxStore,
     logger,
@@ -112,6 +128,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
       requestTimeoutMs: config.OUTBOX_REQUEST_TIMEOUT_MS,
       maxAgeSeconds: config.OUTBOX_MAX_AGE_SECONDS,
     },
+    trackingUrl: (token) => links.urlFor(token),
   });
 
   registerStateGauges(metrics, { pendingDeliveries: deliveriesStore.countPending, outboxLag: outboxStore.lag, breaker: redis?.breaker });
@@ -130,6 +147,8 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     pushes,
     dispatch,
     deliveries,
+    tracking,
+    links,
     routes: [
       { path: '/admin/outbox', routes: createOutboxRoutes({ store: outboxStore }) },
       ...(extensions.publicRoutes ?? [createMapRoutes({ tileUrl: config.MAP_TILE_URL })]).map((routes) => ({ path: '/', routes })),
@@ -137,6 +156,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     edge: extensions.edge,
   });
   const port = await app.listen();
+  if (!config.PUBLIC_URL) publicUrl = `http://localhost:${port}`;
   presence.start();
   pushes.start();
   dispatch.start();

@@ -203,6 +203,24 @@ describe('API documents: /openapi.json and /asyncapi.json', () => {
     check('GET', '/admin/deliveries/:id', await call(hub, 'GET', `/admin/deliveries/${pending.body.deliveryId}`));
     check('GET', '/admin/deliveries/:id', await call(hub, 'GET', `/admin/deliveries/${randomUUID()}`));
 
+    // the customer's tracking link: page and state, found and not
+    const tracked = new URL(assigned.body.trackingUrl).pathname;
+    check('GET', '/track/:token', await call(hub, 'GET', tracked, { token: null }));
+    check('GET', '/track/:token/state', await call(hub, 'GET', `${tracked}/state`, { token: null }));
+    check('GET', '/track/:token', await call(hub, 'GET', `/track/${'x'.repeat(43)}`, { token: null }));
+    check('GET', '/track/:token/state', await call(hub, 'GET', `/track/${'x'.repeat(43)}/state`, { token: null }));
+
+    // dispatcher actions on the pending delivery: sent back to assignment, cancelled, refused
+    const dispatcherToken = (dispatcher.body as any).token;
+    const pendingPath = `/admin/deliveries/${pending.body.deliveryId}`;
+    check('POST', '/admin/deliveries/:id/redispatch', await call(hub, 'POST', `${pendingPath}/redispatch`, { token: dispatcherToken }));
+    check('POST', '/admin/deliveries/:id/redispatch', await call(hub, 'POST', `${pendingPath}/redispatch`, { body: { reason: 7 }, token: dispatcherToken }));
+    check('POST', '/admin/deliveries/:id/cancel', await call(hub, 'POST', `${pendingPath}/cancel`, { body: { reason: 'docs' }, token: dispatcherToken }));
+    check('POST', '/admin/deliveries/:id/cancel', await call(hub, 'POST', `${pendingPath}/cancel`, { token: dispatcherToken }));
+    check('POST', '/admin/deliveries/:id/redispatch', await call(hub, 'POST', `${pendingPath}/redispatch`, { token: dispatcherToken }));
+    check('POST', '/admin/deliveries/:id/cancel', await call(hub, 'POST', `/admin/deliveries/${randomUUID()}/cancel`));
+    check('POST', '/admin/deliveries/:id/cancel', await call(hub, 'POST', `${pendingPath}/cancel`, { token: driver.token }));
+
     // driver locations over HTTP: taken, malformed, not a driver (before the driver's token is revoked below)
     check('POST', '/drivers/me/locations', await call(hub, 'POST', '/drivers/me/locations', { body: [{ lat: 52.52, lng: 13.405 }], token: driver.token }));
     check('POST', '/drivers/me/locations', await call(hub, 'POST', '/drivers/me/locations', { body: { lat: 95, lng: 0 }, token: driver.token }));

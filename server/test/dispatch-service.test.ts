@@ -9,12 +9,16 @@ import { HubEvents } from '../src/platform/hub-events.js';
 import { createLogger } from '../src/platform/logger.js';
 import { createMetrics } from '../src/platform/metrics.js';
 import type { NearestCandidates } from '../src/presence/nearest-candidates.js';
+import { createTrackingLinks } from '../src/tracking/tracking-links.js';
 
 const logger = createLogger({ level: 'silent', nodeId: 'unit' });
 const DRIVER = '11111111-1111-4111-8111-111111111111';
 const DELIVERY = '33333333-3333-4333-8333-333333333333';
 const PICKUP = { lat: 52.52, lng: 13.405 };
 const DROPOFF = { lat: 52.53, lng: 13.41 };
+const TOKEN = 'Tk9UX0FfUkVBTF9UT0tFTl9KVVNUX0FfVEVTVF8wMDE';
+const links = createTrackingLinks(() => 'https://hub.test');
+const TRACKING_URL = `https://hub.test/track/${TOKEN}`;
 
 function deliveryRow(status: DeliveryStatus, driverId: string | null = null): DeliveryRow {
   const at = new Date('2026-01-01T00:00:00Z');
@@ -39,6 +43,7 @@ function deliveryRow(status: DeliveryStatus, driverId: string | null = null): De
     acknowledgedAt: null,
     createdAt: at,
     updatedAt: at,
+    trackingToken: TOKEN,
   };
 }
 
@@ -52,6 +57,7 @@ function dispatchWith(store: Partial<DispatchStore>, search: (count: number) => 
   const announced: DeliveryChange[] = [];
   const searches: number[] = [];
   const claimsTried: Candidate[][] = [];
+  const passedOver: (ReadonlySet<string> | undefined)[] = [];
   const dispatch = createDispatchService({
     deliveries: {
       createAndAssign: async () => ({ created: true, delivery: deliveryRow('PENDING'), chosen: null }),
@@ -61,11 +67,14 @@ function dispatchWith(store: Partial<DispatchStore>, search: (count: number) => 
       },
       assignOldestPendingTo: async () => null,
       pending: async () => [],
+      get: async () => null,
+      takenFrom: async () => new Set(),
       ...store,
     },
     presence: {
-      nearestCandidates: async (_point, count) => {
+      nearestCandidates: async (_point, count, passOver) => {
         searches.push(count);
+        passedOver.push(passOver);
         return search(count);
       },
     },
@@ -73,9 +82,10 @@ function dispatchWith(store: Partial<DispatchStore>, search: (count: number) => 
     events,
     logger,
     metrics: createMetrics('unit'),
+    links,
     config: { maxRadiusKm: 20, pendingRetryMs: 60_000 },
   });
-  return { dispatch, events, announced, searches, claimsTried };
+  return { dispatch, events, announced, searches, claimsTried, passedOver };
 }
 
 describe('dispatch service', () => {
@@ -84,7 +94,7 @@ describe('dispatch service', () => {
       { createAndAssign: async () => ({ created: true, delivery: deliveryRow('ASSIGNED', DRIVER), chosen: { driverId: DRIVER, distanceMeters: 120 } }) },
       () => ({ source: 'redis', candidates: [{ driverId: DRIVER, distanceMeters: 120 }] }),
     );
-    expect(await dispatch.orderReady(order)).toEqual({ status: 'ASSIGNED', deliveryId: DELIVERY, sellerOrderId: 'so-1', driverId: DRIVER, distanceMeters: 120, idempotent: false });
+    expect(await dispatch.orderReady(order)).toEqual({ status: 'ASSIGNED', deliveryId: DELIVERY, sellerOrderId: 'so-1', driverId: DRIVER, distanceMeters: 120, idempotent: false, trackingUrl: TRACKING_URL });
     expect(announced).toEqual([{ delivery: expect.objectContaining({ status: 'ASSIGNED' }), previousStatus: 'PENDING' }]);
   });
 
@@ -107,14 +117,14 @@ describe('dispatch service', () => {
 
   it('when fewer drivers than asked for were proposed and none was free, then the order waits PENDING without a second search', async () => {
     const { dispatch, announced, searches } = dispatchWith({}, () => ({ source: 'postgres', candidates: nearby(2) }));
-    expect(await dispatch.orderReady(order)).toEqual({ status: 'PENDING', deliveryId: DELIVERY, sellerOrderId: 'so-1', driverId: null, idempotent: false });
+    expect(await dispatch.orderReady(order)).toEqual({ status: 'PENDING', deliveryId: DELIVERY, sellerOrderId: 'so-1', driverId: null, idempotent: false, trackingUrl: TRACKING_URL });
     expect(searches).toEqual([5]);
     expect(announced).toEqual([{ delivery: expect.objectContaining({ status: 'PENDING' }), previousStatus: null }]);
   });
 
   it('when a retry names a known order, then its current state is answered as idempotent and nothing is announced; with another pickup, CONFLICT', async () => {
     const { dispatch, announced } = dispatchWith({ createAndAssign: async () => ({ created: false, delivery: deliveryRow('ASSIGNED', DRIVER) }) }, () => ({ source: 'redis', candidates: [] }));
-    expect(await dispatch.orderReady(order)).toMatchObject({ status: 'ASSIGNED', driverId: DRIVER, idempotent: true });
+    expect(await dispatch.orderReady(order)).toMatchObject({ status: 'ASSIGNED', driverId: DRIVER, idempotent: true, trackingUrl: TRACKING_URL });
     const moved = dispatch.orderReady({ ...order, pickup: { lat: 1, lng: 1 } });
     await expect(moved).rejects.toBeInstanceOf(HubError);
     await expect(moved).rejects.toMatchObject({ code: 'CONFLICT' });
@@ -155,6 +165,30 @@ describe('dispatch service', () => {
     expect(await dispatch.assignPendingNow()).toBe(1);
     expect(claimsTried).toHaveLength(2);
     expect(announced).toHaveLength(1);
+  });
+
+  it('when a delivery was taken from drivers (sent back to assignment), then the search for its next driver passes over them', async () => {
+    const silent = new Set(['driver-0']);
+    const { dispatch, passedOver, claimsTried } = dispatchWith(
+      {
+        get: async () => deliveryRow('PENDING'),
+        takenFrom: async () => silent,
+        assignPending: async (_id, candidates) => {
+          claimsTried.push([...candidates]);
+          return { delivery: deliveryRow('ASSIGNED', candidates[0].driverId), chosen: candidates[0] };
+        },
+      },
+      () => ({ source: 'redis', candidates: nearby(1, 1) }),
+    );
+    expect(await dispatch.assignPendingDelivery(DELIVERY)).toMatchObject({ status: 'ASSIGNED', driverId: 'driver-1' });
+    expect(passedOver).toEqual([silent]);
+    expect(claimsTried).toEqual([nearby(1, 1)]);
+  });
+
+  it('when a delivery sent back is no longer PENDING, then nothing is searched or claimed', async () => {
+    const { dispatch, searches } = dispatchWith({ get: async () => deliveryRow('ASSIGNED', DRIVER) }, () => ({ source: 'redis', candidates: nearby(1) }));
+    expect(await dispatch.assignPendingDelivery(DELIVERY)).toBeNull();
+    expect(searches).toEqual([]);
   });
 });
 

@@ -417,6 +417,27 @@ describe('nearest candidates', () => {
     expect(asked).toEqual([]);
   });
 
+  it('when drivers are to be passed over, then a radius holding only them counts as empty, the search goes on outwards and asks for enough', async () => {
+    const asks: [number, number][] = [];
+    const { search, asked } = searchWith({
+      available: true,
+      nearest: async (_point, radius, count) => {
+        asks.push([radius, count]);
+        return radius < 3000 ? [{ driverId: DRIVER, distanceMeters: 200 }] : [{ driverId: DRIVER, distanceMeters: 200 }, { driverId: OTHER, distanceMeters: 2500 }];
+      },
+    });
+    expect(await search(BERLIN, 5, new Set([DRIVER]))).toEqual({ source: 'redis', candidates: [{ driverId: OTHER, distanceMeters: 2500 }] });
+    expect(asks).toEqual([
+      [1000, 6],
+      [3000, 6],
+    ]);
+    expect(asked).toEqual([]);
+    // PostgreSQL's answer is filtered the same way.
+    const fallback = searchWith({ available: false, nearest: async () => [] });
+    expect(await fallback.search(BERLIN, 5, new Set([OTHER]))).toEqual({ source: 'postgres', candidates: [] });
+    expect(fallback.asked).toEqual([[BERLIN, 20_000, 6, 30]]);
+  });
+
   it('when Redis has nobody within the maximum radius, then the answer is empty', async () => {
     const { search, asked } = searchWith({ available: true, nearest: async () => [] });
     expect(await search(BERLIN, 5)).toEqual({ source: 'redis', candidates: [] });

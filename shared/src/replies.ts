@@ -7,6 +7,7 @@ import {
   type DriverMoved,
   type DriverView,
   type OrderReadyReply,
+  type TrackingState,
   DELIVERY_STATUSES,
   deliveryStatus,
   driverStatus,
@@ -72,6 +73,8 @@ export const orderReadyReply = z.union([
     driverId: uuid,
     distanceMeters: z.number(),
     idempotent: z.boolean(),
+    /** The page the shop can give its customer; see `GET /track/{token}`. */
+    trackingUrl: z.string().url(),
   }),
   z.object({
     status: z.enum(DELIVERY_STATUSES.filter((s) => s !== 'ASSIGNED') as [Exclude<(typeof DELIVERY_STATUSES)[number], 'ASSIGNED'>, ...Exclude<(typeof DELIVERY_STATUSES)[number], 'ASSIGNED'>[]]),
@@ -79,6 +82,7 @@ export const orderReadyReply = z.union([
     sellerOrderId: z.string(),
     driverId: uuid.nullable(),
     idempotent: z.boolean(),
+    trackingUrl: z.string().url(),
   }),
 ]);
 
@@ -87,7 +91,15 @@ export const orderCancelledReply = z.object({
   deliveryId: uuid,
   sellerOrderId: z.string(),
   idempotent: z.boolean(),
+  /** The same link as in the ready answer; it shows the customer that the delivery was cancelled. */
+  trackingUrl: z.string().url(),
 });
+
+/** `POST /admin/deliveries/{id}/cancel`. */
+export const dispatcherCancelReply = z.object({ delivery: deliveryView, idempotent: z.boolean() });
+
+/** `POST /admin/deliveries/{id}/redispatch`: the delivery afterwards, and the driver it was taken from (null when it was PENDING). */
+export const redispatchReply = z.object({ delivery: deliveryView, takenFrom: uuid.nullable() });
 
 export const createdDriverReply = z.object({
   id: uuid,
@@ -134,6 +146,26 @@ export const deliveryDetail = deliveryView.extend({
       unacknowledgedAt: isoTime.nullable(),
     }),
   ),
+});
+
+/** `GET /track/:token/state`; see TrackingState in schemas.ts for the privacy rules. */
+export const trackingStateReply = z.object({
+  status: deliveryStatus,
+  orderCode: z.string(),
+  driver: z
+    .object({
+      /** The first word of the driver's name, nothing more. */
+      firstName: z.string(),
+      lat: z.number().nullable(),
+      lng: z.number().nullable(),
+      heading: z.number().nullable(),
+      /** When the hub took this position, ms since the epoch. */
+      ts: z.number().nullable(),
+    })
+    .nullable(),
+  pickup: place,
+  dropoff: place,
+  updatedAt: isoTime,
 });
 
 export const locationsAcceptedReply = z.object({ accepted: z.number().int().min(1).max(100) });
@@ -234,3 +266,4 @@ sameShape<SameType<z.infer<typeof driverMoved>, DriverMoved>>();
 sameShape<SameType<z.infer<typeof driverSession>, DriverSession>>();
 sameShape<SameType<z.infer<typeof dispatchSnapshot>, DispatchSnapshot>>();
 sameShape<SameType<z.infer<typeof orderReadyReply>, OrderReadyReply>>();
+sameShape<SameType<z.infer<typeof trackingStateReply>, TrackingState>>();

@@ -185,6 +185,12 @@ export const mintTokenBody = z
   .strict();
 export type MintTokenBody = z.infer<typeof mintTokenBody>;
 
+/** `POST /admin/deliveries/:id/cancel` and `/redispatch`: the reason goes into the audit trail (and, for a cancel, to the driver's app). */
+export const dispatcherActionBody = z
+  .object({ reason: z.string().trim().min(1).max(500).optional() })
+  .strict();
+export type DispatcherActionBody = z.infer<typeof dispatcherActionBody>;
+
 export const listDeliveriesQuery = z
   .object({
     status: deliveryStatus.optional(),
@@ -268,6 +274,22 @@ export interface DriverMoved {
   ts: number;
 }
 
+/**
+ * `GET /track/:token/state`: what a shop's customer may see of one delivery. `driver` is present
+ * only while the delivery is ASSIGNED or PICKED_UP (its position null until the hub has one);
+ * `ts` is when the hub took that position, ms since the epoch. Never a phone number, never
+ * another delivery.
+ */
+export interface TrackingState {
+  status: DeliveryStatus;
+  orderCode: string;
+  driver: { firstName: string; lat: number | null; lng: number | null; heading: number | null; ts: number | null } | null;
+  pickup: Place;
+  dropoff: Place;
+  updatedAt: string;
+}
+
+/** `trackingUrl`: the page the shop can give its customer (`<PUBLIC_URL>/track/<token>`). */
 export type OrderReadyReply =
-  | { status: 'ASSIGNED'; deliveryId: string; sellerOrderId: string; driverId: string; distanceMeters: number; idempotent: boolean }
-  | { status: Exclude<DeliveryStatus, 'ASSIGNED'>; deliveryId: string; sellerOrderId: string; driverId: string | null; idempotent: boolean };
+  | { status: 'ASSIGNED'; deliveryId: string; sellerOrderId: string; driverId: string; distanceMeters: number; idempotent: boolean; trackingUrl: string }
+  | { status: Exclude<DeliveryStatus, 'ASSIGNED'>; deliveryId: string; sellerOrderId: string; driverId: string | null; idempotent: boolean; trackingUrl: string };

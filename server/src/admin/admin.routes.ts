@@ -1,8 +1,8 @@
 import { Hono } from 'hono';
-import { createDriverBody, listDeliveriesQuery, mintTokenBody } from '#shared/schemas.js';
+import { createDriverBody, dispatcherActionBody, listDeliveriesQuery, mintTokenBody } from '#shared/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import { HubError, validationError } from '../platform/errors.js';
-import { jsonBody } from '../platform/http-input.js';
+import { jsonBody, optionalJsonBody } from '../platform/http-input.js';
 import { type RoleGateDeps, requireRole } from '../platform/require-role.js';
 import { parsePayload } from '../platform/payload.js';
 import type { HubEvents } from '../platform/hub-events.js';
@@ -74,6 +74,21 @@ export function createAdminRoutes(deps: AdminDeps) {
     const id = c.req.param('id');
     if (!uuidParam.safeParse(id).success) throw new HubError('NOT_FOUND', 'delivery not found');
     return c.json(await deps.deliveries.get(id));
+  });
+
+  // A dispatcher acts on a stuck delivery; the audit row names who (`dispatcher:<subject>`, `admin`).
+  app.post('/deliveries/:id/cancel', readers, async (c) => {
+    const id = c.req.param('id');
+    const { reason } = parsePayload(dispatcherActionBody, await optionalJsonBody(c.req), 'cancellation');
+    if (!uuidParam.safeParse(id).success) throw new HubError('NOT_FOUND', 'delivery not found');
+    return c.json(await deps.deliveries.cancelById(id, c.get('actor'), reason));
+  });
+
+  app.post('/deliveries/:id/redispatch', readers, async (c) => {
+    const id = c.req.param('id');
+    const { reason } = parsePayload(dispatcherActionBody, await optionalJsonBody(c.req), 'redispatch');
+    if (!uuidParam.safeParse(id).success) throw new HubError('NOT_FOUND', 'delivery not found');
+    return c.json(await deps.deliveries.redispatch(id, c.get('actor'), reason));
   });
 
   return app;

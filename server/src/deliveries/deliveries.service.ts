@@ -20,7 +20,12 @@ export interface DeliveriesDeps {
   announce: DeliveryAnnouncer;
   events: HubEvents;
   logger: Logger;
+  /** Tries to assign one PENDING delivery now (the dispatch service's pending path). */
+  assignNow?: (deliveryId: string) => Promise<unknown>;
 }
+
+/** Who changed a delivery, as the audit trail names it: `webhook`, `hub`, `driver:<id>`, `dispatcher:<subject>`, `admin`. */
+export type Actor = string;
 
 export function createDeliveriesService(deps: DeliveriesDeps) {
   const { store, events } = deps;
@@ -28,6 +33,26 @@ export function createDeliveriesService(deps: DeliveriesDeps) {
 
   async function afterTransition(result: TransitionResult): Promise<void> {
     if (result.changed) await deps.announce(result);
+  }
+
+  async function cancelDelivery(id: string, actor: Actor, why: string): Promise<{ delivery: DeliveryView; idempotent: boolean; trackingToken: string }> {
+    const result = await store.transition({
+      deliveryId: id,
+      to: 'CANCELLED',
+      allowedFrom: ALLOWED_FROM.CANCELLED,
+      actor,
+      reason: why,
+    });
+    if ('error' in result) {
+      if (result.error === 'NOT_FOUND') throw new HubError('NOT_FOUND', 'delivery not found');
+      throw new HubError('INVALID_TRANSITION', `cannot cancel a ${result.status ?? 'missing'} delivery`, { status: result.status });
+    }
+    if (result.changed && result.delivery.driverId) {
+      events.emit('delivery:cancelled', { driverId: result.delivery.driverId, deliveryId: id, reason: why });
+    }
+    await afterTransition(result);
+    if (result.changed) log.info({ delivery: id, sellerOrderId: result.delivery.sellerOrderId, actor }, 'delivery cancelled');
+    return { delivery: toDeliveryView(result.delivery), idempotent: !result.changed, trackingToken: result.delivery.trackingToken };
   }
 
   return {
@@ -52,26 +77,43 @@ export function createDeliveriesService(deps: DeliveriesDeps) {
     },
 
     /** Vendure cancelled the order: from any non-terminal state; the driver is freed and told. */
-    async cancel(sellerOrderId: string, reason: string | undefined): Promise<{ delivery: DeliveryView; idempotent: boolean }> {
+    async cancel(sellerOrderId: string, reason: string | undefined): Promise<{ delivery: DeliveryView; idempotent: boolean; trackingToken: string }> {
       const row = await store.findBySellerOrderId(sellerOrderId);
       if (!row) throw new HubError('NOT_FOUND', 'no delivery for this sellerOrderId');
-      const why = reason ?? 'cancelled by the shop';
-      const result = await store.transition({
-        deliveryId: row.id,
-        to: 'CANCELLED',
-        allowedFrom: ALLOWED_FROM.CANCELLED,
-        actor: 'webhook',
-        reason: why,
-      });
+      return cancelDelivery(row.id, 'webhook', reason ?? 'cancelled by the shop');
+    },
+
+    /** A dispatcher (or the admin) cancels a delivery: the webhook's path, with the actor in the audit row. */
+    async cancelById(id: string, actor: Actor, reason: string | undefined): Promise<{ delivery: DeliveryView; idempotent: boolean }> {
+      const { delivery, idempotent } = await cancelDelivery(id, actor, reason ?? `cancelled by ${actor}`);
+      return { delivery, idempotent };
+    },
+
+    /**
+     * "Send back to assignment": a PENDING delivery is tried again now; an ASSIGNED one whose
+     * driver's app never confirmed it is taken from that driver (who is freed and told) and
+     * assigned again, never to that driver. Answers the delivery as it is afterwards: ASSIGNED to
+     * someone else, or PENDING when nobody was free.
+     */
+    async redispatch(id: string, actor: Actor, reason: string | undefined): Promise<{ delivery: DeliveryView; takenFrom: string | null }> {
+      const why = reason ?? `sent back to assignment by ${actor}`;
+      const result = await store.unassign({ deliveryId: id, actor, reason: why });
       if ('error' in result) {
-        throw new HubError('INVALID_TRANSITION', `cannot cancel a ${result.status ?? 'missing'} delivery`);
+        if (result.error === 'NOT_FOUND') throw new HubError('NOT_FOUND', 'delivery not found');
+        const refusal =
+          result.status === 'ASSIGNED' && result.acknowledged
+            ? "the driver's app confirmed this job: cancel it instead"
+            : `a ${result.status} delivery cannot go back to assignment`;
+        throw new HubError('INVALID_TRANSITION', refusal, { status: result.status, acknowledged: result.acknowledged ?? false });
       }
-      if (result.changed && result.delivery.driverId) {
-        events.emit('delivery:cancelled', { driverId: result.delivery.driverId, deliveryId: row.id, reason: why });
+      if (result.changed && result.takenFrom) {
+        events.emit('delivery:cancelled', { driverId: result.takenFrom, deliveryId: id, reason: why });
+        log.info({ delivery: id, driver: result.takenFrom, actor }, 'delivery sent back to assignment');
       }
       await afterTransition(result);
-      if (result.changed) log.info({ delivery: row.id, sellerOrderId }, 'delivery cancelled');
-      return { delivery: toDeliveryView(result.delivery), idempotent: !result.changed };
+      await deps.assignNow?.(id);
+      const now = await store.get(id);
+      return { delivery: toDeliveryView(now ?? result.delivery), takenFrom: result.takenFrom };
     },
 
     async get(id: string) {

@@ -97,6 +97,12 @@ select true as fresh, * from created
 union all
 select false as fresh, * from known`;
 
+/**
+ * An audit row that took the delivery away from a driver and back to PENDING (`driver_id` names
+ * that driver): the claim paths pass such a driver over for this delivery.
+ */
+const TAKEN_FROM_DRIVER = sql`${deliveryEvents.toStatus} = 'PENDING' and ${deliveryEvents.fromStatus} is not null and ${deliveryEvents.driverId} is not null`;
+
 export interface TransitionResult {
   delivery: DeliveryRow;
   previousStatus: DeliveryStatus;
@@ -187,12 +193,23 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
     if (from !== null && OUTBOX_TYPE[row.status]) await outbox.enqueue(tx, statusEvent(row, from, reason));
   }
 
+  /** Drivers this delivery was taken from (sent back to assignment): never given it again. */
+  async function takenFrom(executor: DbOrTx, deliveryId: string): Promise<Set<string>> {
+    const rows = await executor
+      .select({ driverId: deliveryEvents.driverId })
+      .from(deliveryEvents)
+      .where(and(eq(deliveryEvents.deliveryId, deliveryId), TAKEN_FROM_DRIVER));
+    return new Set(rows.map((r) => r.driverId).filter((id): id is string => id !== null));
+  }
+
   /** Tries candidates nearest first; the first successful conditional claim wins. */
   async function claimFirst(
     tx: Tx,
     deliveryId: string,
-    candidates: readonly Candidate[],
+    offered: readonly Candidate[],
   ): Promise<{ chosen: Candidate | null; ranked: RankedCandidate[] }> {
+    const excluded = await takenFrom(tx, deliveryId);
+    const candidates = excluded.size === 0 ? offered : offered.filter((c) => !excluded.has(c.driverId));
     const ranked: RankedCandidate[] = candidates.map((c) => ({ ...c, outcome: 'not-tried' }));
     for (const candidate of ranked) {
       if (await drivers.claim(tx, candidate.driverId, deliveryId)) {
@@ -234,6 +251,9 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
       const [row] = await db.select().from(deliveries).where(eq(deliveries.sellerOrderId, sellerOrderId)).limit(1);
       return row ?? null;
     },
+
+    /** The drivers a delivery was taken from: the search for its next driver looks past them. */
+    takenFrom: (deliveryId: string): Promise<Set<string>> => takenFrom(db, deliveryId),
 
     async get(id: string): Promise<DeliveryRow | null> {
       const [row] = await db.select().from(deliveries).where(eq(deliveries.id, id)).limit(1);
@@ -365,7 +385,13 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
         const [row] = await tx
           .select({ delivery: deliveries, distance })
           .from(deliveries)
-          .where(and(eq(deliveries.status, 'PENDING'), sql`${distance} <= ${radiusMeters}`))
+          .where(
+            and(
+              eq(deliveries.status, 'PENDING'),
+              sql`${distance} <= ${radiusMeters}`,
+              sql`not exists (select 1 from ${deliveryEvents} where ${deliveryEvents.deliveryId} = ${deliveries.id} and ${TAKEN_FROM_DRIVER} and ${deliveryEvents.driverId} = ${driver.id})`,
+            ),
+          )
           .orderBy(asc(deliveries.createdAt))
           .limit(1)
           .for('update', { skipLocked: true });
@@ -374,6 +400,45 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
         const { chosen, ranked } = await claimFirst(tx, row.delivery.id, [candidate]);
         if (!chosen) return null;
         return { delivery: await assignInTx(tx, row.delivery, chosen, ranked), chosen };
+      });
+    },
+
+    /**
+     * A dispatcher sends an ASSIGNED delivery whose driver's app never confirmed it back to
+     * PENDING, under the row lock: the driver is released and told (a `delivery:cancelled` push),
+     * the audit row names the driver it was taken from (so the claims pass that driver over for
+     * it) and who did it. PENDING already: nothing to undo (`changed: false`). Anything else is
+     * refused with the state it is in; `acknowledged` when the driver's app had confirmed the job.
+     */
+    async unassign(input: {
+      deliveryId: string;
+      actor: string;
+      reason: string;
+    }): Promise<(TransitionResult & { takenFrom: string | null }) | { error: 'NOT_FOUND' | 'INVALID_TRANSITION'; status?: DeliveryStatus; acknowledged?: boolean }> {
+      return db.transaction(async (tx) => {
+        const [row] = await tx.select().from(deliveries).where(eq(deliveries.id, input.deliveryId)).for('update');
+        if (!row) return { error: 'NOT_FOUND' as const };
+        if (row.status === 'PENDING') return { delivery: row, previousStatus: row.status, changed: false, released: null, takenFrom: null };
+        if (row.status !== 'ASSIGNED' || row.acknowledgedAt !== null || !row.driverId) {
+          return { error: 'INVALID_TRANSITION' as const, status: row.status, acknowledged: row.acknowledgedAt !== null };
+        }
+        const [updated] = await tx
+          .update(deliveries)
+          .set({ status: 'PENDING', driverId: null, distanceMeters: null, assignedAt: null, acknowledgedAt: null, updatedAt: new Date() })
+          .where(eq(deliveries.id, row.id))
+          .returning();
+        await tx.insert(deliveryEvents).values({
+          deliveryId: row.id,
+          fromStatus: row.status,
+          toStatus: 'PENDING',
+          driverId: row.driverId,
+          actor: input.actor,
+          reason: input.reason,
+        });
+        await pushes.closeStale(tx, row.id, null);
+        await pushes.enqueue(tx, { deliveryId: row.id, driverId: row.driverId, kind: 'delivery:cancelled', payload: { deliveryId: row.id, reason: input.reason } });
+        const released = await drivers.release(tx, row.driverId, row.id);
+        return { delivery: updated, previousStatus: row.status, changed: true, released, takenFrom: row.driverId };
       });
     },
 

@@ -6,14 +6,17 @@ import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
 import type { PresenceService } from '../presence/presence.service.js';
+import type { TrackingLinks } from '../tracking/tracking-links.js';
 
 export interface DispatchDeps {
-  deliveries: Pick<DeliveriesStore, 'createAndAssign' | 'assignPending' | 'assignOldestPendingTo' | 'pending'>;
+  deliveries: Pick<DeliveriesStore, 'createAndAssign' | 'assignPending' | 'assignOldestPendingTo' | 'pending' | 'get' | 'takenFrom'>;
   presence: Pick<PresenceService, 'nearestCandidates'>;
   announce: DeliveryAnnouncer;
   events: HubEvents;
   logger: Logger;
   metrics: Pick<Metrics, 'assignments' | 'assignmentSeconds'>;
+  /** The customer's tracking link, in every answer to the webhook. */
+  links: TrackingLinks;
   config: { maxRadiusKm: number; pendingRetryMs: number };
 }
 
@@ -28,7 +31,8 @@ function samePlaces(row: DeliveryRow, order: SellerOrderReady): boolean {
   );
 }
 
-export function replyFor(row: DeliveryRow, idempotent: boolean): OrderReadyReply {
+export function replyFor(row: DeliveryRow, idempotent: boolean, links: TrackingLinks): OrderReadyReply {
+  const trackingUrl = links.urlFor(row.trackingToken);
   if (row.status === 'ASSIGNED' && row.driverId) {
     return {
       status: 'ASSIGNED',
@@ -37,6 +41,7 @@ export function replyFor(row: DeliveryRow, idempotent: boolean): OrderReadyReply
       driverId: row.driverId,
       distanceMeters: Math.round(row.distanceMeters ?? 0),
       idempotent,
+      trackingUrl,
     };
   }
   return {
@@ -45,6 +50,7 @@ export function replyFor(row: DeliveryRow, idempotent: boolean): OrderReadyReply
     sellerOrderId: row.sellerOrderId,
     driverId: row.driverId,
     idempotent,
+    trackingUrl,
   };
 }
 
@@ -53,16 +59,25 @@ export function createDispatchService(deps: DispatchDeps) {
   const log = deps.logger.child({ component: 'dispatch' });
   let timer: NodeJS.Timeout | undefined;
 
+  /**
+   * One PENDING delivery against the nearest free drivers, past those it was taken from (sent back
+   * to assignment); null when nobody could be claimed.
+   */
+  async function assignPendingRow(row: DeliveryRow): Promise<DeliveryRow | null> {
+    const passOver = await deliveries.takenFrom(row.id);
+    const { source, candidates } = await presence.nearestCandidates({ lat: row.pickupLat, lng: row.pickupLng }, CANDIDATES, passOver);
+    if (candidates.length === 0) return null;
+    const result = await deliveries.assignPending(row.id, candidates);
+    if (!result) return null;
+    metrics.assignments.inc({ source: `pending-${source}` });
+    await announce({ delivery: result.delivery, previousStatus: 'PENDING' });
+    return result.delivery;
+  }
+
   async function assignPendingNow(limit = 20): Promise<number> {
     let assigned = 0;
     for (const row of await deliveries.pending(limit)) {
-      const { source, candidates } = await presence.nearestCandidates({ lat: row.pickupLat, lng: row.pickupLng }, CANDIDATES);
-      if (candidates.length === 0) continue;
-      const result = await deliveries.assignPending(row.id, candidates);
-      if (!result) continue;
-      assigned += 1;
-      metrics.assignments.inc({ source: `pending-${source}` });
-      await announce({ delivery: result.delivery, previousStatus: 'PENDING' });
+      if (await assignPendingRow(row)) assigned += 1;
     }
     return assigned;
   }
@@ -106,10 +121,16 @@ export function createDispatchService(deps: DispatchDeps) {
         { delivery: delivery.id, sellerOrderId: order.sellerOrderId, driver: chosen?.driverId ?? null, source },
         chosen ? 'delivery assigned' : 'delivery pending: no driver free',
       );
-      return replyFor(delivery, false);
+      return replyFor(delivery, false, deps.links);
     },
 
     assignPendingNow,
+
+    /** Tries one delivery now, if it is still PENDING (a dispatcher sent it back to assignment). */
+    async assignPendingDelivery(deliveryId: string): Promise<DeliveryRow | null> {
+      const row = await deliveries.get(deliveryId);
+      return row && row.status === 'PENDING' ? assignPendingRow(row) : null;
+    },
 
     start(): void {
       timer = setInterval(() => {
@@ -129,7 +150,7 @@ export function createDispatchService(deps: DispatchDeps) {
         deliveryId: row.id,
       });
     }
-    return replyFor(row, true);
+    return replyFor(row, true, deps.links);
   }
 }
 

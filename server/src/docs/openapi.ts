@@ -1,12 +1,13 @@
-import type { z } from 'zod';
+import { z } from 'zod';
 import { ERROR_CODES } from '#shared/errors.js';
 import * as replies from '#shared/replies.js';
-import { createDriverBody, listDeliveriesQuery, locationPayload, mintTokenBody, place, sellerOrderCancelled, sellerOrderReady } from '#shared/schemas.js';
+import { createDriverBody, dispatcherActionBody, listDeliveriesQuery, locationPayload, mintTokenBody, place, sellerOrderCancelled, sellerOrderReady } from '#shared/schemas.js';
 import { WEBHOOK_TOLERANCE_SECONDS } from '#shared/webhooks.js';
 import { uuidParam } from '../admin/admin.routes.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { HealthBody } from '../app.js';
 import { deadEventsQuery } from '../outbox/outbox.routes.js';
+import { TRACKING_TOKEN } from '../tracking/tracking-links.js';
 import { createSchemaCatalogue, type JsonSchema } from './json-schema.js';
 import { frontDoorIndex, guideName, jsonDocument, mapConfigReply } from './page-schemas.js';
 
@@ -18,7 +19,8 @@ import { frontDoorIndex, guideName, jsonDocument, mapConfigReply } from './page-
  */
 
 type Method = 'get' | 'post' | 'put' | 'patch' | 'delete';
-type Auth = 'admin' | 'reader' | 'webhook' | 'driver';
+/** `reader`: admin or dispatcher may read; `dispatcher`: admin or dispatcher may act. */
+type Auth = 'admin' | 'reader' | 'dispatcher' | 'webhook' | 'driver';
 
 interface Answer {
   description: string;
@@ -55,6 +57,7 @@ export function isStaticFile(path: string): boolean {
 }
 
 const deliveryId = { schema: uuidParam, description: 'the delivery id' };
+const trackingToken = { schema: z.string().regex(TRACKING_TOKEN), description: "the delivery's tracking token, from its `trackingUrl`" };
 
 export const OPERATIONS: HttpOperation[] = [
   // ---- Vendure's webhooks ----
@@ -197,6 +200,40 @@ export const OPERATIONS: HttpOperation[] = [
     refusals: { 404: 'NOT_FOUND: no delivery with this id.' },
   },
   {
+    method: 'post',
+    path: '/admin/deliveries/:id/cancel',
+    operationId: 'cancelDelivery',
+    tag: 'admin',
+    summary: "A dispatcher cancels a delivery: the driver is freed and its app told, Vendure gets `delivery.cancelled`",
+    description:
+      'The path of the `seller-order-cancelled` webhook, with the caller in the audit row (`dispatcher:<subject>` or `admin`) and `reason` (optional) as its reason and in the driver app\'s `delivery:cancelled`. Cancelling a cancelled delivery answers it again with `idempotent: true`.',
+    auth: 'dispatcher',
+    params: { id: deliveryId },
+    body: dispatcherActionBody,
+    answers: { 200: { description: 'Cancelled (or already cancelled: `idempotent: true`).', json: replies.dispatcherCancelReply } },
+    refusals: {
+      404: 'NOT_FOUND: no delivery with this id.',
+      409: 'INVALID_TRANSITION: the delivery already ended (DELIVERED or FAILED); `details.status` says which.',
+    },
+  },
+  {
+    method: 'post',
+    path: '/admin/deliveries/:id/redispatch',
+    operationId: 'redispatchDelivery',
+    tag: 'admin',
+    summary: "Send a stuck delivery back to assignment: a PENDING one is tried now; an ASSIGNED one whose driver's app never confirmed it is taken from that driver and assigned to another",
+    description:
+      'The driver it is taken from is freed, gets `delivery:cancelled`, and is never given this delivery again. The audit trail records the step (ASSIGNED -> PENDING, the driver, the caller, `reason`), then the new assignment if a driver was free; otherwise the delivery waits PENDING like any other.',
+    auth: 'dispatcher',
+    params: { id: deliveryId },
+    body: dispatcherActionBody,
+    answers: { 200: { description: 'The delivery afterwards: ASSIGNED to another driver, or PENDING.', json: replies.redispatchReply } },
+    refusals: {
+      404: 'NOT_FOUND: no delivery with this id.',
+      409: "INVALID_TRANSITION: not PENDING, or ASSIGNED but already confirmed by the driver's app (cancel it instead), or picked up or ended; `details` carries `status` and `acknowledged`.",
+    },
+  },
+  {
     method: 'get',
     path: '/admin/outbox/dead',
     operationId: 'listDeadOutboxEvents',
@@ -216,6 +253,38 @@ export const OPERATIONS: HttpOperation[] = [
     params: { id: { schema: uuidParam, description: 'the outbox event id (also its `webhook-id`)' } },
     answers: { 200: { description: 'Queued for sending again.', json: replies.replayedReply } },
     refusals: { 404: 'NOT_FOUND: no dead event with this id.' },
+  },
+  // ---- the customer's tracking link ----
+  {
+    method: 'get',
+    path: '/track/:token',
+    operationId: 'trackingPage',
+    tag: 'tracking',
+    summary: "The customer's tracking page: status steps, the driver's first name and distance, a live marker once map tiles load",
+    description:
+      'Polls `/track/{token}/state` every 3 s while the delivery is active (paused while the page is hidden). A token that is malformed, unknown or expired (`TRACKING_TTL_HOURS` after the delivery ended) gets the same plain 404 page and counts as a failed guess for the caller\'s address. Served with `Referrer-Policy: no-referrer` and `Cache-Control: no-store`.',
+    params: { token: trackingToken },
+    answers: {
+      200: { description: 'The page, with the state at the time of the request.', media: HTML },
+      404: { description: 'A plain page: no such link, or it expired.', media: HTML },
+      429: { description: "A plain page: this link's read budget (60 a minute, page and state together) or the address's failure budget is used up; `Retry-After` says when.", media: HTML },
+      503: { description: 'A plain page: PostgreSQL is unavailable.', media: HTML },
+    },
+  },
+  {
+    method: 'get',
+    path: '/track/:token/state',
+    operationId: 'trackingState',
+    tag: 'tracking',
+    summary: "What the tracking page shows: status, order code, pickup, dropoff, and the driver's first name and position while ASSIGNED or PICKED_UP",
+    description:
+      'No phone number, no other delivery, no driver once the delivery is not ASSIGNED or PICKED_UP. Reads of one token are shared on a node for a second, whatever the number of viewers.',
+    params: { token: trackingToken },
+    answers: { 200: { description: 'The state.', json: replies.trackingStateReply } },
+    refusals: {
+      404: 'NOT_FOUND: no such link, or it expired.',
+      429: "RATE_LIMITED: this link's read budget or the address's failure budget is used up; `Retry-After` says when.",
+    },
   },
   // ---- pages and documents ----
   {
@@ -326,6 +395,10 @@ const NAMED: Record<string, z.ZodType> = {
   LocationsAccepted: replies.locationsAcceptedReply,
   DeadOutboxEvents: replies.deadOutboxEventsReply,
   Replayed: replies.replayedReply,
+  DispatcherAction: dispatcherActionBody,
+  DispatcherCancel: replies.dispatcherCancelReply,
+  Redispatch: replies.redispatchReply,
+  TrackingState: replies.trackingStateReply,
   FrontDoorIndex: frontDoorIndex,
   MapConfig: mapConfigReply,
 };
@@ -364,6 +437,7 @@ const WEBHOOK_HEADERS = [
 const AUTH_REFUSALS: Record<Auth, Record<number, string>> = {
   admin: { 401: 'UNAUTHORIZED: no bearer token, or not a valid one.', 403: 'FORBIDDEN: a valid token whose role may not do this (only the admin may).' },
   reader: { 401: 'UNAUTHORIZED: no bearer token, or not a valid one.', 403: 'FORBIDDEN: a valid token whose role may not read this (admin and dispatcher may).' },
+  dispatcher: { 401: 'UNAUTHORIZED: no bearer token, or not a valid one.', 403: 'FORBIDDEN: a valid token whose role may not do this (admin and dispatcher may).' },
   driver: {
     401: 'TOKEN_MISSING, TOKEN_INVALID (also revoked) or TOKEN_EXPIRED: the bearer must be a valid driver JWT.',
     403: 'FORBIDDEN: a valid token of another role.',
@@ -430,7 +504,7 @@ export function buildOpenApiDocument(opts: OpenApiOptions): JsonSchema {
       tags: [op.tag],
       summary: op.summary,
       ...(op.description ? { description: op.description } : {}),
-      ...(op.auth === 'admin' || op.auth === 'reader' || op.auth === 'driver' ? { security: [{ bearer: [] }] } : {}),
+      ...(op.auth === 'admin' || op.auth === 'reader' || op.auth === 'dispatcher' || op.auth === 'driver' ? { security: [{ bearer: [] }] } : {}),
       ...(parameters.length > 0 ? { parameters } : {}),
       ...(op.body ? { requestBody: { required: true, content: { 'application/json': { schema: schemas.ref(op.body, 'input') } } } } : {}),
       responses,
@@ -448,7 +522,7 @@ export function buildOpenApiDocument(opts: OpenApiOptions): JsonSchema {
         "Every error is `{ \"error\": { \"code\", \"message\", \"details\"? } }`; the codes: " + ERROR_CODES.map((c) => `\`${c}\``).join(', ') + '.',
         '',
         "Vendure's webhooks are signed per Standard Webhooks (headers `webhook-id`, `webhook-timestamp`, `webhook-signature`; see each webhook).",
-        'Admin routes take `Authorization: Bearer <ADMIN_TOKEN>` (or an admin JWT); dispatcher JWTs may read drivers and deliveries.',
+        'Admin routes take `Authorization: Bearer <ADMIN_TOKEN>` (or an admin JWT); dispatcher JWTs may read drivers and deliveries, and cancel or redispatch a delivery.',
         '',
         'Driver apps and the map talk to the hub over Socket.IO: see [/docs/sockets](/docs/sockets) and [/asyncapi.json](/asyncapi.json).',
       ].join('\n'),
@@ -457,6 +531,7 @@ export function buildOpenApiDocument(opts: OpenApiOptions): JsonSchema {
       { name: 'webhooks', description: "Vendure's calls, signed per Standard Webhooks" },
       { name: 'admin', description: 'Drivers, tokens, deliveries and the outbox (bearer token)' },
       { name: 'drivers', description: "Driver apps' own calls (a driver JWT as bearer)" },
+      { name: 'tracking', description: "The customer's tracking link (the token in the path is the credential)" },
       { name: 'operations', description: 'Health checks and metrics' },
       { name: 'pages', description: 'Pages and documents for people and tools' },
     ],

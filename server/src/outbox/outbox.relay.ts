@@ -29,6 +29,8 @@ export interface OutboxRelayDeps {
   now?: () => number;
   /** In [0, 1); injectable so tests can pin the jitter. */
   random?: () => number;
+  /** The customer's tracking link for a delivery's token; every event of a delivery that has one carries it as `data.trackingUrl`. */
+  trackingUrl?: (token: string) => string;
 }
 
 export interface OutboxRelay {
@@ -97,6 +99,12 @@ export function createOutboxRelay(deps: OutboxRelayDeps): OutboxRelay {
   let pausedUntil = 0;
   let pollFailing = false;
 
+  function withTrackingUrl(event: ClaimedEvent): unknown {
+    const { payload, trackingToken } = event;
+    if (!trackingToken || !deps.trackingUrl || payload === null || typeof payload !== 'object' || Array.isArray(payload)) return payload;
+    return { ...payload, trackingUrl: deps.trackingUrl(trackingToken) };
+  }
+
   async function send(event: ClaimedEvent): Promise<Outcome> {
     const body: OutboxWebhookBody = {
       id: event.id,
@@ -104,7 +112,7 @@ export function createOutboxRelay(deps: OutboxRelayDeps): OutboxRelay {
       deliveryId: event.deliveryId,
       sequence: event.seq,
       occurredAt: event.createdAt.toISOString(),
-      data: event.payload,
+      data: withTrackingUrl(event),
     };
     try {
       const raw = JSON.stringify(body);

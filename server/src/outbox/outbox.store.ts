@@ -23,8 +23,14 @@ export type OutboxRow = typeof outbox.$inferSelect;
  */
 export const OUTBOX_INSERT = 'insert into outbox (delivery_id, type, payload)';
 
-/** A row handed to one relay for one send; `attempts` already counts this attempt. */
-export type ClaimedEvent = Pick<OutboxRow, 'id' | 'seq' | 'deliveryId' | 'type' | 'payload' | 'attempts' | 'createdAt' | 'nextAttemptAt'>;
+/**
+ * A row handed to one relay for one send; `attempts` already counts this attempt. `trackingToken`
+ * is the delivery's, read with the claim: the customer's link is added to the event as it is sent,
+ * from the PUBLIC_URL of the node sending it.
+ */
+export type ClaimedEvent = Pick<OutboxRow, 'id' | 'seq' | 'deliveryId' | 'type' | 'payload' | 'attempts' | 'createdAt' | 'nextAttemptAt'> & {
+  trackingToken?: string | null;
+};
 
 export type DeadEvent = Pick<OutboxRow, 'id' | 'seq' | 'deliveryId' | 'type' | 'payload' | 'attempts' | 'lastError' | 'createdAt' | 'nextAttemptAt'>;
 
@@ -46,6 +52,11 @@ const claimedColumns = {
   attempts: outbox.attempts,
   createdAt: outbox.createdAt,
   nextAttemptAt: outbox.nextAttemptAt,
+};
+
+const claimedWithLink = {
+  ...claimedColumns,
+  trackingToken: sql<string | null>`(select d.tracking_token from deliveries d where d.id = ${outbox.deliveryId})`,
 };
 
 const truncate = (error: string) => (error.length > MAX_ERROR_LENGTH ? `${error.slice(0, MAX_ERROR_LENGTH)}…` : error);
@@ -109,7 +120,7 @@ export function createOutboxStore(database: Database) {
           attempts: sql`${outbox.attempts} + 1`,
         })
         .where(inArray(outbox.id, due))
-        .returning(claimedColumns);
+        .returning(claimedWithLink);
       return rows.sort((a, b) => a.seq - b.seq);
     },
 

@@ -82,7 +82,8 @@ export function createAuthThrottle(opts: AuthThrottleOptions): AuthThrottle {
   };
 }
 
-export type AuthKind = 'admin' | 'webhook' | 'handshake';
+/** `tracking`: a tracking link that matches no live delivery (a guess, or an expired link). */
+export type AuthKind = 'admin' | 'webhook' | 'handshake' | 'tracking';
 
 /** What the edges (HTTP routes, socket handshakes) need to throttle failed authentication. */
 export interface AuthGate {

@@ -25,7 +25,7 @@ export function createMetrics(nodeId: string) {
     pushesAcknowledged: new Counter({ name: 'hub_pushes_acknowledged_total', help: 'Pushes the driver app acknowledged', labelNames: ['kind'], registers: [registry] }),
     pushesUnacknowledged: new Counter({ name: 'hub_pushes_unacknowledged_total', help: 'Pushes flagged unacknowledged after every re-send went unanswered', labelNames: ['kind'], registers: [registry] }),
     rateLimited: new Counter({ name: 'hub_rate_limited_total', help: 'Events refused by rate limits', labelNames: ['event'], registers: [registry] }),
-    authFailures: new Counter({ name: 'hub_auth_failures_total', help: 'Failed authentications by kind (admin, webhook, handshake)', labelNames: ['kind'], registers: [registry] }),
+    authFailures: new Counter({ name: 'hub_auth_failures_total', help: 'Failed authentications by kind (admin, webhook, handshake, tracking)', labelNames: ['kind'], registers: [registry] }),
   };
   return m;
 }

@@ -30,6 +30,11 @@ export const DEFAULT_RATE_LIMITS = {
   driverConnect: { points: 10, seconds: 10, scope: 'cluster' },
   /** Per dispatcher (token subject) handshakes: each one loads and sends a snapshot. */
   dispatcherConnect: { points: 10, seconds: 10, scope: 'cluster' },
+  /**
+   * Per tracking token, its page and state together: the page polls every 3 s (20 a minute), so
+   * three viewers of one link fit; a script hammering a link does not, on any node.
+   */
+  trackingRead: { points: 60, seconds: 60, scope: 'cluster' },
 } as const satisfies Record<string, RateRule>;
 
 export type RateLimitName = keyof typeof DEFAULT_RATE_LIMITS;

@@ -20,11 +20,15 @@ function sameSecret(a: string, b: string): boolean {
   return left.length === right.length && timingSafeEqual(left, right);
 }
 
+/** What routes behind requireRole may read: who is calling, as the audit trail names it. */
+export type ActorEnv = { Variables: { actor: string } };
+
 /**
  * Bearer auth: the admin token, or a JWT whose role is in `roles`. An address that failed too
- * often is refused (429) before its credential is looked at; every failure here counts.
+ * often is refused (429) before its credential is looked at; every failure here counts. Sets
+ * `actor`: `admin` for the admin token, `<role>:<subject>` for a JWT.
  */
-export function requireRole(deps: RoleGateDeps, roles: readonly Role[]): MiddlewareHandler {
+export function requireRole(deps: RoleGateDeps, roles: readonly Role[]): MiddlewareHandler<ActorEnv> {
   return async (c, next) => {
     const address = deps.auth.httpAddress(c);
     await deps.auth.check(address);
@@ -34,7 +38,10 @@ export function requireRole(deps: RoleGateDeps, roles: readonly Role[]): Middlew
       return new HubError('UNAUTHORIZED', message);
     };
     if (!token) throw await refuse('bearer token required');
-    if (sameSecret(token, deps.adminToken)) return next();
+    if (sameSecret(token, deps.adminToken)) {
+      c.set('actor', 'admin');
+      return next();
+    }
     let claims;
     try {
       claims = await deps.tokens.verify(token);
@@ -46,6 +53,7 @@ export function requireRole(deps: RoleGateDeps, roles: readonly Role[]): Middlew
     if (claims.role !== 'driver' && (claims.version ?? 0) !== (await deps.tokenVersions.version(claims.role, claims.subject))) {
       throw await refuse('token revoked');
     }
+    c.set('actor', `${claims.role}:${claims.subject}`);
     await next();
   };
 }

@@ -27,14 +27,22 @@ export interface CandidateSearchDeps {
  * first; PostgreSQL's last known positions (alive within the heartbeat TTL) when Redis is away,
  * disabled or fails. Only proposals: the claim in PostgreSQL decides.
  */
-export function createCandidateSearch(deps: CandidateSearchDeps): (point: { lat: number; lng: number }, count: number) => Promise<NearestCandidates> {
+export type CandidateSearch = (point: { lat: number; lng: number }, count: number, passOver?: ReadonlySet<string>) => Promise<NearestCandidates>;
+
+/**
+ * `passOver` (the drivers a delivery was taken from) are left out before a radius counts as
+ * having found someone, so the search goes on outwards past them.
+ */
+export function createCandidateSearch(deps: CandidateSearchDeps): CandidateSearch {
   const { store, drivers, config } = deps;
   const radii = searchRadii(config.maxRadiusKm);
-  return async function nearestCandidates(point, count) {
+  return async function nearestCandidates(point, count, passOver = new Set()) {
+    const wanted = count + passOver.size;
+    const keep = (found: NearbyDriver[]) => (passOver.size === 0 ? found : found.filter((c) => !passOver.has(c.driverId)).slice(0, count));
     if (store.available) {
       try {
         for (const radius of radii) {
-          const found = await store.nearest(point, radius, count);
+          const found = keep(await store.nearest(point, radius, wanted));
           if (found.length > 0) return { source: 'redis', candidates: found };
         }
         return { source: 'redis', candidates: [] };
@@ -42,7 +50,7 @@ export function createCandidateSearch(deps: CandidateSearchDeps): (point: { lat:
         deps.logger.warn({ err: (err as Error).message }, 'redis search failed; using postgres');
       }
     }
-    const candidates = await drivers.nearestAvailable(point, config.maxRadiusKm * 1000, count, config.heartbeatTtlSeconds);
+    const candidates = keep(await drivers.nearestAvailable(point, config.maxRadiusKm * 1000, wanted, config.heartbeatTtlSeconds));
     return { source: 'postgres', candidates };
   };
 }

@@ -30,7 +30,7 @@ export interface PresenceService
    * The `count` nearest free drivers to a point: Redis GEO when it answers, PostgreSQL's last
    * known positions when Redis is away, disabled or fails. Proposals only; the claim decides.
    */
-  nearestCandidates(point: { lat: number; lng: number }, count: number): Promise<NearestCandidates>;
+  nearestCandidates(point: { lat: number; lng: number }, count: number, passOver?: ReadonlySet<string>): Promise<NearestCandidates>;
   start(): void;
   /** Stops the background work and writes out what is pending; PostgreSQL may close after. */
   stop(): Promise<void>;

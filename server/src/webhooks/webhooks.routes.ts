@@ -8,6 +8,7 @@ import { HubError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
 import { parsePayload } from '../platform/payload.js';
+import type { TrackingLinks } from '../tracking/tracking-links.js';
 
 export interface WebhookDeps {
   dispatch: DispatchService;
@@ -16,6 +17,7 @@ export interface WebhookDeps {
   auth: AuthGate;
   logger: Logger;
   metrics: Metrics;
+  links: TrackingLinks;
 }
 
 /** Vendure's calls, signed per Standard Webhooks over the raw body; mounted at /events. */
@@ -58,9 +60,9 @@ export function createWebhookRoutes(deps: WebhookDeps) {
 
   app.post('/seller-order-cancelled', async (c) => {
     const cancellation = parsePayload(sellerOrderCancelled, await verifiedJson(c, 'seller-order-cancelled'), 'cancellation');
-    const { delivery, idempotent } = await deps.deliveries.cancel(cancellation.sellerOrderId, cancellation.reason);
+    const { delivery, idempotent, trackingToken } = await deps.deliveries.cancel(cancellation.sellerOrderId, cancellation.reason);
     deps.metrics.webhookRequests.inc({ event: 'seller-order-cancelled', outcome: idempotent ? 'retry' : 'CANCELLED' });
-    return c.json({ status: delivery.status, deliveryId: delivery.id, sellerOrderId: delivery.sellerOrderId, idempotent });
+    return c.json({ status: delivery.status, deliveryId: delivery.id, sellerOrderId: delivery.sellerOrderId, idempotent, trackingUrl: deps.links.urlFor(trackingToken) });
   });
 
   return app;
