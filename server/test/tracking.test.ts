@@ -210,10 +210,10 @@ describe('tracking links through the hub', () => {
     expect(pickedUp.body.driver).toMatchObject({ firstName: 'Ada', lat: moved.lat });
 
     expect((await driver.emitAck('delivery:update', { deliveryId: placed.body.deliveryId, status: 'DELIVERED' })).ok).toBe(true);
-    const delivered = await eventually(async () => {
+    const delivered = (await eventually(async () => {
       const s = await get(hub, statePath);
       return s.body.status === 'DELIVERED' ? s : null;
-    }, 'DELIVERED');
+    }, 'DELIVERED')) as Awaited<ReturnType<typeof get>>;
     expect(delivered.body.driver).toBeNull();
 
     for (const text of [assigned, pickedUp.body, delivered.body].map((s) => JSON.stringify(s))) {

@@ -32,6 +32,9 @@
     detail: null,
     /** Renders of the deliveries list, for tests and tools. */
     listRenders: 0,
+    /** `drivers:moved` batches handled, and the time spent in their handler (ms), for tests and tools. */
+    moveBatches: 0,
+    moveHandlingMs: 0,
   };
   /** driverId -> { id, name, status, lat, lng, lastPingAt (local clock ms), stale, li } */
   const drivers = new Map();
@@ -89,10 +92,12 @@
   /** A hub timestamp (ISO text) on the local clock, ms. */
   const hubTime = (iso) => Date.parse(iso) + clockOffset;
 
+  /** A hub time as the dispatcher's local HH:MM:SS. */
   function clock(iso) {
     if (!iso) return '–';
     const d = new Date(iso);
-    return Number.isNaN(d.getTime()) ? String(iso) : d.toLocaleTimeString();
+    if (Number.isNaN(d.getTime())) return String(iso);
+    return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, '0')).join(':');
   }
 
   // ---------- token ----------
@@ -267,18 +272,41 @@
       marker.options.stale = driver.stale;
     }
 
-    let li = driver.li;
-    if (!li) {
-      li = document.createElement('li');
-      driver.li = li;
-      $('drivers').appendChild(li);
+    hookDirty.add(driver);
+    if (hookTimer === null) hookTimer = setTimeout(flushHook, HOOK_FLUSH_MS);
+  }
+
+  /** Drivers whose item in the hidden `#drivers` list is behind their marker. */
+  const hookDirty = new Set();
+  let hookTimer = null;
+  /**
+   * The hidden list is for tests and tools, so it trails the markers by up to HOOK_FLUSH_MS: with
+   * thousands of drivers moving, writing its attributes on every move cost more than the markers.
+   */
+  const HOOK_FLUSH_MS = 200;
+
+  function flushHook() {
+    hookTimer = null;
+    const list = $('drivers');
+    for (const driver of hookDirty) {
+      if (!drivers.has(driver.id)) continue;
+      let li = driver.li;
+      if (!li) {
+        li = document.createElement('li');
+        li.dataset.driverId = driver.id;
+        driver.li = li;
+        list.appendChild(li);
+      }
+      const hasPosition = typeof driver.lat === 'number' && typeof driver.lng === 'number';
+      const lat = hasPosition ? String(driver.lat) : '';
+      const lng = hasPosition ? String(driver.lng) : '';
+      if (li.dataset.status !== driver.status) li.dataset.status = driver.status;
+      if (li.dataset.stale !== String(driver.stale)) li.dataset.stale = String(driver.stale);
+      if (li.dataset.lat !== lat) li.dataset.lat = lat;
+      if (li.dataset.lng !== lng) li.dataset.lng = lng;
+      if (li.textContent !== driver.name) li.textContent = driver.name;
     }
-    li.dataset.driverId = driver.id;
-    li.dataset.status = driver.status;
-    li.dataset.stale = String(driver.stale);
-    li.dataset.lat = hasPosition ? String(driver.lat) : '';
-    li.dataset.lng = hasPosition ? String(driver.lng) : '';
-    if (li.textContent !== driver.name) li.textContent = driver.name;
+    hookDirty.clear();
   }
 
   function upsertDriver(id, fields) {
@@ -298,6 +326,7 @@
     state.markers.get(id)?.remove();
     state.markers.delete(id);
     driver.li?.remove();
+    hookDirty.delete(driver);
     drivers.delete(id);
   }
 
@@ -562,7 +591,7 @@
           el(
             'tr',
             { dataset: { to: e.to, actor: e.actor } },
-            el('td', { text: clock(e.at) }),
+            el('td', { class: 'when', text: clock(e.at) }),
             el('td', { text: `${e.from ?? '∅'} → ${e.to}` }),
             el('td', { text: e.actor }),
             el('td', { text: e.driverId ? driverName(e.driverId) : '–' }),
@@ -714,12 +743,17 @@
     L.polyline([pickup, dropoff], { renderer: canvas, color: '#555', weight: 2, dashArray: '6 6', interactive: false }).addTo(detailLayer);
     state.detailPickup = L.circleMarker(pickup, { renderer: canvas, radius: 9, color: '#fff', weight: 2, fillColor: '#1a73e8', fillOpacity: 1, interactive: false }).addTo(detailLayer);
     state.detailDropoff = L.circleMarker(dropoff, { renderer: canvas, radius: 9, color: '#fff', weight: 2, fillColor: '#c0392b', fillOpacity: 1, interactive: false }).addTo(detailLayer);
+    // Labels as elements (Leaflet would parse a string as HTML).
+    state.detailPickup.bindTooltip(el('span', { class: 'place-label', text: 'pickup' }), { permanent: true, direction: 'left', offset: [-8, 0] });
+    state.detailDropoff.bindTooltip(el('span', { class: 'place-label', text: 'dropoff' }), { permanent: true, direction: 'left', offset: [-8, 0] });
     state.driverLine = null;
     updateDriverLine();
     const points = [pickup, dropoff];
     const driver = d.driverId ? drivers.get(d.driverId) : null;
     if (driver && typeof driver.lat === 'number') points.push([driver.lat, driver.lng]);
-    map.fitBounds(L.latLngBounds(points).pad(0.4), { maxZoom: 16, animate: false });
+    // The panel covers the right of the map: frame the route in what is left.
+    const covered = $('detail').offsetWidth || 0;
+    map.fitBounds(L.latLngBounds(points), { maxZoom: 16, animate: false, paddingTopLeft: [60, 60], paddingBottomRight: [covered + 60, 60] });
   }
 
   /** The line from the assigned driver to where it is heading: the pickup, then the dropoff. */
@@ -934,6 +968,7 @@
     });
 
     socket.on('drivers:moved', (moves) => {
+      const started = performance.now();
       const watched = state.detail && state.detail.kind === 'delivery' ? state.detail.data?.driverId : null;
       let watchedMoved = false;
       for (const m of moves) {
@@ -942,6 +977,8 @@
       }
       if (watchedMoved) updateDriverLine();
       updateCounts();
+      state.moveBatches += 1;
+      state.moveHandlingMs += performance.now() - started;
     });
 
     socket.on('driver:status', ({ id, status }) => {

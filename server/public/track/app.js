@@ -133,6 +133,7 @@
       view.mapShown = true;
       $('map').classList.remove('waiting');
       $('map').removeAttribute('aria-hidden');
+      $('legend').hidden = false;
       map.invalidateSize();
       frame();
     });
