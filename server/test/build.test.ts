@@ -46,7 +46,7 @@ describe('production build', () => {
 
     expect(await (await fetch(`${url}/health`)).json()).toMatchObject({ status: 'ok', postgres: 'up' });
     expect((await (await fetch(`${url}/openapi.json`)).json()).openapi).toBe('3.1.0');
-    for (const path of ['/', '/map', '/map/vendor/leaflet.js', '/docs', '/docs/vendor/swagger-ui-bundle.js', '/docs/guides/deployment.md']) {
+    for (const path of ['/', '/map', '/map/vendor/leaflet.js', '/track/assets/app.js', '/track/assets/leaflet.js', '/docs', '/docs/vendor/swagger-ui-bundle.js', '/docs/guides/deployment.md']) {
       const res = await fetch(`${url}${path}`, { headers: { accept: 'text/html' } });
       expect(res.status, path).toBe(200);
       await res.arrayBuffer();

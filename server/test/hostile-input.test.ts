@@ -119,7 +119,7 @@ describe('roles and identity come from the token', () => {
     expect(refused.data.code).toBe('TOKEN_INVALID');
   });
 
-  it('when an admin route is called without a token, with a wrong one, a driver or a dispatcher token, then only the admin token writes and dispatchers only read', async () => {
+  it('when an admin route is called without a token, with a wrong one, a driver or a dispatcher token, then only the admin token writes and dispatchers only read (and act on deliveries)', async () => {
     const driver = await createDriver(hub, 'Matrix');
     const dispatcher = await dispatcherToken(hub);
     const otherKey = new TextEncoder().encode('another-secret-another-secret-another-secret');
@@ -131,6 +131,8 @@ describe('roles and identity come from the token', () => {
       { method: 'GET', path: '/admin/drivers', dispatcherMay: true },
       { method: 'GET', path: '/admin/deliveries', dispatcherMay: true },
       { method: 'GET', path: `/admin/deliveries/${randomUUID()}`, dispatcherMay: true },
+      { method: 'POST', path: `/admin/deliveries/${randomUUID()}/cancel`, body: { reason: 'x' }, dispatcherMay: true },
+      { method: 'POST', path: `/admin/deliveries/${randomUUID()}/redispatch`, dispatcherMay: true },
       { method: 'GET', path: '/admin/outbox/dead', dispatcherMay: false },
       { method: 'POST', path: `/admin/outbox/${randomUUID()}/replay`, dispatcherMay: false },
     ];

@@ -389,11 +389,15 @@ describe('dispatcher map with 2,000 drivers moving (headless Chromium)', () => {
     const token = (await api(hub, 'POST', '/admin/tokens', { role: 'dispatcher', subject: 'load-desk' })).body.token;
     const { page, errors } = await openMap(browser!, hub, token);
     const centre = { lat: 52.52, lng: 13.405 };
-    // Positions on a ring walk: every driver moves a little at each of its fixes, all inside the view.
-    const position = (i: number, step: number) => ({
-      lat: centre.lat + 0.05 * Math.sin((i * 2 * Math.PI) / DRIVERS) + 0.0004 * Math.sin(step / 5 + i),
-      lng: centre.lng + 0.08 * Math.cos((i * 2 * Math.PI) / DRIVERS) + 0.0004 * Math.cos(step / 5 + i),
-    });
+    // Spread over the city like sunflower seeds (golden angle), each driver circling its spot a
+    // little at every fix: all inside the view.
+    const position = (i: number, step: number) => {
+      const r = Math.sqrt((i + 0.5) / DRIVERS);
+      return {
+        lat: centre.lat + 0.06 * r * Math.sin(i * 2.39996) + 0.0004 * Math.sin(step / 5 + i),
+        lng: centre.lng + 0.1 * r * Math.cos(i * 2.39996) + 0.0004 * Math.cos(step / 5 + i),
+      };
+    };
     const steps = new Array<number>(DRIVERS).fill(0);
     // The hub's own /dispatch namespace sends the batches, as its tick does for pings: 2,000 driver
     // sockets would measure this machine's CPU rather than the page.

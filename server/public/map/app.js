@@ -727,7 +727,8 @@
       ),
       el('div', { id: 'detail-message', class: 'message', role: 'status' }),
       Array.isArray(d.offers) && d.offers.length > 0 ? section('Offers', offersTable(d.offers)) : null,
-      section('Why this driver: ranked candidates', candidatesTable(d.candidates, d.driverId)),
+      // Score terms may outnumber the panel's width: the table scrolls sideways, the panel does not.
+      section('Why this driver: ranked candidates', el('div', { class: 'scroll' }, candidatesTable(d.candidates, d.driverId))),
       section('Audit trail', eventsTable(d.events || [])),
       Array.isArray(d.pushes) && d.pushes.length > 0 ? section("What the driver's app was told", pushesTable(d.pushes)) : null,
     ];
