@@ -10,7 +10,8 @@
   const $ = (id) => document.getElementById(id);
 
   const data = JSON.parse($('tracking-data').textContent);
-  const token = decodeURIComponent(location.pathname.split('/')[2] || '');
+  // This page's own address plus /state: right also when a proxy serves the hub under a path.
+  const stateUrl = `${location.pathname.replace(/\/+$/, '')}/state`;
   /** Local clock minus the hub's: positions carry the hub's time. */
   const clockOffset = Date.now() - data.config.serverTime;
 
@@ -180,7 +181,7 @@
     view.polls += 1;
     let res;
     try {
-      res = await fetch(`/track/${encodeURIComponent(token)}/state`, { cache: 'no-store', headers: { accept: 'application/json' } });
+      res = await fetch(stateUrl, { cache: 'no-store', headers: { accept: 'application/json' } });
     } catch {
       schedule(data.config.pollMs * 2);
       return;
