@@ -2,7 +2,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { DriverMoved } from '../../shared/src/schemas.js';
+import type { DriverMoved } from '#shared/schemas.js';
 import { startHub } from '../src/main.js';
 import { createLogger } from '../src/platform/logger.js';
 import { createMapRoutes } from '../src/realtime/map.routes.js';
