@@ -418,20 +418,22 @@ describe('dispatcher map with 2,000 drivers moving (headless Chromium)', () => {
     const startFrames = () =>
       page.evaluate(() => {
         const w = window as any;
-        w.frameLog = { deltas: [] as number[], longTaskMs: 0, stop: false, batches: w.hubMap.moveBatches, handlerMs: w.hubMap.moveHandlingMs };
+        // Each measurement's loop keeps its own log: a loop still pending from the one before stops on its own flag.
+        const log = { deltas: [] as number[], longTaskMs: 0, stop: false, batches: w.hubMap.moveBatches, handlerMs: w.hubMap.moveHandlingMs, observer: null as PerformanceObserver | null };
+        w.frameLog = log;
         let last = performance.now();
         const loop = (t: number) => {
-          w.frameLog.deltas.push(t - last);
+          if (log.stop) return;
+          log.deltas.push(t - last);
           last = t;
-          if (!w.frameLog.stop) requestAnimationFrame(loop);
+          requestAnimationFrame(loop);
         };
         requestAnimationFrame(loop);
         try {
-          w.frameLog.observer?.disconnect();
-          w.frameLog.observer = new PerformanceObserver((list) => {
-            for (const e of list.getEntries()) w.frameLog.longTaskMs += e.duration;
+          log.observer = new PerformanceObserver((list) => {
+            for (const e of list.getEntries()) log.longTaskMs += e.duration;
           });
-          w.frameLog.observer.observe({ type: 'longtask' });
+          log.observer.observe({ type: 'longtask' });
         } catch {
           // No long task API: frame deltas say enough.
         }
