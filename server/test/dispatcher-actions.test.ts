@@ -45,12 +45,19 @@ describe('dispatcher actions: cancel and send back to assignment', () => {
   });
 
   const detail = async (id: string) => (await api(hub, 'GET', `/admin/deliveries/${id}`)).body;
+  /** Positions reach PostgreSQL every POSITION_FLUSH_MS: waited for, the nearest driver is the same whichever store answers. */
+  const stored = (...ids: string[]) =>
+    eventually(async () => {
+      const listed: { id: string; lat: number | null }[] = (await api(hub, 'GET', '/admin/drivers')).body.drivers;
+      return ids.every((id) => listed.some((l) => l.id === id && l.lat !== null));
+    }, 'the drivers\' positions stored');
   const driverStatus = async (id: string) => (await api(hub, 'GET', '/admin/drivers')).body.drivers.find((d: { id: string }) => d.id === id)?.status;
 
   it('when a dispatcher cancels an assigned delivery, then the driver app receives the cancel, the driver is free again, and the audit row names the dispatcher', async () => {
     const at = { lat: 48.137, lng: 11.575 };
     const driver = await onDutyDriver(hub, at, 'Cancel Courier');
     clients.push(driver);
+    await stored(driver.id);
     const placed = await postWebhook(hub, READY, order({ pickup: at }));
     expect(placed.body).toMatchObject({ status: 'ASSIGNED', driverId: driver.id });
     const { deliveryId } = placed.body;
@@ -77,6 +84,7 @@ describe('dispatcher actions: cancel and send back to assignment', () => {
     clients.push(silent);
     const other = await onDutyDriver(hub, { lat: at.lat + 0.01, lng: at.lng }, 'Next Courier');
     clients.push(other);
+    await stored(silent.id, other.id);
     const placed = await postWebhook(hub, READY, order({ pickup: at }));
     expect(placed.body).toMatchObject({ status: 'ASSIGNED', driverId: silent.id });
     const { deliveryId } = placed.body;
@@ -107,6 +115,7 @@ describe('dispatcher actions: cancel and send back to assignment', () => {
     const at = { lat: 53.55, lng: 9.99 };
     const silent = await silentDriver(hub, at, 'Silent Again');
     clients.push(silent);
+    await stored(silent.id);
     const placed = await postWebhook(hub, READY, order({ pickup: at }));
     expect(placed.body).toMatchObject({ status: 'ASSIGNED', driverId: silent.id });
     const { deliveryId } = placed.body;

@@ -81,7 +81,13 @@ describe('dispatcher map: delivery and driver detail, actions, filters (headless
     dispatcherToken = (await api(hub, 'POST', '/admin/tokens', { role: 'dispatcher', subject: 'map-detail' })).body.token;
     anna = await onDutyDriver(hub, { lat: centre.lat + 0.001, lng: centre.lng }, 'Anna Near');
     ben = await onDutyDriver(hub, { lat: centre.lat + 0.003, lng: centre.lng + 0.002 }, 'Ben Middle');
-    clients.push(anna, ben, await onDutyDriver(hub, { lat: centre.lat - 0.004, lng: centre.lng - 0.003 }, 'Cleo Far'));
+    const cleo = await onDutyDriver(hub, { lat: centre.lat - 0.004, lng: centre.lng - 0.003 }, 'Cleo Far');
+    clients.push(anna, ben, cleo);
+    // Their positions in PostgreSQL too (flushed every POSITION_FLUSH_MS): the nearest is then Anna whichever store answers.
+    await eventually(async () => {
+      const listed: { id: string; lat: number | null }[] = (await api(hub, 'GET', '/admin/drivers')).body.drivers;
+      return [anna, ben, cleo].every((d) => listed.some((l) => l.id === d.id && l.lat !== null));
+    }, 'the drivers\' positions stored');
     const o = order({ pickup: centre, dropoff: { lat: centre.lat + 0.012, lng: centre.lng + 0.01 } });
     const placed = await postWebhook(hub, READY, { ...o, pickup: { ...centre, address: '1 Rue de Rivoli' }, dropoff: { lat: centre.lat + 0.012, lng: centre.lng + 0.01, address: '20 Rue Lepic' } });
     expect(placed.body).toMatchObject({ status: 'ASSIGNED', driverId: anna.id });
@@ -190,6 +196,10 @@ describe('dispatcher map: delivery and driver detail, actions, filters (headless
     await silent.emitAck('status', { status: 'AVAILABLE' });
     const dora = await onDutyDriver(hub, { lat: spot.lat + 0.004, lng: spot.lng }, 'Dora Next');
     clients.push(dora);
+    await eventually(async () => {
+      const listed: { id: string; lat: number | null }[] = (await api(hub, 'GET', '/admin/drivers')).body.drivers;
+      return [id, dora.id].every((d) => listed.some((l) => l.id === d && l.lat !== null));
+    }, 'the drivers\' positions stored');
     const o = order({ pickup: spot });
     const placed = await postWebhook(hub, READY, o);
     expect(placed.body).toMatchObject({ status: 'ASSIGNED', driverId: id });
