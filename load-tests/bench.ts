@@ -1,7 +1,7 @@
 /**
  * The Node benchmark harness: `npm run bench -- <scenario> [--quick] [options]`.
  *
- * Scenarios: ingest, connections, assignment, fanout, recovery, all. Each starts what it measures
+ * Scenarios: ingest, connections, assignment, fanout, recovery, storm, all. Each starts what it measures
  * in child processes (hub, baselines, load generators, prober), is bounded in time, prints
  * progress on stderr, then a JSON result and a short table on stdout; the JSON is also written to
  * load-tests/results/<scenario>-<time>.json. See docs/performance.md for what each measures.
@@ -25,8 +25,9 @@ import { connections } from './bench/scenarios/connections.js';
 import { fanout } from './bench/scenarios/fanout.js';
 import { ingest } from './bench/scenarios/ingest.js';
 import { recovery } from './bench/scenarios/recovery.js';
+import { storm } from './bench/scenarios/storm.js';
 
-const SCENARIOS: Record<string, Scenario> = { ingest, connections, assignment, fanout, recovery };
+const SCENARIOS: Record<string, Scenario> = { ingest, connections, assignment, fanout, recovery, storm };
 
 function usage(): never {
   console.error(`usage: npm run bench -- <${[...Object.keys(SCENARIOS), 'all'].join('|')}> [--quick] [--profile] [--env KEY=VALUE ...] [--<knob> N ...]`);

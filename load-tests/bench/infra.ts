@@ -17,7 +17,7 @@ import { openDatabase } from '../../server/src/platform/db.js';
 import { TOKEN_AUDIENCE, TOKEN_ISSUER } from '../../server/src/platform/tokens.js';
 import type { ServerStats } from './instrument.js';
 import { freePort, RpcChild, sleep, waitFor } from './lib.js';
-import type { LoadgenInit } from './loadgen.js';
+import type { LoadgenInit, StormJitter, StormReport } from './loadgen.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const RESULTS_DIR = join(ROOT, 'load-tests', 'results');
@@ -195,6 +195,8 @@ export interface ServerProc {
   /** The hub's Prometheus text (null for baselines). */
   metricsText(): Promise<string | null>;
   stop(): Promise<void>;
+  /** SIGKILL: no shutdown work at all, as when a node crashes or is OOM-killed. */
+  kill(): Promise<void>;
 }
 
 export interface SpawnOptions {
@@ -296,6 +298,7 @@ export async function spawnServer(kind: ServerKind, cleanup: Cleanup, opts: Spaw
     },
     metricsText,
     stop: () => rpc.stop('SIGTERM'),
+    kill: () => rpc.stop('SIGKILL', 1000),
   };
 }
 
@@ -401,6 +404,33 @@ export class LoadGroup {
 
   async resetWindow(): Promise<void> {
     await Promise.all(this.gens.map((g) => g.call('resetWindow')));
+  }
+
+  /** From now on each socket whose node dies comes back to one of `survivors`, with `jitter`. */
+  async stormArm(jitter: StormJitter, survivors: string[], timeoutMs?: number): Promise<void> {
+    await Promise.all(this.gens.map((g) => g.call('stormArm', { jitter, survivors, timeoutMs })));
+  }
+
+  /** The generators' storm reports as one (latencies only with `full`). */
+  async stormReport(full = false): Promise<StormReport> {
+    const all = await Promise.all(this.gens.map((g) => g.call<StormReport>('stormReport', { full }, 60_000)));
+    const latest = (k: 'lastConnectedAt' | 'lastSessionAt') => {
+      const values = all.map((r) => r[k]).filter((v): v is number => v !== null);
+      return values.length ? Math.max(...values) : null;
+    };
+    const refused: Record<string, number> = {};
+    for (const r of all) for (const [k, v] of Object.entries(r.refused)) refused[k] = (refused[k] ?? 0) + v;
+    return {
+      back: all.reduce((s, r) => s + r.back, 0),
+      waiting: all.reduce((s, r) => s + r.waiting, 0),
+      lastConnectedAt: latest('lastConnectedAt'),
+      lastSessionAt: latest('lastSessionAt'),
+      connectMs: all.flatMap((r) => r.connectMs),
+      sessionMs: all.flatMap((r) => r.sessionMs),
+      attempts: all.reduce((s, r) => s + r.attempts, 0),
+      refused,
+      retried: all.reduce((s, r) => s + r.retried, 0),
+    };
   }
 
   async drainAssignments(): Promise<[string, number][]> {

@@ -7,6 +7,7 @@
  */
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
+import { Socket } from 'node:net';
 import { constants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import { serveRpc, wallMs } from './lib.js';
 
@@ -62,6 +63,72 @@ function stats() {
 
 export type ServerStats = ReturnType<typeof stats>;
 
+/**
+ * Round trips to PostgreSQL and Redis, counted on the wire of this process (installed on request:
+ * it wraps every socket write). PostgreSQL: statements are Sync and simple Query messages, parsed
+ * from the frontend protocol's type+length framing; Redis: commands are the top-level arrays of
+ * RESP. A write is one round trip's worth of requests (a pipeline, or pipelined statements).
+ */
+const wire = { pgStatements: 0, pgWrites: 0, redisCommands: 0, redisWrites: 0 };
+let wirePorts: { pg: number; redis: number } | null = null;
+const socketKind = new WeakMap<Socket, { kind: 'pg' | 'redis' | 'other'; skip: number }>();
+
+function pgMessages(state: { skip: number }, buf: Buffer): void {
+  let i = state.skip;
+  while (i + 5 <= buf.length) {
+    const type = buf[i];
+    const length = buf.readInt32BE(i + 1);
+    // The startup message has no type byte: its first byte is 0 (a length).
+    if (type === 0 || length < 4) return;
+    if (type === 0x53 /* Sync */ || type === 0x51 /* Query */) wire.pgStatements += 1;
+    i += 1 + length;
+  }
+  state.skip = Math.max(0, i - buf.length);
+}
+
+function redisCommands(buf: Buffer): void {
+  let i = 0;
+  while (i < buf.length && buf[i] === 0x2a /* '*' */) {
+    const eol = buf.indexOf(13, i);
+    if (eol < 0) return;
+    const items = Number(buf.toString('latin1', i + 1, eol));
+    wire.redisCommands += 1;
+    i = eol + 2;
+    for (let k = 0; k < items && i < buf.length; k++) {
+      const end = buf.indexOf(13, i);
+      if (end < 0) return;
+      i = end + 2 + Number(buf.toString('latin1', i + 1, end)) + 2;
+    }
+  }
+}
+
+function countWire(ports: { pg: number; redis: number }): void {
+  if (wirePorts) {
+    wirePorts = ports;
+    return;
+  }
+  wirePorts = ports;
+  const write = Socket.prototype.write;
+  Socket.prototype.write = function countedWrite(this: Socket, chunk: unknown, ...rest: unknown[]) {
+    let state = socketKind.get(this);
+    if (!state && this.remotePort !== undefined) {
+      state = { kind: this.remotePort === wirePorts!.pg ? 'pg' : this.remotePort === wirePorts!.redis ? 'redis' : 'other', skip: 0 };
+      socketKind.set(this, state);
+    }
+    if (state && state.kind !== 'other') {
+      const buf = typeof chunk === 'string' ? Buffer.from(chunk, 'latin1') : Buffer.isBuffer(chunk) ? chunk : null;
+      if (state.kind === 'pg') {
+        wire.pgWrites += 1;
+        if (buf) pgMessages(state, buf);
+      } else {
+        wire.redisWrites += 1;
+        if (buf) redisCommands(buf);
+      }
+    }
+    return (write as (...args: unknown[]) => boolean).call(this, chunk, ...rest);
+  } as typeof Socket.prototype.write;
+}
+
 /** V8's CPU profiler (what --cpu-prof uses), started and stopped for one measured window. */
 let profiler: Session | null = null;
 
@@ -83,6 +150,12 @@ serveRpc({
     return true;
   },
   stats: () => stats(),
+  /** Starts counting PostgreSQL and Redis round trips on the wire (see countWire); answers the totals so far. */
+  countWire: (ports: { pg: number; redis: number }) => {
+    countWire(ports);
+    return { ...wire };
+  },
+  wire: () => ({ ...wire }),
   /** Starts a new measurement window for lag and CPU. */
   reset: () => {
     histogram.reset();

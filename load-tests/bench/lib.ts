@@ -272,3 +272,21 @@ export function foreignCpuPercent(a: ProcSample, b: ProcSample): number {
   const seconds = (b.at - a.at) / 1000;
   return seconds > 0 ? round((used / CLOCK_TICKS / seconds) * 100, 0)! : 0;
 }
+
+/**
+ * CPU (% of one core) between two samples, per named group of processes (first matching group
+ * wins; the rest is `other`): who used the machine during a window.
+ */
+export function cpuByGroup(a: ProcSample, b: ProcSample, groups: Record<string, (pid: number, comm: string) => boolean>): Record<string, number> {
+  const seconds = (b.at - a.at) / 1000;
+  const out: Record<string, number> = Object.fromEntries([...Object.keys(groups), 'other'].map((k) => [k, 0]));
+  if (seconds <= 0) return out;
+  for (const [pid, p] of b.ticks) {
+    const used = p.ticks - (a.ticks.get(pid)?.ticks ?? p.ticks);
+    if (used <= 0) continue;
+    const group = Object.keys(groups).find((name) => groups[name](pid, p.comm)) ?? 'other';
+    out[group] += (used / CLOCK_TICKS / seconds) * 100;
+  }
+  for (const k of Object.keys(out)) out[k] = round(out[k], 0)!;
+  return out;
+}

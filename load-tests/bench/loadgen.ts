@@ -7,6 +7,7 @@
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import WebSocket from 'ws';
+import { DEFAULT_BACKOFF, fullJitterDelay } from '../../shared/src/driver-client/backoff.js';
 import { emitEvent, serveRpc, wallMs } from './lib.js';
 
 export interface LoadgenInit {
@@ -28,14 +29,42 @@ export interface LoadgenInit {
   protocol?: 'plain' | 'ack' | 'seq';
 }
 
+/**
+ * After its node dies, how a socket comes back: `none` at once (and after a refusal, when the
+ * refusal says or after a fixed second: no randomness), `client` as the driver client does (the
+ * n-th retry waits uniformly in [0, min(30 s, 5 s * 2^n)), never less than a refusal's retryAfterMs).
+ */
+export type StormJitter = 'none' | 'client';
+
+export interface StormReport {
+  /** Sockets that were ready when their node died and have come back (`session` for the hub). */
+  back: number;
+  /** Sockets that went down and are not back yet. */
+  waiting: number;
+  /** Wall clock of the last socket's namespace connect (`40`) and of the last `session`. */
+  lastConnectedAt: number | null;
+  lastSessionAt: number | null;
+  /** Per successful attempt, ms from opening the websocket to the namespace connect and to `session`. */
+  connectMs: number[];
+  sessionMs: number[];
+  attempts: number;
+  /** Failed attempts by reason (connect_error code, timeout, refused TCP connection, ...). */
+  refused: Record<string, number>;
+  /** Sockets that needed more than one attempt. */
+  retried: number;
+}
+
 interface Conn {
   index: number;
+  url: string;
   ws: WebSocket;
   ready: boolean;
   frames: [Buffer, Buffer];
   flip: number;
   nextAck: number;
   acks: Map<number, (reply: unknown) => void>;
+  connectedAt?: number;
+  sessionAt?: number;
 }
 
 const TEXT = { binary: false } as const;
@@ -90,6 +119,7 @@ function handleText(conn: Conn, text: string, onReady: () => void, onError: (err
     if (rest.startsWith('["location:stored"')) {
       counters.storedConfirmations += 1;
     } else if (rest.startsWith('["session"')) {
+      conn.sessionAt = wallMs();
       if (init.waitSession) onReady();
     } else if (rest.startsWith('["assignment"')) {
       const at = wallMs();
@@ -112,25 +142,35 @@ function handleText(conn: Conn, text: string, onReady: () => void, onError: (err
     return;
   }
   if (text.startsWith(`40${prefix}`)) {
+    conn.connectedAt = wallMs();
     if (!init.waitSession) onReady();
     return;
   }
   if (text.startsWith(`44${prefix}`)) {
-    onError(new Error(`connect_error ${text.slice(2 + prefix.length, 200)}`));
+    const body = text.slice(2 + prefix.length);
+    let code = 'unknown';
+    let retryAfterMs: number | undefined;
+    try {
+      const parsed = JSON.parse(body) as { message?: string; data?: { code?: string; details?: { retryAfterMs?: number } } };
+      code = parsed.data?.code ?? parsed.message ?? code;
+      retryAfterMs = parsed.data?.details?.retryAfterMs;
+    } catch {}
+    onError(Object.assign(new Error(`connect_error ${body.slice(0, 200)}`), { code, retryAfterMs }));
     return;
   }
   if (text.startsWith(`41${prefix}`)) conn.ws.terminate();
 }
 
-function open(index: number, timeoutMs: number): Promise<Conn> {
+function open(index: number, timeoutMs: number, serverUrl = init.url): Promise<Conn> {
   const [lat, lng] = init.positions[index];
   const url =
     init.mode === 'sio'
-      ? `${init.url.replace(/^http/, 'ws')}/socket.io/?EIO=4&transport=websocket`
-      : init.url.replace(/^http/, 'ws');
+      ? `${serverUrl.replace(/^http/, 'ws')}/socket.io/?EIO=4&transport=websocket`
+      : serverUrl.replace(/^http/, 'ws');
   const ws = new WebSocket(url, { perMessageDeflate: false, generateMask: zeroMask, handshakeTimeout: timeoutMs });
   const conn: Conn = {
     index,
+    url: serverUrl,
     ws,
     ready: false,
     frames: [Buffer.from(locationFrame(lat, lng)), Buffer.from(locationFrame(lat + 0.00001, lng + 0.00001))],
@@ -171,7 +211,10 @@ function open(index: number, timeoutMs: number): Promise<Conn> {
       if (!settled) fail(new Error('closed before ready'));
       else if (conn.ready) {
         conn.ready = false;
-        if (!closing) counters.disconnects += 1;
+        if (!closing) {
+          counters.disconnects += 1;
+          if (storm) comeBack(conn);
+        }
       }
     });
   });
@@ -202,6 +245,59 @@ async function forEachLimited<T>(items: readonly T[], concurrency: number, fn: (
     }
   });
   await Promise.all(workers);
+}
+
+// --- a node dies: its sockets come back to the others --------------------------------------------
+
+let storm: { jitter: StormJitter; survivors: string[]; timeoutMs: number } | null = null;
+const stormState = {
+  down: new Set<number>(),
+  back: 0,
+  lastConnectedAt: null as number | null,
+  lastSessionAt: null as number | null,
+  connectMs: [] as number[],
+  sessionMs: [] as number[],
+  attempts: 0,
+  refused: {} as Record<string, number>,
+  retried: new Set<number>(),
+};
+/** Where each socket sits in `ready`, so a socket that came back takes its old place in the pacing. */
+const readySlot = new Map<number, number>();
+
+function comeBack(dead: Conn): void {
+  if (!storm || stormState.down.has(dead.index)) return;
+  stormState.down.add(dead.index);
+  attempt(dead.index, 0, storm.jitter === 'none' ? 0 : fullJitterDelay(0, DEFAULT_BACKOFF, Math.random));
+}
+
+function attempt(index: number, retry: number, delayMs: number): void {
+  setTimeout(async () => {
+    if (!storm || closing) return;
+    // A load balancer in front spreads the fleet over the nodes left: here by the driver's index.
+    const url = storm.survivors[index % storm.survivors.length];
+    const started = wallMs();
+    stormState.attempts += 1;
+    try {
+      const conn = await open(index, storm.timeoutMs, url);
+      if (conn.connectedAt !== undefined) stormState.connectMs.push(conn.connectedAt - started);
+      if (conn.sessionAt !== undefined) stormState.sessionMs.push(conn.sessionAt - started);
+      stormState.lastConnectedAt = Math.max(stormState.lastConnectedAt ?? 0, conn.connectedAt ?? wallMs());
+      stormState.lastSessionAt = Math.max(stormState.lastSessionAt ?? 0, conn.sessionAt ?? wallMs());
+      stormState.down.delete(index);
+      stormState.back += 1;
+      conns.push(conn);
+      const slot = readySlot.get(index);
+      if (slot !== undefined) ready[slot] = conn;
+    } catch (err) {
+      const e = err as Error & { code?: string; retryAfterMs?: number };
+      const reason = typeof e.code === 'string' ? e.code : e.message.slice(0, 60);
+      stormState.refused[reason] = (stormState.refused[reason] ?? 0) + 1;
+      stormState.retried.add(index);
+      const atLeast = e.retryAfterMs ?? 0;
+      const next = storm.jitter === 'none' ? Math.max(atLeast, 1000) : Math.max(atLeast, fullJitterDelay(retry + 1, DEFAULT_BACKOFF, Math.random));
+      attempt(index, retry + 1, next);
+    }
+  }, delayMs);
 }
 
 // --- pacing -------------------------------------------------------------------------------------
@@ -276,6 +372,8 @@ serveRpc({
       }
     });
     ready = conns.filter((c) => c.ready);
+    readySlot.clear();
+    ready.forEach((c, i) => readySlot.set(c.index, i));
     return { connected: ready.length, failed, errors, ms: performance.now() - started };
   },
 
@@ -332,6 +430,26 @@ serveRpc({
     return true;
   },
 
+  /** From now on a socket whose node dies comes back to one of `survivors`. */
+  stormArm(args: { jitter: StormJitter; survivors: string[]; timeoutMs?: number }) {
+    storm = { jitter: args.jitter, survivors: args.survivors, timeoutMs: args.timeoutMs ?? 30_000 };
+    return true;
+  },
+
+  stormReport(args: { full?: boolean } = {}): StormReport {
+    return {
+      back: stormState.back,
+      waiting: stormState.down.size,
+      lastConnectedAt: stormState.lastConnectedAt,
+      lastSessionAt: stormState.lastSessionAt,
+      connectMs: args.full ? stormState.connectMs : [],
+      sessionMs: args.full ? stormState.sessionMs : [],
+      attempts: stormState.attempts,
+      refused: stormState.refused,
+      retried: stormState.retried.size,
+    };
+  },
+
   drainAssignments() {
     const out = assignments;
     assignments = [];
@@ -340,6 +458,7 @@ serveRpc({
 
   async close() {
     closing = true;
+    storm = null;
     setRate(0);
     for (const conn of conns) conn.ws.terminate();
     return true;

@@ -32,7 +32,7 @@ import { foreignCpuPercent, machineBusyPercent, readCpuTimes, round, sampleProce
 import type { ProfileSummary } from '../profile-top.js';
 import { profiled, type RunContext, type ScenarioOutput, type TargetCheck } from '../context.js';
 
-interface Posted {
+export interface Posted {
   sellerOrderId: string;
   t0: number;
   t1: number;
@@ -40,7 +40,7 @@ interface Posted {
   outcome: string;
 }
 
-function postOrder(agent: Agent, url: string, sellerOrderId: string, pickup: [number, number], dropoff: [number, number]): Promise<Posted> {
+export function postOrder(agent: Agent, url: string, sellerOrderId: string, pickup: [number, number], dropoff: [number, number]): Promise<Posted> {
   const body = JSON.stringify({
     sellerOrderId,
     orderCode: sellerOrderId.slice(-10).toUpperCase(),
