@@ -312,6 +312,8 @@ export interface GenCounters {
   connectErrors: number;
   assignments: number;
   pushes: number;
+  pingAcks: number;
+  pingRefused: number;
   connected: number;
   lagP99Ms: number;
   cpuPercent: number;
@@ -395,6 +397,8 @@ export class LoadGroup {
       connectErrors: sum('connectErrors'),
       assignments: sum('assignments'),
       pushes: sum('pushes'),
+      pingAcks: sum('pingAcks'),
+      pingRefused: sum('pingRefused'),
       connected: sum('connected'),
       lagP99Ms: Math.max(...all.map((c) => c.lagP99Ms)),
       cpuPercent: sum('cpuPercent'),

@@ -78,7 +78,10 @@ const conns: Conn[] = [];
 let ready: Conn[] = [];
 let closing = false;
 
-const counters = { sent: 0, skipped: 0, missed: 0, disconnects: 0, connectErrors: 0, assignments: 0, pushes: 0, pingAcks: 0, storedConfirmations: 0 };
+const counters = { sent: 0, skipped: 0, missed: 0, disconnects: 0, connectErrors: 0, assignments: 0, pushes: 0, pingAcks: 0, pingRefused: 0, storedConfirmations: 0 };
+/** Ping acknowledgements that refused the ping, by error code. */
+let refusedPings: Record<string, number> = {};
+const REFUSAL_CODE = /"ok":false,"error":\{"code":"([A-Z_]+)"/;
 let assignments: [string, number][] = [];
 let cpuAt = process.cpuUsage();
 let wallAt = performance.now();
@@ -138,7 +141,14 @@ function handleText(conn: Conn, text: string, onReady: () => void, onError: (err
     if (waiter) {
       conn.acks.delete(id);
       waiter((JSON.parse(rest.slice(bracket)) as unknown[])[0]);
-    } else counters.pingAcks += 1;
+    } else {
+      counters.pingAcks += 1;
+      const refused = REFUSAL_CODE.exec(rest);
+      if (refused) {
+        counters.pingRefused += 1;
+        refusedPings[refused[1]] = (refusedPings[refused[1]] ?? 0) + 1;
+      }
+    }
     return;
   }
   if (text.startsWith(`40${prefix}`)) {
@@ -408,6 +418,19 @@ serveRpc({
   setRate({ rate: next }: { rate: number }) {
     setRate(next);
     return true;
+  },
+
+  /** Switches how pings are sent from now on (see LoadgenInit.protocol). */
+  setProtocol({ protocol }: { protocol: NonNullable<LoadgenInit['protocol']> }) {
+    init.protocol = protocol;
+    return true;
+  },
+
+  /** Refused ping acknowledgements by code since the last call. */
+  drainRefusedPings() {
+    const out = refusedPings;
+    refusedPings = {};
+    return out;
   },
 
   counters() {

@@ -28,6 +28,7 @@ import {
 import { foreignCpuPercent, machineBusyPercent, ratio, readCpuTimes, round, sampleProcesses, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
 import type { ProfileSummary } from '../profile-top.js';
 import { profiled, type RunContext, type ScenarioOutput, spawnProber, type TargetCheck } from '../context.js';
+import { overloadCheck, type OverloadResult, overloadStep } from './overload.js';
 
 const LAG_LIMIT_MS = 20;
 /** % of one core other processes may use during a window before it is measured again. */
@@ -82,6 +83,8 @@ interface TargetResult {
   latency?: LatencyResult;
   /** The same probe at half the sustained rate: the server's own latency with the machine not saturated. */
   latencyAtHalf?: LatencyResult;
+  /** The hub pushed past its capacity for longer than a heartbeat lives (see overload.ts). */
+  overload?: OverloadResult;
 }
 
 interface LatencyResult {
@@ -105,6 +108,10 @@ export async function ingest(ctx: RunContext): Promise<ScenarioOutput> {
   const maxRate = ctx.num('max-rate', 200_000);
   const latencyMs = ctx.num('latency-ms', 10_000, 5_000);
   const probes = ctx.num('probes', 20);
+  // --ramp 0 skips the ramp and the latency probes (then --overload-rate says how hard to push).
+  const ramp = ctx.num('ramp', 1) !== 0;
+  const overloadSeconds = ctx.num('overload-seconds', 45, 40);
+  const overloadRate = ctx.num('overload-rate', 0);
   // A target is a server, optionally with the ping protocol: `sio+ack` (a naive app and server,
   // one reply per ping), `hub+seq` (the driver client's numbered fixes, confirmed cumulatively).
   const kinds = ctx.str('targets', 'ws,sio,hub,sio+ack,hub+seq').split(',');
@@ -129,6 +136,9 @@ export async function ingest(ctx: RunContext): Promise<ScenarioOutput> {
         maxRate,
         latencyMs,
         probes,
+        ramp,
+        overloadSeconds,
+        overloadRate,
       });
     }
   } finally {
@@ -159,6 +169,7 @@ export async function ingest(ctx: RunContext): Promise<ScenarioOutput> {
       met: r === null ? null : r >= 1.2,
     });
   }
+  if (hub?.overload) checks.push(overloadCheck(hub.overload));
   if (hub?.latency) {
     const p99 = hub.latency.pingToGeoMs.p99;
     checks.push({
@@ -215,6 +226,10 @@ interface IngestOptions {
   maxRate: number;
   latencyMs: number;
   probes: number;
+  ramp: boolean;
+  overloadSeconds: number;
+  /** 0: one and a half times the sustained rate (35,000/s without a ramp). */
+  overloadRate: number;
 }
 
 async function runTarget(
@@ -341,7 +356,7 @@ async function runTarget(
       ctx.log(`[${label}] rate ${rate}/s failed on lag alone; measuring it once more`);
       return undisturbed(rate);
     };
-    for (let rate = o.startRate; rate <= o.maxRate; rate += o.stepRate) {
+    for (let rate = o.startRate; o.ramp && rate <= o.maxRate; rate += o.stepRate) {
       const step = await measureTwiceOnLag(rate);
       if (step.pass) lastPass = step;
       else {
@@ -363,7 +378,7 @@ async function runTarget(
     const passing = steps.filter((s) => s.pass);
     const best = passing.length ? passing.reduce((a, b) => (b.receivedPerSec > a.receivedPerSec ? b : a)) : null;
     const sustained = best?.receivedPerSec ?? null;
-    const stopReason = firstFail ? firstFail.reason : `reached --max-rate ${o.maxRate}`;
+    const stopReason = !o.ramp ? 'no ramp (--ramp 0)' : firstFail ? firstFail.reason : `reached --max-rate ${o.maxRate}`;
 
     const result: TargetResult = {
       target: label,
@@ -403,6 +418,11 @@ async function runTarget(
       result.latency = await probeAt(0.8);
     }
     await group.setRate(0);
+    if (kind === 'hub' && protocol === 'plain' && o.overloadSeconds > 0) {
+      const rate = o.overloadRate || Math.round(((sustained ?? 0) * 1.5 || 35_000) / 1000) * 1000;
+      await sleep(2000);
+      result.overload = await overloadStep(ctx, server, group, prober, db, prefix, ids.slice(0, o.sockets + (prober ? o.probes : 0)), { rate, seconds: o.overloadSeconds, label });
+    }
     if (kind === 'hub') {
       const text = await server.metricsText();
       (result as unknown as Record<string, unknown>).hubCounters = {
