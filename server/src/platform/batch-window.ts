@@ -1,0 +1,87 @@
+/**
+ * Many callers' small requests answered by one round trip: items gather for a short window (or
+ * until a batch is full) and one `run` handles them all. While `concurrency` batches are in flight
+ * new items wait for the next, so under load batches grow instead of round trips multiplying, and
+ * under light load an item waits at most `windowMs` plus one round trip.
+ */
+export interface BatchWindowOptions<I, R> {
+  /** How long the first item of a batch waits for company. */
+  windowMs: number;
+  /** A batch goes at once when it holds this many items. */
+  maxBatch: number;
+  /** Batches in flight at once (default 1). */
+  concurrency?: number;
+  /** One result per item, in order. A throw fails every item of the batch with that error. */
+  run(items: I[]): Promise<R[]>;
+}
+
+export interface BatchWindow<I, R> {
+  add(item: I): Promise<R>;
+  /** Items waiting for a batch or in one. */
+  readonly pending: number;
+  /** Resolves once every item added so far has its answer. */
+  settle(): Promise<void>;
+}
+
+interface Waiting<I, R> {
+  item: I;
+  resolve(result: R): void;
+  reject(err: unknown): void;
+}
+
+export function createBatchWindow<I, R>(opts: BatchWindowOptions<I, R>): BatchWindow<I, R> {
+  const concurrency = Math.max(1, opts.concurrency ?? 1);
+  const maxBatch = Math.max(1, opts.maxBatch);
+  let queue: Waiting<I, R>[] = [];
+  let inFlight = 0;
+  let running = 0;
+  let timer: NodeJS.Timeout | null = null;
+  const idle: (() => void)[] = [];
+
+  function launch(): void {
+    if (timer) {
+      clearTimeout(timer);
+      timer = null;
+    }
+    while (queue.length > 0 && inFlight < concurrency) {
+      const batch = queue.length <= maxBatch ? queue : queue.slice(0, maxBatch);
+      queue = queue.length <= maxBatch ? [] : queue.slice(maxBatch);
+      inFlight += 1;
+      void runBatch(batch);
+    }
+  }
+
+  async function runBatch(batch: Waiting<I, R>[]): Promise<void> {
+    try {
+      const results = await opts.run(batch.map((w) => w.item));
+      if (results.length !== batch.length) throw new Error(`a batch of ${batch.length} answered ${results.length} results`);
+      batch.forEach((w, i) => w.resolve(results[i]));
+    } catch (err) {
+      for (const w of batch) w.reject(err);
+    } finally {
+      inFlight -= 1;
+      running -= batch.length;
+      // What gathered while this batch was out has waited long enough: it goes now.
+      if (queue.length > 0) launch();
+      if (running === 0) for (const done of idle.splice(0)) done();
+    }
+  }
+
+  return {
+    add(item) {
+      return new Promise<R>((resolve, reject) => {
+        queue.push({ item, resolve, reject });
+        running += 1;
+        if (inFlight >= concurrency) return;
+        if (queue.length >= maxBatch) launch();
+        else timer ??= setTimeout(launch, opts.windowMs);
+      });
+    },
+    get pending() {
+      return running;
+    },
+    settle() {
+      return running === 0 ? Promise.resolve() : new Promise<void>((resolve) => idle.push(resolve));
+    },
+  };
+}
