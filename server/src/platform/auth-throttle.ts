@@ -41,6 +41,22 @@ export function createAuthThrottle(opts: AuthThrottleOptions): AuthThrottle {
   const maxBlocked = opts.maxBlockedKeys ?? 10_000;
 
   const limiter = () => (shared && opts.breaker?.state !== 'open' ? shared : memory);
+  /**
+   * Reads of an address's budget in flight: checks of the same address meanwhile share the read.
+   * A webhook sender or a fleet behind one NAT sends many requests at once; each costed a Redis
+   * transaction (and a reconnect storm from one address, thousands).
+   */
+  const reading = new Map<string, Promise<RateLimiterRes | null>>();
+  function readBudget(address: string): Promise<RateLimiterRes | null> {
+    let read = reading.get(address);
+    if (!read) {
+      read = limiter().get(address);
+      reading.set(address, read);
+      const done = () => reading.delete(address);
+      read.then(done, done);
+    }
+    return read;
+  }
 
   function remember(address: string, res: RateLimiterRes | null): number | null {
     if (!res || res.consumedPoints < opts.failures) return null;
@@ -66,7 +82,7 @@ export function createAuthThrottle(opts: AuthThrottleOptions): AuthThrottle {
       }
       let res: RateLimiterRes | null;
       try {
-        res = await limiter().get(address);
+        res = await readBudget(address);
       } catch {
         // A broken limiter must not lock everyone out; the credential check still runs.
         return;
