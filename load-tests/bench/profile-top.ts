@@ -36,6 +36,16 @@ export interface ProfileSummary {
   gcMs: number;
   topFunctions: ProfileEntry[];
   byModule: { module: string; selfMs: number; percentOfBusy: number }[];
+  /**
+   * Time charged to the nearest library or hub file on the stack: a socket write made by postgres.js
+   * counts for postgres.js, not for `(native)`. Shows which layer a cost belongs to.
+   */
+  byOwner: { owner: string; ms: number; percentOfBusy: number }[];
+}
+
+/** A module that owns work (a package or a file of ours), as opposed to Node's internals and natives. */
+function isOwner(module: string): boolean {
+  return module.startsWith('node_modules/') || /^(server|shared|load-tests)\//.test(module);
 }
 
 /** server/src/x.ts, shared/src/x.ts, node_modules/<pkg>, node:<internal>, or the V8 pseudo-frames. */
@@ -62,6 +72,21 @@ export function summarizeProfile(profile: CpuProfile, top = 25): ProfileSummary 
   }
   const fn = new Map<string, { name: string; where: string; us: number }>();
   const mod = new Map<string, number>();
+  const parent = new Map<number, number>();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const ownerOf = new Map<number, string>();
+  const owner = (id: number): string => {
+    const known = ownerOf.get(id);
+    if (known) return known;
+    const node = byId.get(id)!;
+    const module = moduleOf(node.callFrame.url, node.callFrame.functionName);
+    const up = parent.get(id);
+    const pseudo = node.callFrame.functionName.startsWith('(');
+    const found = isOwner(module) || pseudo || up === undefined ? module : owner(up);
+    ownerOf.set(id, found === '(root)' ? module : found);
+    return ownerOf.get(id)!;
+  };
+  const owners = new Map<string, number>();
   let totalUs = 0;
   let idleUs = 0;
   let gcUs = 0;
@@ -81,6 +106,8 @@ export function summarizeProfile(profile: CpuProfile, top = 25): ProfileSummary 
     entry.us += us;
     fn.set(key, entry);
     mod.set(module, (mod.get(module) ?? 0) + us);
+    const who = owner(id);
+    owners.set(who, (owners.get(who) ?? 0) + us);
   }
   const busyUs = totalUs - idleUs;
   const pct = (us: number) => Number(((us / Math.max(1, busyUs)) * 100).toFixed(1));
@@ -97,6 +124,10 @@ export function summarizeProfile(profile: CpuProfile, top = 25): ProfileSummary 
       .sort((a, b) => b[1] - a[1])
       .slice(0, top)
       .map(([module, us]) => ({ module, selfMs: Math.round(us / 1000), percentOfBusy: pct(us) })),
+    byOwner: [...owners.entries()]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, top)
+      .map(([who, us]) => ({ owner: who, ms: Math.round(us / 1000), percentOfBusy: pct(us) })),
   };
 }
 
@@ -113,6 +144,9 @@ export function formatProfile(summary: ProfileSummary, top = 25): string {
     '',
     'self%  self ms  module',
     ...summary.byModule.slice(0, 15).map((m) => `${String(m.percentOfBusy).padStart(5)}  ${String(m.selfMs).padStart(7)}  ${m.module}`),
+    '',
+    '    %       ms  owner (natives and Node internals charged to the library or hub file that called them)',
+    ...(summary.byOwner ?? []).slice(0, 20).map((m) => `${String(m.percentOfBusy).padStart(5)}  ${String(m.ms).padStart(7)}  ${m.owner}`),
   ];
   return lines.join('\n');
 }
