@@ -7,7 +7,7 @@
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import WebSocket from 'ws';
-import { DEFAULT_BACKOFF, fullJitterDelay } from '../../shared/src/driver-client/backoff.js';
+import { DEFAULT_BACKOFF, fullJitterDelay } from '#shared/driver-client/backoff.js';
 import { emitEvent, serveRpc, wallMs } from './lib.js';
 
 export interface LoadgenInit {
