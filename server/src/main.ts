@@ -85,9 +85,9 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     events,
     logger,
     metrics,
-    activeAssignment: async (driverId) => {
-      const row = await deliveriesStore.activeForDriver(driverId);
-      return row ? toAssignmentPush(row) : null;
+    activeAssignments: async (driverIds) => {
+      const rows = await deliveriesStore.activeForDrivers(driverIds);
+      return new Map([...rows].map(([driverId, row]) => [driverId, toAssignmentPush(row)]));
     },
     config: {
       heartbeatTtlSeconds: config.HEARTBEAT_TTL_SECONDS,

@@ -69,6 +69,7 @@ function dispatchWith(store: Partial<DispatchStore>, search: (count: number) => 
       pending: async () => [],
       get: async () => null,
       takenFrom: async () => new Set(),
+      anyPending: async () => true,
       ...store,
     },
     presence: {
@@ -145,9 +146,31 @@ describe('dispatch service', () => {
     events.emit('driver:status', { driverId: DRIVER, status: 'BUSY', position: PICKUP });
     events.emit('driver:status', { driverId: DRIVER, status: 'AVAILABLE', position: null });
     events.emit('driver:status', { driverId: DRIVER, status: 'AVAILABLE', position: PICKUP });
-    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setTimeout(r, 20));
     expect(offers).toEqual([[{ id: DRIVER, ...PICKUP }, 20_000]]);
     expect(announced.map((c) => [c.delivery.status, c.previousStatus])).toEqual([['ASSIGNED', 'PENDING']]);
+  });
+
+  it('when many drivers come free and nothing waits, then one look for waiting deliveries answers them all and no claim is tried', async () => {
+    let looks = 0;
+    const offers: unknown[] = [];
+    const { events } = dispatchWith(
+      {
+        anyPending: async () => {
+          looks += 1;
+          return false;
+        },
+        assignOldestPendingTo: async (...args) => {
+          offers.push(args);
+          return null;
+        },
+      },
+      () => ({ source: 'redis', candidates: [] }),
+    );
+    for (let i = 0; i < 50; i++) events.emit('driver:status', { driverId: `driver-${i}`, status: 'AVAILABLE', position: PICKUP });
+    await new Promise((r) => setTimeout(r, 20));
+    expect(looks).toBe(1);
+    expect(offers).toEqual([]);
   });
 
   it('when pending deliveries are retried, then each with candidates is tried and only the claimed ones are announced', async () => {

@@ -218,6 +218,24 @@ describe('redis repair', () => {
     expect(repair.redisHealthy()).toBe(true);
   });
 
+  it('when a repair round times out while Redis stays connected, then the next round reconciles, nothing is rebuilt and no restore is announced', async () => {
+    let checks = 0;
+    const redis = fakeStore({
+      hasPicture: async () => {
+        checks += 1;
+        if (checks === 1) throw new Error('Command timed out');
+        return true;
+      },
+    });
+    const { repair, restored } = repairWith(redis.store, { livePage: async () => [row(DRIVER, 'AVAILABLE')] });
+    await expect(repair.repairRedis()).rejects.toThrow('Command timed out');
+    await repair.repairRedis();
+    expect(redis.named('rebuild')).toEqual([]);
+    expect(redis.named('lookup')).toEqual([[[DRIVER]]]);
+    expect(restored).toEqual([]);
+    expect(repair.redisHealthy()).toBe(true);
+  });
+
   it('when Redis was lost and returns, then one node rebuilds it from PostgreSQL, redis:restored is announced once, and health is up again', async () => {
     let available = false;
     const redis = fakeStore();
@@ -314,7 +332,7 @@ describe('driver sessions', () => {
     events.on('driver:status', ({ status }) => steps.push(`event ${status}`));
     const failed: string[] = [];
     const sessions = createDriverSessions({
-      drivers: { connect: async () => null, disconnect: async () => null, setDuty: async () => null, ...drivers },
+      drivers: { connectMany: async () => new Map(), disconnect: async () => null, setDuty: async () => null, ...drivers },
       store,
       positions: {
         flushToPostgres: async () => void steps.push('flush'),
@@ -333,27 +351,66 @@ describe('driver sessions', () => {
       },
       statuses: new Map(),
       events,
-      activeAssignment: async () => ({ deliveryId: 'd1' }) as never,
+      activeAssignments: async (ids) => new Map(ids.map((id) => [id, { deliveryId: 'd1' } as never])),
     });
     return { sessions, steps, failed };
   }
 
   it('when a newer connection already speaks for the driver, then connect answers null and announces nothing', async () => {
-    const { sessions, steps } = sessionsWith({ connect: async () => held('000000000000002.b') });
+    const { sessions, steps } = sessionsWith({ connectMany: async () => new Map([[DRIVER, held('000000000000002.b')]]) });
     expect(await sessions.connect(DRIVER, '000000000000001.a')).toBeNull();
     expect(steps).toEqual([]);
   });
 
   it('when a driver holding a delivery connects, then the session carries it, the heartbeat is refreshed and the map hears the status', async () => {
-    const { sessions, steps } = sessionsWith({ connect: async (_id, sessionId) => held(sessionId, 'BUSY', 'd1') });
+    const { sessions, steps } = sessionsWith({ connectMany: async ([entry]) => new Map([[DRIVER, held(entry.sessionId, 'BUSY', 'd1')]]) });
     const session = await sessions.connect(DRIVER, '000000000000001.a');
     expect(session).toMatchObject({ driverId: DRIVER, status: 'BUSY', activeDelivery: { deliveryId: 'd1' } });
     expect(steps).toEqual(['heartbeat refresh', 'event BUSY', 'confirmations']);
     expect([...sessions.localDrivers()]).toEqual([DRIVER]);
   });
 
+  it('when several drivers connect at once, then one connect write and one batch of status writes serve them all, each with its own session', async () => {
+    const writes: { driverId: string; sessionId: string }[][] = [];
+    const { store, named } = fakeStore();
+    const { sessions } = sessionsWith(
+      {
+        connectMany: async (entries) => {
+          writes.push([...entries]);
+          return new Map(entries.map((e) => [e.driverId, { ...held(e.sessionId), id: e.driverId }]));
+        },
+      },
+      store,
+    );
+    const answers = await Promise.all([sessions.connect(DRIVER, '000000000000001.a'), sessions.connect(OTHER, '000000000000001.b')]);
+    expect(writes).toHaveLength(1);
+    expect(answers.map((a) => a?.driverId)).toEqual([DRIVER, OTHER]);
+    expect(named('setStatus').map(([id]) => id)).toEqual([DRIVER, OTHER]);
+  });
+
+  it('when two connections of one driver arrive in one batch, then only the newer is written and the older answers superseded', async () => {
+    const writes: { driverId: string; sessionId: string }[][] = [];
+    const { sessions } = sessionsWith({
+      connectMany: async (entries) => {
+        writes.push([...entries]);
+        return new Map(entries.map((e) => [e.driverId, held(e.sessionId)]));
+      },
+    });
+    const [older, newer] = await Promise.all([sessions.connect(DRIVER, '000000000000001.a'), sessions.connect(DRIVER, '000000000000002.b')]);
+    expect(writes).toEqual([[{ driverId: DRIVER, sessionId: '000000000000002.b' }]]);
+    expect(older).toBeNull();
+    expect(newer).toMatchObject({ driverId: DRIVER, status: 'AVAILABLE' });
+  });
+
+  it('when a driver of a batch no longer exists, then its connect fails NOT_FOUND and the others still connect', async () => {
+    const { sessions } = sessionsWith({ connectMany: async (entries) => new Map(entries.filter((e) => e.driverId === OTHER).map((e) => [OTHER, { ...held(e.sessionId), id: OTHER }])) });
+    const [gone, there] = await Promise.allSettled([sessions.connect(DRIVER, '000000000000001.a'), sessions.connect(OTHER, '000000000000001.b')]);
+    expect(gone.status === 'rejected' && (gone.reason as { code?: string }).code).toBe('NOT_FOUND');
+    expect(there.status === 'fulfilled' && there.value?.driverId).toBe(OTHER);
+  });
+
   it('when an older connection closes after a newer one connected on this node, then the driver keeps its status and its fixes', async () => {
-    const { sessions, steps } = sessionsWith({ connect: async (_id, sessionId) => held(sessionId), disconnect: async () => held('x', 'OFFLINE') });
+    const { sessions, steps } = sessionsWith({ connectMany: async ([entry]) => new Map([[DRIVER, held(entry.sessionId)]]), disconnect: async () => held('x', 'OFFLINE') });
     await sessions.connect(DRIVER, '000000000000002.b');
     steps.length = 0;
     await sessions.disconnect(DRIVER, '000000000000001.a');

@@ -28,6 +28,7 @@ function fakeStore(maxResends: number) {
     },
     due: async (afterMs) => [...rows.values()].filter((r) => !r.acknowledged && !r.flagged && r.sentAt <= now - afterMs),
     openFor: async (driverId) => [...rows.values()].filter((r) => !r.acknowledged && r.driverId === driverId),
+    openForMany: async (driverIds) => [...rows.values()].filter((r) => !r.acknowledged && driverIds.includes(r.driverId)),
     markResent: async (keys) => {
       const flagged: PushKey[] = [];
       for (const key of keys) {
@@ -45,7 +46,7 @@ function fakeStore(maxResends: number) {
   return store;
 }
 
-function fakeTransport(local: string[], answer: (driverId: string) => unknown) {
+function fakeTransport(local: string[], answer: (driverId: string) => unknown, awaiting: string[] = []) {
   const sent: { driverId: string; kind: string; how: 'broadcast' | 'local' }[] = [];
   const transport: PushTransport = {
     broadcast: async (driverId, kind) => {
@@ -57,6 +58,7 @@ function fakeTransport(local: string[], answer: (driverId: string) => unknown) {
       return local.includes(driverId) ? answer(driverId) : null;
     },
     isLocal: (driverId) => local.includes(driverId),
+    awaitingAnswer: (driverId) => awaiting.includes(driverId),
     localDrivers: () => local,
   };
   return { transport, sent };
@@ -120,6 +122,43 @@ describe('push re-sends', () => {
     await pushes.resendOpenTo(DRIVER);
     expect(sent).toHaveLength(4);
     expect(flagged).toEqual([DELIVERY]);
+  });
+
+  it('when a due push still waits for the app to answer its last send, then a pass neither sends nor counts it again', async () => {
+    const store = fakeStore(3);
+    store.add({ deliveryId: DELIVERY, driverId: DRIVER, kind: 'assignment', payload: {}, resends: 0 });
+    const { pushes } = service(store);
+    const { transport, sent } = fakeTransport([DRIVER], () => null, [DRIVER]);
+    pushes.useTransport(transport);
+    store.tick(1000);
+    expect(await pushes.pass()).toBe(0);
+    expect(sent).toEqual([]);
+    expect([...store.rows.values()][0].resends).toBe(0);
+  });
+
+  it('when several drivers reconnect at once, then their open pushes are read in one go, every open one is sent again and an active job not open goes out too', async () => {
+    const store = fakeStore(3);
+    store.add({ deliveryId: DELIVERY, driverId: DRIVER, kind: 'delivery:cancelled', payload: {}, resends: 0 });
+    let reads = 0;
+    const openForMany = store.openForMany;
+    store.openForMany = async (ids) => {
+      reads += 1;
+      return openForMany(ids);
+    };
+    const { pushes } = service(store);
+    const { transport, sent } = fakeTransport([DRIVER, OTHER], () => null);
+    pushes.useTransport(transport);
+    const counts = await Promise.all([pushes.connected(DRIVER, null), pushes.connected(OTHER, { deliveryId: DELIVERY })]);
+    await settle();
+    expect(reads).toBe(1);
+    expect(counts).toEqual([1, 0]);
+    expect(sent).toEqual(
+      expect.arrayContaining([
+        { driverId: DRIVER, kind: 'delivery:cancelled', how: 'local' },
+        { driverId: OTHER, kind: 'assignment', how: 'local' },
+      ]),
+    );
+    expect(sent).toHaveLength(2);
   });
 
   it('when an assignment is announced, then it is broadcast at once and a second acknowledgement records nothing', async () => {

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { and, asc, desc, eq, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, inArray, sql } from 'drizzle-orm';
 import type { AssignmentPush, DeliveryStatus, DeliveryView, ListDeliveriesQuery, SellerOrderReady } from '#shared/schemas.js';
 import { OUTBOX_INSERT, type OutboxEventType } from '../outbox/outbox.store.js';
 import { PUSH_UPSERT, PUSH_UPSERT_CONFLICT, type PushesStore } from '../pushes/pushes.store.js';
@@ -171,6 +171,8 @@ export function toAssignmentPush(row: DeliveryRow): AssignmentPush {
   };
 }
 
+const ANY_PENDING = `select exists (select 1 from deliveries where status = 'PENDING') as waiting`;
+
 export function createDeliveriesStore(deps: { database: Database; drivers: DriversStore; outbox: OutboxWriter; pushes: PushesStore }) {
   const { database, drivers, outbox, pushes } = deps;
   const { db } = database;
@@ -286,13 +288,20 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
         .limit(limit);
     },
 
-    async activeForDriver(driverId: string): Promise<DeliveryRow | null> {
-      const [row] = await db
+    /** The delivery that holds each of the given drivers, for those one holds (one statement for many). */
+    async activeForDrivers(driverIds: readonly string[]): Promise<Map<string, DeliveryRow>> {
+      if (driverIds.length === 0) return new Map();
+      const rows = await db
         .select()
         .from(deliveries)
-        .where(and(eq(deliveries.driverId, driverId), sql`${deliveries.status} in ${ACTIVE_STATUSES_SQL}`))
-        .limit(1);
-      return row ?? null;
+        .where(and(inArray(deliveries.driverId, [...driverIds]), sql`${deliveries.status} in ${ACTIVE_STATUSES_SQL}`));
+      return new Map(rows.map((row) => [row.driverId!, row]));
+    },
+
+    /** Whether any delivery waits for a driver: most drivers coming free need look no further. */
+    async anyPending(): Promise<boolean> {
+      const [row] = await database.query<{ waiting: boolean }>(ANY_PENDING, []);
+      return row?.waiting === true;
     },
 
     /**

@@ -1,6 +1,7 @@
 import type { OrderReadyReply, SellerOrderReady } from '#shared/schemas.js';
 import type { DeliveriesStore, DeliveryRow } from '../deliveries/deliveries.store.js';
 import type { DeliveryAnnouncer } from '../deliveries/delivery-announcer.js';
+import { createBatchWindow } from '../platform/batch-window.js';
 import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
@@ -9,7 +10,7 @@ import type { PresenceService } from '../presence/presence.service.js';
 import type { TrackingLinks } from '../tracking/tracking-links.js';
 
 export interface DispatchDeps {
-  deliveries: Pick<DeliveriesStore, 'createAndAssign' | 'assignPending' | 'assignOldestPendingTo' | 'pending' | 'get' | 'takenFrom'>;
+  deliveries: Pick<DeliveriesStore, 'createAndAssign' | 'assignPending' | 'assignOldestPendingTo' | 'pending' | 'get' | 'takenFrom' | 'anyPending'>;
   presence: Pick<PresenceService, 'nearestCandidates'>;
   announce: DeliveryAnnouncer;
   events: HubEvents;
@@ -21,6 +22,9 @@ export interface DispatchDeps {
 }
 
 const CANDIDATES = 5;
+
+/** Drivers coming free gather this long, so a reconnect storm asks once whether anything waits. */
+const FREED_WINDOW_MS = 5;
 
 function samePlaces(row: DeliveryRow, order: SellerOrderReady): boolean {
   return (
@@ -90,11 +94,26 @@ export function createDispatchService(deps: DispatchDeps) {
     await announce({ delivery: result.delivery, previousStatus: 'PENDING' });
   }
 
+  /**
+   * Drivers that came free, together: one look for any waiting delivery (there usually is none, and
+   * a storm of reconnects is thousands of drivers coming free), then each driver in turn.
+   */
+  const freed = createBatchWindow<{ driverId: string; position: { lat: number; lng: number } }, void>({
+    windowMs: FREED_WINDOW_MS,
+    maxBatch: 1000,
+    run: async (items) => {
+      if (await deliveries.anyPending()) {
+        for (const { driverId, position } of items) {
+          await offerPendingTo(driverId, position).catch((err) => log.warn({ driver: driverId, err: (err as Error).message }, 'pending offer failed'));
+        }
+      }
+      return items.map(() => undefined);
+    },
+  });
+
   events.on('driver:status', ({ driverId, status, position }) => {
     if (status !== 'AVAILABLE' || !position) return;
-    offerPendingTo(driverId, position).catch((err) =>
-      log.warn({ driver: driverId, err: (err as Error).message }, 'pending offer failed'),
-    );
+    freed.add({ driverId, position }).catch((err) => log.warn({ driver: driverId, err: (err as Error).message }, 'pending offer failed'));
   });
 
   return {

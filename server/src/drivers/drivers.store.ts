@@ -1,6 +1,6 @@
-import { and, desc, eq, inArray, isNull, type SQL, sql } from 'drizzle-orm';
+import { and, desc, eq, isNull, type SQL, sql } from 'drizzle-orm';
 import type { DriverStatus, DriverView } from '#shared/schemas.js';
-import type { Database, DbOrTx } from '../platform/db.js';
+import { type Database, type DbOrTx, retryOnConflict } from '../platform/db.js';
 import { ACTIVE_STATUSES_SQL, driverPositions, drivers } from '../platform/schema.js';
 
 export interface DriverPosition {
@@ -66,6 +66,38 @@ const heardFrom = (from: SQL) => sql`
 /** Every presence read: the driver's status beside its last known coordinate. */
 const presenceSelect = sql`select d.id, d.status, p.lat, p.lng from drivers d left join driver_positions p on p.driver_id = d.id`;
 
+/**
+ * CONNECT_MANY: $1 [[driverId, sessionId], ...], one entry per driver. Each driver is heard from and
+ * its row changed in the same statement, so a sweep can never see one without the other.
+ */
+const CONNECT_MANY = `
+with input as (
+  select (e->>0)::uuid as id, e->>1 as session_id from jsonb_array_elements($1::jsonb) as e
+), locked as materialized (
+  select d.id from drivers d join input i on i.id = d.id order by d.id for update of d
+), seen as (
+  insert into driver_positions (driver_id, last_seen_at)
+  select id, now() from locked order by id
+  on conflict (driver_id) do update set last_seen_at = excluded.last_seen_at
+  returning driver_id, lat, lng
+), changed as (
+  update drivers set
+    session_id = case
+      when drivers.session_id is null or drivers.session_id !~ '^[0-9]{15}[.]' or drivers.session_id collate "C" < i.session_id collate "C" then i.session_id
+      else drivers.session_id end,
+    status = case when drivers.current_delivery_id is not null then 'BUSY' when drivers.on_duty then 'AVAILABLE' else 'OFFLINE' end,
+    updated_at = now()
+  from input i join locked l on l.id = i.id
+  where drivers.id = i.id
+  returning drivers.id, drivers.status, drivers.current_delivery_id, drivers.session_id
+)
+select c.id, c.status, s.lat, s.lng, c.current_delivery_id as "currentDeliveryId", c.session_id as "sessionId"
+from changed c left join seen s on s.driver_id = c.id`;
+
+const TOKEN_VERSIONS = 'select id, token_version as version from drivers where id in (select jsonb_array_elements_text($1::jsonb)::uuid)';
+
+const numberOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
+
 /** Ids in one order for every batch write, so two batches never lock the same rows in opposite orders. */
 const sortedJson = (ids: readonly string[]) => JSON.stringify([...ids].sort());
 
@@ -118,11 +150,8 @@ export function createDriversStore(database: Database) {
       const found = new Map<string, number>();
       const valid = ids.filter((id) => UUID.test(id));
       for (let i = 0; i < valid.length; i += 1000) {
-        const rows = await db
-          .select({ id: drivers.id, version: drivers.tokenVersion })
-          .from(drivers)
-          .where(inArray(drivers.id, valid.slice(i, i + 1000)));
-        for (const row of rows) found.set(row.id, row.version);
+        const rows = await database.query<{ id: string; version: number }>(TOKEN_VERSIONS, [JSON.stringify(valid.slice(i, i + 1000))]);
+        for (const row of rows) found.set(row.id, Number(row.version));
       }
       return found;
     },
@@ -156,19 +185,21 @@ export function createDriversStore(database: Database) {
     },
 
     /**
-     * A socket now speaks for the driver, unless a newer one already does: session ids order by
+     * Sockets now speak for their drivers, unless newer ones already do: session ids order by
      * handshake time as plain bytes (collate "C", as JavaScript compares them), and one from before
-     * that ordering is older than any. Answers the session that speaks for the driver afterwards.
-     * Status comes back from duty and deliveries, not from the app.
+     * that ordering is older than any. One statement for many drivers (a reconnect storm is
+     * thousands of these a second); give each driver once, with its newest session. Answers, per
+     * driver that exists, the session that speaks for it afterwards. Status comes back from duty
+     * and deliveries, not from the app.
      */
-    async connect(id: string, sessionId: string): Promise<HeldPresenceRow | null> {
-      return heardAndSet(
-        id,
-        sql`session_id = case
-          when drivers.session_id is null or drivers.session_id !~ '^[0-9]{15}[.]' or drivers.session_id collate "C" < ${sessionId} collate "C" then ${sessionId}
-          else drivers.session_id end,
-        status = ${resolvedStatus()}`,
-      );
+    async connectMany(entries: readonly { driverId: string; sessionId: string }[]): Promise<Map<string, HeldPresenceRow>> {
+      const valid = entries.filter((e) => UUID.test(e.driverId));
+      if (valid.length === 0) return new Map();
+      const input = JSON.stringify(valid.map((e) => [e.driverId, e.sessionId]));
+      // Rows are locked in id order, so two batches never wait on each other crosswise; a deadlock
+      // with another writer changed nothing and is run again.
+      const rows = await retryOnConflict(() => database.query<HeldPresenceRow>(CONNECT_MANY, [input]));
+      return new Map(rows.map((row) => [row.id, { ...row, lat: numberOrNull(row.lat), lng: numberOrNull(row.lng) }]));
     },
 
     /** Only the socket that still speaks for the driver may take it offline. */

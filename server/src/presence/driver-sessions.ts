@@ -1,6 +1,7 @@
 import type { DriverSession } from '#shared/events.js';
 import type { DriverStatus } from '#shared/schemas.js';
 import type { DriverPresenceRow, DriversStore } from '../drivers/drivers.store.js';
+import { createBatchWindow } from '../platform/batch-window.js';
 import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { HeartbeatChange, KnownStatuses, PositionPipeline } from './position-pipeline.js';
@@ -33,14 +34,28 @@ export interface DriverSessions {
 }
 
 export interface DriverSessionsDeps {
-  drivers: Pick<DriversStore, 'connect' | 'disconnect' | 'setDuty'>;
+  drivers: Pick<DriversStore, 'connectMany' | 'disconnect' | 'setDuty'>;
   store: Pick<PresenceStore, 'setStatus'>;
   positions: Pick<PositionPipeline, 'flushToPostgres' | 'heartbeatChanged' | 'forget' | 'restartConfirmations'>;
   repair: Pick<RedisRepair, 'bestEffort'>;
   statuses: KnownStatuses;
   events: HubEvents;
-  /** The delivery that holds the driver, as its app receives it. */
-  activeAssignment: (driverId: string) => Promise<DriverSession['activeDelivery']>;
+  /** The delivery that holds each of the given drivers, as its app receives it (those one holds). */
+  activeAssignments: (driverIds: readonly string[]) => Promise<Map<string, NonNullable<DriverSession['activeDelivery']>>>;
+  /** How long a connect waits for others to share its round trips (default CONNECT_WINDOW_MS). */
+  connectWindowMs?: number;
+}
+
+/**
+ * Connects gather this long, so a reconnect storm costs a few statements per batch rather than per
+ * driver; alone, a connect waits this long plus its round trips.
+ */
+export const CONNECT_WINDOW_MS = 2;
+const CONNECTS_PER_BATCH = 500;
+
+interface Connecting {
+  driverId: string;
+  sessionId: string;
 }
 
 export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
@@ -51,28 +66,67 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
   const inflight = new Set<Promise<unknown>>();
 
   async function publishStatus(row: DriverPresenceRow, heartbeat: HeartbeatChange): Promise<void> {
-    statuses.set(row.id, row.status);
-    positions.heartbeatChanged(row.id, heartbeat);
-    const position = row.lat !== null && row.lng !== null ? { lat: row.lat, lng: row.lng } : null;
-    await repair.bestEffort('setStatus', () => store.setStatus(row.id, row.status, { position, heartbeat }));
-    events.emit('driver:status', { driverId: row.id, status: row.status, position });
+    await publishStatuses([row], heartbeat);
   }
+
+  /** Statuses PostgreSQL just wrote, to Redis (one pipelined round trip for all) and then the map. */
+  async function publishStatuses(rows: readonly DriverPresenceRow[], heartbeat: HeartbeatChange): Promise<void> {
+    const positionOf = (row: DriverPresenceRow) => (row.lat !== null && row.lng !== null ? { lat: row.lat, lng: row.lng } : null);
+    for (const row of rows) {
+      statuses.set(row.id, row.status);
+      positions.heartbeatChanged(row.id, heartbeat);
+    }
+    // Issued together: the client sends them in one write and Redis answers them in one.
+    await Promise.all(rows.map((row) => repair.bestEffort('setStatus', () => store.setStatus(row.id, row.status, { position: positionOf(row), heartbeat }))));
+    for (const row of rows) events.emit('driver:status', { driverId: row.id, status: row.status, position: positionOf(row) });
+  }
+
+  /**
+   * One batch of connects: a statement for every connect write, one for the deliveries that hold
+   * any of the drivers, one Redis round trip for their statuses. Two connects of one driver in a
+   * batch are one write, with the newer session: the older one answers as superseded, as it would
+   * had the newer been written after it.
+   */
+  async function connectBatch(items: readonly Connecting[]): Promise<(DriverSession | null | HubError)[]> {
+    const newest = new Map<string, string>();
+    for (const { driverId, sessionId } of items) {
+      const seen = newest.get(driverId);
+      if (seen === undefined || seen < sessionId) newest.set(driverId, sessionId);
+    }
+    // The deliveries are read after the connect write, and only for drivers whose row says one holds
+    // them: the write waited for any claim in flight, so this read sees what that claim committed.
+    // An assignment committed later reaches the socket as a push (it already joined its room).
+    const rows = await drivers.connectMany([...newest].map(([driverId, sessionId]) => ({ driverId, sessionId })));
+    const winners = [...rows.values()].filter((row) => row.sessionId === newest.get(row.id));
+    const holding = winners.filter((row) => row.currentDeliveryId !== null).map((row) => row.id);
+    const active = holding.length > 0 ? await deps.activeAssignments(holding) : new Map<string, never>();
+    for (const row of winners) {
+      // Two connections on this node may finish in either order: the newer one stays local.
+      const current = local.get(row.id);
+      if (current === undefined || current < row.sessionId!) local.set(row.id, row.sessionId!);
+    }
+    await publishStatuses(winners, 'refresh');
+    for (const row of winners) positions.restartConfirmations(row.id);
+    return items.map(({ driverId, sessionId }) => {
+      const row = rows.get(driverId);
+      if (!row) return new HubError('NOT_FOUND', 'driver not found');
+      if (row.sessionId !== sessionId) return null;
+      return { driverId, status: row.status, activeDelivery: active.get(driverId) ?? null, offer: null, locationConfirmation: 'cumulative' as const };
+    });
+  }
+
+  const connecting = createBatchWindow<Connecting, DriverSession | null | HubError>({
+    windowMs: deps.connectWindowMs ?? CONNECT_WINDOW_MS,
+    maxBatch: CONNECTS_PER_BATCH,
+    concurrency: 2,
+    run: connectBatch,
+  });
 
   return {
     async connect(driverId, sessionId) {
-      // The delivery is read after the connect, and only when the driver row says one holds it: the
-      // connect waited for any claim in flight, so this read sees what that claim committed. An
-      // assignment committed later reaches the socket as a push (it already joined its room).
-      const row = await drivers.connect(driverId, sessionId);
-      if (!row) throw new HubError('NOT_FOUND', 'driver not found');
-      if (row.sessionId !== sessionId) return null;
-      const activeDelivery = row.currentDeliveryId ? await deps.activeAssignment(driverId) : null;
-      // Two connections on this node may finish in either order: the newer one stays local.
-      const current = local.get(driverId);
-      if (current === undefined || current < sessionId) local.set(driverId, sessionId);
-      await publishStatus(row, 'refresh');
-      positions.restartConfirmations(driverId);
-      return { driverId, status: row.status, activeDelivery, offer: null, locationConfirmation: 'cumulative' };
+      const outcome = await connecting.add({ driverId, sessionId });
+      if (outcome instanceof HubError) throw outcome;
+      return outcome;
     },
 
     async disconnect(driverId, sessionId) {
@@ -116,6 +170,7 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
     localDrivers: () => local.keys(),
 
     async settle() {
+      await connecting.settle();
       await Promise.allSettled([...inflight]);
     },
   };

@@ -17,7 +17,8 @@ export interface PresenceDeps {
   events: HubEvents;
   logger: Logger;
   metrics: Metrics;
-  activeAssignment: (driverId: string) => Promise<DriverSession['activeDelivery']>;
+  /** The delivery that holds each of the given drivers, as its app receives it (those one holds). */
+  activeAssignments: (driverIds: readonly string[]) => Promise<Map<string, NonNullable<DriverSession['activeDelivery']>>>;
   config: { heartbeatTtlSeconds: number; locationTickMs: number; positionFlushMs: number; reconcileMs: number; maxRadiusKm: number };
 }
 
@@ -61,7 +62,7 @@ export function createPresenceService(deps: PresenceDeps): PresenceService {
     sweptOffline: (row) => sessions.publishStatus(row, 'drop'),
   });
   const positions = createPositionPipeline({ drivers, store, statuses, redisWriteFailed: repair.redisWriteFailed, logger, metrics, config });
-  const sessions = createDriverSessions({ drivers, store, positions, repair, statuses, events, activeAssignment: deps.activeAssignment });
+  const sessions = createDriverSessions({ drivers, store, positions, repair, statuses, events, activeAssignments: deps.activeAssignments });
   const nearestCandidates = createCandidateSearch({ store, drivers, logger, config });
 
   function every(ms: number, task: () => Promise<void>, name: string): void {

@@ -184,7 +184,11 @@ export function createRedisRepair(deps: RedisRepairDeps): RedisRepair {
       // Changes that landed between the read and the rebuild: put them right at once.
       await reconcile();
     } catch (err) {
-      redisLost = true;
+      // A command of this round timing out while Redis stays connected (a busy Redis, a reconnect
+      // storm) is a passing failure, like a failed write: the next round looks again. Counting it as
+      // a lost picture rebuilt all of Redis and sent every local driver's open pushes again, the
+      // worst work to add to a storm.
+      redisWriteFailed('repair', err);
       throw err;
     }
   }

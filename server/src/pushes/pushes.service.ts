@@ -1,6 +1,7 @@
 import { pushAckReply } from '#shared/schemas.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
+import { createBatchWindow } from '../platform/batch-window.js';
 import type { Metrics } from '../platform/metrics.js';
 import { createLogThrottle } from '../platform/log-throttle.js';
 import type { PushKind } from '../platform/schema.js';
@@ -18,12 +19,15 @@ export interface PushTransport {
   /** Drivers whose socket lives on this node. */
   localDrivers(): Iterable<string>;
   isLocal(driverId: string): boolean;
+  /** This push was sent to every socket of the driver on this node and the app has not answered yet. */
+  awaitingAnswer(driverId: string, kind: PushKind, deliveryId: string): boolean;
 }
 
 export interface PushStore {
   acknowledge: PushesStore['acknowledge'];
   due: PushesStore['due'];
   openFor: PushesStore['openFor'];
+  openForMany: PushesStore['openForMany'];
   markResent: PushesStore['markResent'];
 }
 
@@ -41,6 +45,9 @@ export interface PushDeps {
     batch?: number;
   };
 }
+
+/** Reconnects gather this long to share one read of their open pushes. */
+const RECONNECT_WINDOW_MS = 2;
 
 /** The app's acknowledgement: `{ ok: true }` by the contract's own schema, nothing else. */
 export function isAcknowledgement(reply: unknown): boolean {
@@ -102,7 +109,9 @@ export function createPushService(deps: PushDeps) {
   /** Sends the given open pushes to this node's drivers again, counting the re-sends. */
   async function resend(open: readonly OpenPush[]): Promise<number> {
     if (!transport) return 0;
-    const here = open.filter((p) => transport!.isLocal(p.driverId));
+    // A send still waiting for the app's answer (a pass crossing a reconnect's re-send) is neither
+    // repeated nor counted: the app would get the push twice, and its re-sends run out early.
+    const here = open.filter((p) => transport!.isLocal(p.driverId) && !transport!.awaitingAnswer(p.driverId, p.kind, p.deliveryId));
     if (here.length === 0) return 0;
     const flagged = await store.markResent(here, deps.config.maxResends);
     for (const push of here) void deliver(push, push.payload, 'local');
@@ -137,11 +146,14 @@ export function createPushService(deps: PushDeps) {
   events.on('delivery:cancelled', ({ driverId, deliveryId, reason }) => {
     void deliver({ deliveryId, driverId, kind: 'delivery:cancelled' }, { deliveryId, reason }, 'broadcast');
   });
-  // Whatever the adapter dropped while Redis was away is sent again now, not at the next pass.
+  // Whatever the adapter dropped while Redis was away is sent again now, not at the next pass:
+  // a statement per thousand of this node's drivers, not one per driver.
   events.on('redis:restored', () => {
     if (!transport) return;
     const drivers = [...transport.localDrivers()];
-    void Promise.all(drivers.map((id) => resendOpenTo(id))).catch((err) => log.warn({ err: (err as Error).message }, 'push re-send after redis returned failed'));
+    void (async () => {
+      for (let i = 0; i < drivers.length; i += 1000) await resend(await store.openForMany(drivers.slice(i, i + 1000)));
+    })().catch((err) => log.warn({ err: (err as Error).message }, 'push re-send after redis returned failed'));
   });
 
   /** Every open push of one driver of this node, at once (a reconnect, Redis back). */
@@ -150,15 +162,26 @@ export function createPushService(deps: PushDeps) {
   }
 
   /**
-   * A driver's socket connected here: its active job goes out again even when acknowledged before
-   * (the app may have lost it with its process), then everything still open about it.
+   * Drivers whose socket connected here: each one's active job goes out again even when
+   * acknowledged before (the app may have lost it with its process), then everything still open
+   * about it. One read of the open pushes and one re-send count for the whole batch.
    */
-  async function connected(driverId: string, activeDelivery: { deliveryId: string } | null): Promise<number> {
-    const open = await store.openFor(driverId);
-    if (activeDelivery && !open.some((p) => p.kind === 'assignment' && p.deliveryId === activeDelivery.deliveryId)) {
-      void deliver({ deliveryId: activeDelivery.deliveryId, driverId, kind: 'assignment' }, activeDelivery, 'local');
+  async function connectedBatch(items: readonly { driverId: string; activeDelivery: { deliveryId: string } | null }[]): Promise<number[]> {
+    const open = await store.openForMany([...new Set(items.map((i) => i.driverId))]);
+    for (const { driverId, activeDelivery } of items) {
+      if (activeDelivery && !open.some((p) => p.driverId === driverId && p.kind === 'assignment' && p.deliveryId === activeDelivery.deliveryId)) {
+        void deliver({ deliveryId: activeDelivery.deliveryId, driverId, kind: 'assignment' }, activeDelivery, 'local');
+      }
     }
-    return resend(open);
+    await resend(open);
+    return items.map(({ driverId }) => open.filter((p) => p.driverId === driverId).length);
+  }
+
+  const reconnects = createBatchWindow({ windowMs: RECONNECT_WINDOW_MS, maxBatch: 500, concurrency: 2, run: connectedBatch });
+
+  /** A driver's socket connected here (see connectedBatch); answers how many open pushes it had. */
+  function connected(driverId: string, activeDelivery: { deliveryId: string } | null): Promise<number> {
+    return reconnects.add({ driverId, activeDelivery });
   }
 
   return {
@@ -179,6 +202,7 @@ export function createPushService(deps: PushDeps) {
 
     async stop(): Promise<void> {
       clearInterval(timer);
+      await reconnects.settle();
       await passing;
       await Promise.allSettled([...inflight]);
     },

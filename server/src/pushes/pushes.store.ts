@@ -83,6 +83,15 @@ export function createPushesStore(database: Database) {
         select ${openPushColumns} from pushes where driver_id = ${driverId} and ${OPEN} order by created_at`);
     },
 
+    /** Every open push of each of the given drivers, oldest first: one statement for many reconnects. */
+    async openForMany(driverIds: readonly string[]): Promise<OpenPush[]> {
+      if (driverIds.length === 0) return [];
+      return database.rows<OpenPush>(sql`
+        select ${openPushColumns} from pushes
+        where driver_id in (select jsonb_array_elements_text(${JSON.stringify(driverIds)}::jsonb)::uuid) and ${OPEN}
+        order by created_at`);
+    },
+
     /**
      * Counts one more send of each push; those that used their last re-send with this one are
      * flagged unacknowledged and returned (once: later sends, on a reconnect, do not flag again).

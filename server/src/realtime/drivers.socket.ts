@@ -3,6 +3,7 @@ import type { DriverClientEvents, DriverServerEvents, SocketData } from '#shared
 import { deliveryUpdatePayload, driverStatusPayload, type LocationFix, locationPayload } from '#shared/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { AuthGate } from '../platform/auth-throttle.js';
+import { createBatchWindow } from '../platform/batch-window.js';
 import { HubError, rateLimitedError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
@@ -20,7 +21,19 @@ import type { PresenceService } from '../presence/presence.service.js';
 interface DriversInterServer {
   /** "The driver's connection `sessionId` speaks for it now": every node closes the driver's older ones. */
   'driver:takeover': (driverId: string, sessionId: string) => void;
+  /** The same for many drivers at once, `[driverId, sessionId]` pairs: one message per batch of connects. */
+  'driver:takeovers': (pairs: [string, string][]) => void;
 }
+
+/** What the door answers a driver's handshake: admitted, or refused with the reason. */
+type DoorVerdict =
+  | { kind: 'admitted' }
+  | { kind: 'rate-limited'; retryAfterMs: number }
+  | { kind: 'refused'; message: string }
+  | { kind: 'unavailable' };
+
+/** Handshakes gather this long at the door, so a reconnect storm costs one token lookup per batch. */
+const DOOR_WINDOW_MS = 2;
 
 export type DriversNamespace = Namespace<DriverClientEvents, DriverServerEvents, DriversInterServer, SocketData>;
 type DriverSocket = Socket<any, any, any, SocketData>;
@@ -76,11 +89,46 @@ export function attachDriversNamespace(
         resolve(null);
       }
     });
+  /**
+   * Pushes sent to a socket of this node and not answered yet, by kind and delivery: a push due
+   * again while the app has yet to answer the last send (a re-send pass crossing a reconnect's)
+   * shares that send instead of reaching the app twice.
+   */
+  const awaiting = new WeakMap<DriverSocket, Map<string, Promise<unknown>>>();
+  const awaitingKey = (kind: PushKind, deliveryId: unknown) => `${kind}:${deliveryId}`;
+  const localSockets = (driverId: string) =>
+    [...(nsp.adapter.rooms.get(driverRoom(driverId)) ?? [])].map((id) => nsp.sockets.get(id)).filter((socket): socket is DriverSocket => socket !== undefined);
+  function sendToSocket(socket: DriverSocket, kind: PushKind, payload: unknown, timeoutMs: number): Promise<unknown> {
+    let pending = awaiting.get(socket);
+    if (!pending) awaiting.set(socket, (pending = new Map()));
+    const key = awaitingKey(kind, (payload as { deliveryId?: unknown } | null)?.deliveryId);
+    const inFlight = pending.get(key);
+    if (inFlight) return inFlight;
+    const send = new Promise<unknown>((resolve) => {
+      try {
+        // One socket: the acknowledgement's first argument is the app's answer itself.
+        socket.timeout(timeoutMs).emit(kind, payload, (err: unknown, reply: unknown) => resolve(err ? null : reply));
+      } catch {
+        resolve(null);
+      }
+    });
+    pending.set(key, send);
+    void send.finally(() => pending.delete(key));
+    return send;
+  }
   const transport: PushTransport = {
     broadcast: (driverId, kind, payload, timeoutMs) => withAck(nsp.to(driverRoom(driverId)) as unknown as Broadcast, kind, payload, timeoutMs),
-    sendLocal: (driverId, kind, payload, timeoutMs) =>
-      transport.isLocal(driverId) ? withAck(nsp.local.to(driverRoom(driverId)) as unknown as Broadcast, kind, payload, timeoutMs) : Promise.resolve(null),
+    sendLocal: async (driverId, kind, payload, timeoutMs) => {
+      const sockets = localSockets(driverId);
+      if (sockets.length === 0) return null;
+      const replies = await Promise.all(sockets.map((socket) => sendToSocket(socket, kind, payload, timeoutMs)));
+      return replies.find(isAcknowledgement) ?? replies.find((reply) => reply !== null && reply !== undefined) ?? null;
+    },
     isLocal: (driverId) => (nsp.adapter.rooms.get(driverRoom(driverId))?.size ?? 0) > 0,
+    awaitingAnswer: (driverId, kind, deliveryId) => {
+      const sockets = localSockets(driverId);
+      return sockets.length > 0 && sockets.every((socket) => awaiting.get(socket)?.has(awaitingKey(kind, deliveryId)) === true);
+    },
     *localDrivers() {
       for (const socket of nsp.sockets.values()) yield socket.data.subject;
     },
@@ -107,28 +155,41 @@ export function attachDriversNamespace(
     next();
   });
 
-  // Per driver, not per address: the newest connection wins anyway, so this only caps how often it may win.
-  // Before any database lookup: a reconnect storm with a valid token costs a Redis call, not a query.
+  /**
+   * The door, for many handshakes at once: each driver's connect budget first (per driver, not per
+   * address: the newest connection wins anyway, so this only caps how often it may win), so a storm
+   * with valid tokens costs Redis calls, sent together in one round trip, before any database work;
+   * then one lookup of the token versions of those let through: a revoked token (the driver's
+   * version moved on) or a removed driver is refused here.
+   */
+  async function judgeAtDoor(items: readonly { driverId: string; tokenVersion: number }[]): Promise<DoorVerdict[]> {
+    const limited = await Promise.all(items.map((item) => Promise.resolve(limits.consume('driverConnect', item.driverId)).catch(() => null)));
+    const admitted = [...new Set(items.filter((_, i) => limited[i] === null).map((item) => item.driverId))];
+    const versions = admitted.length > 0 ? await deps.drivers.tokenVersions(admitted).catch(() => null) : new Map<string, number>();
+    return items.map((item, i): DoorVerdict => {
+      const retryAfterMs = limited[i];
+      if (retryAfterMs !== null) return { kind: 'rate-limited', retryAfterMs };
+      if (!versions) return { kind: 'unavailable' };
+      const current = versions.get(item.driverId);
+      if (current === undefined) return { kind: 'refused', message: 'no such driver' };
+      return current === item.tokenVersion ? { kind: 'admitted' } : { kind: 'refused', message: 'token revoked' };
+    });
+  }
+  const door = createBatchWindow({ windowMs: DOOR_WINDOW_MS, maxBatch: 500, concurrency: 2, run: judgeAtDoor });
+
   nsp.use(async (socket, next) => {
     const driverId = socket.data.subject;
-    const retryAfterMs = await limits.consume('driverConnect', driverId);
-    if (retryAfterMs === null) return next();
-    metrics.rateLimited.inc({ event: 'connect' });
-    const skipped = connectLog.take(driverId, retryAfterMs);
-    if (skipped !== null) deps.logger.warn({ driver: driverId, retryAfterMs, refusedSinceLastLine: skipped }, 'driver handshake rate limited');
-    next(handshakeError(rateLimitedError('connections for this driver', retryAfterMs)));
-  });
-
-  // A revoked token (the driver's token version moved on) or a removed driver is refused at the door.
-  nsp.use(async (socket, next) => {
-    try {
-      const current = (await deps.drivers.tokenVersions([socket.data.subject])).get(socket.data.subject);
-      if (current !== undefined && (socket.data.tokenVersion ?? 0) === current) return next();
-      await deps.auth.failed('handshake', deps.auth.handshakeAddress(socket.handshake));
-      next(handshakeError(new HubError('TOKEN_INVALID', current === undefined ? 'no such driver' : 'token revoked')));
-    } catch {
-      next(handshakeError(new HubError('SERVICE_UNAVAILABLE', 'try again shortly')));
+    const verdict = await door.add({ driverId, tokenVersion: socket.data.tokenVersion ?? 0 }).catch((): DoorVerdict => ({ kind: 'unavailable' }));
+    if (verdict.kind === 'admitted') return next();
+    if (verdict.kind === 'rate-limited') {
+      metrics.rateLimited.inc({ event: 'connect' });
+      const skipped = connectLog.take(driverId, verdict.retryAfterMs);
+      if (skipped !== null) deps.logger.warn({ driver: driverId, retryAfterMs: verdict.retryAfterMs, refusedSinceLastLine: skipped }, 'driver handshake rate limited');
+      return next(handshakeError(rateLimitedError('connections for this driver', verdict.retryAfterMs)));
     }
+    if (verdict.kind === 'unavailable') return next(handshakeError(new HubError('SERVICE_UNAVAILABLE', 'try again shortly')));
+    await deps.auth.failed('handshake', deps.auth.handshakeAddress(socket.handshake));
+    next(handshakeError(new HubError('TOKEN_INVALID', verdict.message)));
   });
 
   // One listener per event for the whole namespace; each reads its socket from `this`.
@@ -178,6 +239,27 @@ export function attachDriversNamespace(
   nsp.on('driver:takeover', (driverId, sessionId) => {
     if (typeof driverId === 'string' && typeof sessionId === 'string') closeOlder(driverId, sessionId);
   });
+  nsp.on('driver:takeovers', (pairs) => {
+    if (!Array.isArray(pairs)) return;
+    for (const pair of pairs) if (Array.isArray(pair) && typeof pair[0] === 'string' && typeof pair[1] === 'string') closeOlder(pair[0], pair[1]);
+  });
+
+  /**
+   * Takeovers leave for the other nodes together: every connect that finished in this turn of the
+   * event loop (a batch of them does) in one message, rather than one Redis publish per driver.
+   */
+  let takeovers: [string, string][] = [];
+  function announceTakeover(driverId: string, sessionId: string): void {
+    if (!deps.clustered) return;
+    if (takeovers.length === 0) {
+      setImmediate(() => {
+        const pairs = takeovers;
+        takeovers = [];
+        nsp.serverSideEmit('driver:takeovers', pairs);
+      });
+    }
+    takeovers.push([driverId, sessionId]);
+  }
 
   /**
    * One connection speaks for a driver: the newest by handshake time, however many arrive at once
@@ -197,7 +279,7 @@ export function attachDriversNamespace(
         return;
       }
       closeOlder(driverId, sessionId);
-      if (deps.clustered) nsp.serverSideEmit('driver:takeover', driverId, sessionId);
+      announceTakeover(driverId, sessionId);
       if (!socket.connected) return;
       socket.emit('session', session);
       // Its job again, and whatever the app has not acknowledged (a cancel that crossed the disconnect).
