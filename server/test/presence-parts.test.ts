@@ -28,6 +28,7 @@ function fakeStore(overrides: Partial<PresenceStore> = {}) {
     enabled: true,
     available: true,
     healthy: true,
+    connected: true,
     writeFixes: record('writeFixes', (fixes: Fix[]) => fixes.map((): DriverStatus => 'AVAILABLE')),
     tryRebuildLock: record('tryRebuildLock', () => true),
     setStatus: record('setStatus', () => undefined),
@@ -252,14 +253,33 @@ describe('redis repair', () => {
     expect(redis.named('rebuild')).toHaveLength(1);
   });
 
+  it('when writes time out until the circuit opens but the connection stays up, then health is down meanwhile and the next round reconciles: no rebuild, no restore announced', async () => {
+    let healthy = true;
+    const redis = fakeStore();
+    Object.defineProperty(redis.store, 'healthy', { get: () => healthy });
+    const { repair, restored } = repairWith(redis.store, { livePage: async () => [row(DRIVER, 'AVAILABLE')] });
+    healthy = false;
+    for (let i = 0; i < 3; i++) repair.redisWriteFailed('setStatus', new Error('Command timed out'));
+    expect(repair.redisHealthy()).toBe(false);
+    healthy = true;
+    await repair.repairRedis();
+    expect(redis.named('rebuild')).toEqual([]);
+    expect(redis.named('lookup')).toEqual([[[DRIVER]]]);
+    expect(restored).toEqual([]);
+    expect(repair.redisHealthy()).toBe(true);
+  });
+
   it('when another node holds the rebuild lock, then this node does not rebuild but counts Redis as back', async () => {
     let healthy = false;
+    let connected = false;
     const redis = fakeStore({ hasPicture: async () => false, tryRebuildLock: async () => false });
     Object.defineProperty(redis.store, 'healthy', { get: () => healthy });
+    Object.defineProperty(redis.store, 'connected', { get: () => connected });
     const { repair, restored } = repairWith(redis.store);
-    // A write failing while the circuit is open: Redis is lost, not just slow.
+    // A write failing with the connection down: Redis is lost, not just slow.
     repair.redisWriteFailed('setStatus', new Error('gone'));
     healthy = true;
+    connected = true;
     expect(repair.redisHealthy()).toBe(false);
     await repair.repairRedis();
     expect(redis.named('rebuild')).toEqual([]);

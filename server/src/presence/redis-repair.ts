@@ -56,10 +56,14 @@ export function createRedisRepair(deps: RedisRepairDeps): RedisRepair {
 
   /**
    * A Redis write failed. PostgreSQL already holds the truth: a Redis that went away is rebuilt
-   * when it returns; a passing failure (one timeout) only needs the next reconcile pass.
+   * when it returns; a failure on a connection still up (timeouts, however many, and the circuit
+   * they open) only needs the next reconcile pass. Such timeouts are often this process's own: an
+   * event loop that ran late fires a command's timer before reading the reply already waiting, so
+   * under a reconnect storm they came in bursts, and each burst rebuilt all of Redis and sent every
+   * local driver's open pushes again.
    */
   function redisWriteFailed(what: string, err: unknown): void {
-    if (store.healthy) reconcileSoon = true;
+    if (store.connected) reconcileSoon = true;
     else redisLost = true;
     log.debug({ what, err: (err as Error).message }, 'redis write skipped');
   }
@@ -184,10 +188,8 @@ export function createRedisRepair(deps: RedisRepairDeps): RedisRepair {
       // Changes that landed between the read and the rebuild: put them right at once.
       await reconcile();
     } catch (err) {
-      // A command of this round timing out while Redis stays connected (a busy Redis, a reconnect
-      // storm) is a passing failure, like a failed write: the next round looks again. Counting it as
-      // a lost picture rebuilt all of Redis and sent every local driver's open pushes again, the
-      // worst work to add to a storm.
+      // A command of this round timing out while Redis stays connected is a passing failure, like
+      // a failed write: the next round looks again (a Redis that lost our picture says so then).
       redisWriteFailed('repair', err);
       throw err;
     }

@@ -175,7 +175,7 @@ export function attachDriversNamespace(
       return current === item.tokenVersion ? { kind: 'admitted' } : { kind: 'refused', message: 'token revoked' };
     });
   }
-  const door = createBatchWindow({ windowMs: DOOR_WINDOW_MS, maxBatch: 500, concurrency: 2, run: judgeAtDoor });
+  const door = createBatchWindow({ windowMs: DOOR_WINDOW_MS, maxBatch: 200, concurrency: 2, run: judgeAtDoor });
 
   nsp.use(async (socket, next) => {
     const driverId = socket.data.subject;
