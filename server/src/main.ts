@@ -13,6 +13,7 @@ import { createOutboxStore } from './outbox/outbox.store.js';
 import { type Config, ConfigError, parseConfig } from './platform/config.js';
 import { openDatabase } from './platform/db.js';
 import { HubEvents } from './platform/hub-events.js';
+import { createLoadGauge, neverOverloaded } from './platform/load-gauge.js';
 import { createLogger, type Logger, wantsPrettyLogs } from './platform/logger.js';
 import { createMetrics } from './platform/metrics.js';
 import { connectRedis, createRedisClients, type RedisClients } from './platform/redis.js';
@@ -77,7 +78,11 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     metrics,
     config: { retryMs: config.PUSH_RETRY_MS, maxResends: config.PUSH_MAX_RESENDS },
   });
+  // Past this lag the loop is not keeping up: positions are refused until it does (sessions,
+  // heartbeats and claims go on), rather than acknowledged and written seconds late.
+  const load = config.SHED_LAG_MS > 0 ? createLoadGauge({ lagLimitMs: config.SHED_LAG_MS }) : neverOverloaded;
   const presence = createPresenceService({
+    load,
     drivers,
     store: redis
       ? createPresenceStore({ redis: redis.command, breaker: redis.breaker, prefix: config.REDIS_PREFIX, heartbeatTtlSeconds: config.HEARTBEAT_TTL_SECONDS })
@@ -176,6 +181,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
         await relay.stop();
         await redis?.close();
         await database.close();
+        load.stop();
       })();
       return stopping;
     },

@@ -28,6 +28,7 @@ function fakeStore(overrides: Partial<PresenceStore> = {}) {
     enabled: true,
     available: true,
     healthy: true,
+    connected: true,
     writeFixes: record('writeFixes', (fixes: Fix[]) => fixes.map((): DriverStatus => 'AVAILABLE')),
     tryRebuildLock: record('tryRebuildLock', () => true),
     setStatus: record('setStatus', () => undefined),
@@ -169,12 +170,38 @@ describe('position pipeline', () => {
     expect(flushed).toEqual([[expect.objectContaining({ id: DRIVER, lat: BERLIN.lat })]]);
   });
 
-  it('when drivers ping, then the heartbeat round learns who was heard, once', async () => {
+  it('when drivers ping and their positions are written, then the heartbeat round learns whose heartbeats the writes refreshed, once', async () => {
     const { pipeline } = pipelineWith(fakeStore().store);
     pipeline.acceptFixes(DRIVER, [BERLIN]);
+    await flush(pipeline);
+    const kept = pipeline.takeKeptAlive();
+    expect(kept.postgres).toEqual(new Set([DRIVER]));
+    expect(kept.redisFresh(DRIVER)).toBe(true);
+    expect(kept.redisFresh(OTHER)).toBe(false);
+    expect(pipeline.takeKeptAlive().postgres.size).toBe(0);
+  });
+
+  it('when fixes arrive but cannot be written, then the heartbeat round is told nobody was kept alive by them', async () => {
+    const { pipeline, failFlushes } = pipelineWith(fakeStore({ writeFixes: async () => Promise.reject(new Error('timeout')) }).store);
+    failFlushes(true);
+    pipeline.acceptFixes(DRIVER, [BERLIN]);
+    await flush(pipeline);
+    const kept = pipeline.takeKeptAlive();
+    expect(kept.postgres.size).toBe(0);
+    expect(kept.redisFresh(DRIVER)).toBe(false);
+  });
+
+  it('when a GEO write stays out past a second, then the pipeline says it is behind until the write answers', async () => {
+    let answer: (statuses: DriverStatus[]) => void = () => {};
+    const { pipeline } = pipelineWith(fakeStore({ writeFixes: () => new Promise((resolve) => (answer = resolve)) }).store);
+    pipeline.acceptFixes(DRIVER, [BERLIN]);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(pipeline.behind()).toBe(false);
+    await new Promise((r) => setTimeout(r, 1050));
+    expect(pipeline.behind()).toBe(true);
+    answer(['AVAILABLE']);
     await pipeline.halt();
-    expect(pipeline.takeHeard()).toEqual(new Set([DRIVER]));
-    expect(pipeline.takeHeard().size).toBe(0);
+    expect(pipeline.behind()).toBe(false);
   });
 });
 
@@ -202,7 +229,7 @@ describe('redis repair', () => {
       metrics: createMetrics('unit'),
       config: { heartbeatTtlSeconds: 30 },
       localDrivers: () => local,
-      takeHeard: () => new Set(heard),
+      takeKeptAlive: () => ({ postgres: new Set(heard), redisFresh: (id) => heard.includes(id) }),
       sweptOffline: async (r) => void swept.push(r),
     });
     return { repair, restored, touched, swept };
@@ -252,14 +279,33 @@ describe('redis repair', () => {
     expect(redis.named('rebuild')).toHaveLength(1);
   });
 
+  it('when writes time out until the circuit opens but the connection stays up, then health is down meanwhile and the next round reconciles: no rebuild, no restore announced', async () => {
+    let healthy = true;
+    const redis = fakeStore();
+    Object.defineProperty(redis.store, 'healthy', { get: () => healthy });
+    const { repair, restored } = repairWith(redis.store, { livePage: async () => [row(DRIVER, 'AVAILABLE')] });
+    healthy = false;
+    for (let i = 0; i < 3; i++) repair.redisWriteFailed('setStatus', new Error('Command timed out'));
+    expect(repair.redisHealthy()).toBe(false);
+    healthy = true;
+    await repair.repairRedis();
+    expect(redis.named('rebuild')).toEqual([]);
+    expect(redis.named('lookup')).toEqual([[[DRIVER]]]);
+    expect(restored).toEqual([]);
+    expect(repair.redisHealthy()).toBe(true);
+  });
+
   it('when another node holds the rebuild lock, then this node does not rebuild but counts Redis as back', async () => {
     let healthy = false;
+    let connected = false;
     const redis = fakeStore({ hasPicture: async () => false, tryRebuildLock: async () => false });
     Object.defineProperty(redis.store, 'healthy', { get: () => healthy });
+    Object.defineProperty(redis.store, 'connected', { get: () => connected });
     const { repair, restored } = repairWith(redis.store);
-    // A write failing while the circuit is open: Redis is lost, not just slow.
+    // A write failing with the connection down: Redis is lost, not just slow.
     repair.redisWriteFailed('setStatus', new Error('gone'));
     healthy = true;
+    connected = true;
     expect(repair.redisHealthy()).toBe(false);
     await repair.repairRedis();
     expect(redis.named('rebuild')).toEqual([]);
@@ -276,7 +322,7 @@ describe('redis repair', () => {
     expect(redis.named('expiredDrivers')).toHaveLength(1);
   });
 
-  it('when only some of this node drivers sent fixes, then the heartbeat round touches the quiet ones, in both stores', async () => {
+  it('when only some of this node drivers had their heartbeats refreshed by position writes, then the heartbeat round touches the others, in both stores', async () => {
     const redis = fakeStore();
     const { repair, touched } = repairWith(redis.store, {}, [DRIVER, OTHER, 'c'], [OTHER]);
     await repair.keepLocalAlive();

@@ -86,6 +86,50 @@ interface StormResult {
     p99Ratio: number | null;
   };
   hubCounters?: Record<string, number>;
+  storesDuringStorm?: StoreSamples;
+}
+
+interface StoreSamples {
+  /** Samples of the bench database's backends: how many were in each state / wait event, summed over samples. */
+  postgresSamples: number;
+  postgresActiveMean: number;
+  postgresWaits: Record<string, number>;
+  redisPingMs: ReturnType<typeof summarize>;
+}
+
+/** Samples pg_stat_activity of one database and Redis PING latency every 100 ms until stopped. */
+function sampleStores(database: string, appName: string): { stop(): Promise<StoreSamples> } {
+  const sql = postgres(PG_ADMIN_URL, { max: 1, onnotice: () => {}, connection: { application_name: appName } });
+  const redis = new Redis(SHARED_REDIS_URL, { enableAutoPipelining: false });
+  const waits: Record<string, number> = {};
+  const pings: number[] = [];
+  let samples = 0;
+  let active = 0;
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const started = performance.now();
+      const [rows] = await Promise.all([
+        sql<{ state: string | null; wait: string | null }[]>`
+          select state, coalesce(wait_event_type || ':' || wait_event, 'cpu') as wait from pg_stat_activity
+          where datname = ${database} and application_name = 'dispatch-hub' and state <> 'idle'`.catch(() => []),
+        redis.ping().then(() => pings.push(performance.now() - started)).catch(() => {}),
+      ]);
+      samples += 1;
+      active += rows.length;
+      for (const row of rows) waits[`${row.state}:${row.wait}`] = (waits[`${row.state}:${row.wait}`] ?? 0) + 1;
+      await sleep(Math.max(0, 100 - (performance.now() - started)));
+    }
+  })();
+  return {
+    async stop() {
+      running = false;
+      await loop;
+      await sql.end();
+      redis.disconnect();
+      return { postgresSamples: samples, postgresActiveMean: round(active / Math.max(1, samples), 2)!, postgresWaits: waits, redisPingMs: summarize(pings) };
+    },
+  };
 }
 
 const portOf = (url: string, fallback: number) => Number(new URL(url).port || fallback);
@@ -272,6 +316,9 @@ async function runStorm(
     await a.kill();
     ctx.log(`[${label}] ${a.name} killed (SIGKILL); ${initial.connected} sockets coming back to ${b.name} and ${c.name}`);
 
+    // What the stores were doing meanwhile: the hub's PostgreSQL backends by wait event (sampled
+    // every 100 ms), and Redis's answer time to a PING (every 100 ms) from outside the hub.
+    const sampler = hubRun ? sampleStores(db!.name, `storm-${label}`) : null;
     let geoMin = Number.POSITIVE_INFINITY;
     let report: StormReport = await group.stormReport();
     let lastLog = 0;
@@ -288,6 +335,7 @@ async function runStorm(
       await sleep(100);
     }
     const backAt = wallMs();
+    const stores = sampler ? await sampler.stop() : null;
     const survivorStats = await Promise.all(survivors.map((s) => s.stats()));
     if (profilePath) {
       await b.rpc.call('profileStop', { path: profilePath });
@@ -390,6 +438,7 @@ async function runStorm(
         counters.driversSwept = (counters.driversSwept ?? 0) + metricValue(text, 'hub_drivers_swept_total');
       }
       result.hubCounters = counters;
+      result.storesDuringStorm = stores ?? undefined;
       if (notAssignable && Object.keys(notAssignable).length > 0) (result as unknown as Record<string, unknown>).notAssignableAtEnd = notAssignable;
     }
     ctx.log(`[${label}] ${JSON.stringify({ ...result, refused: result.refused })}`);

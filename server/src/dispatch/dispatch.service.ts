@@ -102,10 +102,12 @@ export function createDispatchService(deps: DispatchDeps) {
     windowMs: FREED_WINDOW_MS,
     maxBatch: 1000,
     run: async (items) => {
-      if (await deliveries.anyPending()) {
-        for (const { driverId, position } of items) {
-          await offerPendingTo(driverId, position).catch((err) => log.warn({ driver: driverId, err: (err as Error).message }, 'pending offer failed'));
-        }
+      let waiting = await deliveries.anyPending();
+      for (let i = 0; waiting && i < items.length; i++) {
+        const { driverId, position } = items[i];
+        await offerPendingTo(driverId, position).catch((err) => log.warn({ driver: driverId, err: (err as Error).message }, 'pending offer failed'));
+        // The waiting deliveries may all be taken by now: the rest of the batch need not try.
+        if (i % 20 === 19) waiting = await deliveries.anyPending();
       }
       return items.map(() => undefined);
     },

@@ -87,6 +87,12 @@ const envSchema = z.object({
   /** How often each driver hears `location:stored` at most; well under the client's 10 s re-send. */
   LOCATION_CONFIRM_MS: intFromEnv(3000, 200, 9000),
   PUSH_MAX_RESENDS: intFromEnv(10, 1, 1000),
+  /**
+   * Event-loop lag p99 (ms, over a quarter second) past which location fixes are refused with a
+   * RATE_LIMITED answer until the hub catches up; 0 never refuses. A loop that keeps up shows a few
+   * milliseconds, tens while a batch or a GC runs; hundreds mean it is falling behind.
+   */
+  SHED_LAG_MS: intFromEnv(200, 0, 60_000),
   /** The hub's address as customers and apps reach it (tracking links); unset: http://localhost:<the port it listens on>. */
   PUBLIC_URL: optionalString.pipe(
     z

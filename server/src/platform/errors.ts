@@ -75,3 +75,11 @@ export function validationError(issues: { path: PropertyKey[]; message: string }
 export function rateLimitedError(what: string, retryAfterMs: number): HubError {
   return new HubError('RATE_LIMITED', `too many ${what}; retry in ${retryAfterMs} ms`, { retryAfterMs });
 }
+
+/**
+ * Work refused because the hub is past what it can do right now (it sheds positions to keep
+ * sessions and heartbeats going): answered like a rate limit, so clients back off the same way.
+ */
+export function overloadedError(what: string, retryAfterMs: number): HubError {
+  return new HubError('RATE_LIMITED', `hub busy: ${what} not stored; retry in ${retryAfterMs} ms`, { retryAfterMs, overloaded: true });
+}

@@ -24,6 +24,7 @@ export function createMetrics(nodeId: string) {
     pushesSent: new Counter({ name: 'hub_pushes_sent_total', help: 'Pushes sent to driver apps (first: through the adapter; again: re-sent by the node holding the socket)', labelNames: ['kind', 'how'], registers: [registry] }),
     pushesAcknowledged: new Counter({ name: 'hub_pushes_acknowledged_total', help: 'Pushes the driver app acknowledged', labelNames: ['kind'], registers: [registry] }),
     pushesUnacknowledged: new Counter({ name: 'hub_pushes_unacknowledged_total', help: 'Pushes flagged unacknowledged after every re-send went unanswered', labelNames: ['kind'], registers: [registry] }),
+    locationsShed: new Counter({ name: 'hub_location_fixes_shed_total', help: 'Location fixes refused because the hub was past its capacity (event loop late or position writes behind)', registers: [registry] }),
     rateLimited: new Counter({ name: 'hub_rate_limited_total', help: 'Events refused by rate limits', labelNames: ['event'], registers: [registry] }),
     authFailures: new Counter({ name: 'hub_auth_failures_total', help: 'Failed authentications by kind (admin, webhook, handshake, tracking)', labelNames: ['kind'], registers: [registry] }),
   };

@@ -10,8 +10,11 @@ type AnySocket = Socket<any, any, any, any>;
 export interface EdgeDeps {
   logger: Logger;
   metrics: Metrics;
-  /** Consulted before the payload is even parsed: null to go on, else milliseconds until a retry may pass. */
-  limit?: (socket: AnySocket) => number | null | Promise<number | null>;
+  /**
+   * Consulted before the payload is even parsed: null to go on, else milliseconds until a retry may
+   * pass, or the refusal itself (a hub shedding load says why).
+   */
+  limit?: (socket: AnySocket) => number | HubError | null | Promise<number | null>;
 }
 
 /** Who a log line about a socket is about, under the same keys as the namespaces' own lines. */
@@ -53,9 +56,10 @@ export function eventListener<T extends object>(
   handler: (socket: AnySocket, payload: unknown) => Promise<T> | T,
 ): SharedListener {
   type Ack = ((reply: AckReply<T>) => void) | undefined;
-  const refuse = (socket: AnySocket, ack: Ack, retryAfterMs: number) => {
-    noteRateLimited(socket, event, retryAfterMs, deps);
-    ack?.({ ok: false, error: rateLimitedError(`${event} events`, retryAfterMs).toBody() });
+  const refuse = (socket: AnySocket, ack: Ack, refusal: number | HubError) => {
+    const error = typeof refusal === 'number' ? rateLimitedError(`${event} events`, refusal) : refusal;
+    noteRateLimited(socket, event, (error.details as { retryAfterMs?: number } | undefined)?.retryAfterMs ?? 1000, deps);
+    ack?.({ ok: false, error: error.toBody() });
   };
   const fail = (socket: AnySocket, ack: Ack, err: unknown) => {
     const hubError = toHubError(err);
@@ -80,7 +84,7 @@ export function eventListener<T extends object>(
     const last = args[args.length - 1];
     const ack = typeof last === 'function' ? (last as (reply: AckReply<T>) => void) : undefined;
     const payload = ack ? args.slice(0, -1)[0] : args[0];
-    let limited: number | null | Promise<number | null> = null;
+    let limited: number | HubError | null | Promise<number | null> = null;
     try {
       limited = deps.limit ? deps.limit(this) : null;
     } catch {

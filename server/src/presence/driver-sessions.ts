@@ -51,7 +51,7 @@ export interface DriverSessionsDeps {
  * driver; alone, a connect waits this long plus its round trips.
  */
 export const CONNECT_WINDOW_MS = 2;
-const CONNECTS_PER_BATCH = 500;
+const CONNECTS_PER_BATCH = 200;
 
 interface Connecting {
   driverId: string;

@@ -1,18 +1,18 @@
 import { Hono } from 'hono';
 import { locationPayload } from '#shared/schemas.js';
-import { HubError, rateLimitedError } from '../platform/errors.js';
+import { HubError, overloadedError, rateLimitedError } from '../platform/errors.js';
 import { bearerToken, jsonBody } from '../platform/http-input.js';
 import type { Metrics } from '../platform/metrics.js';
 import type { RateLimits } from '../platform/rate-limits.js';
 import { parsePayload } from '../platform/payload.js';
 import type { TokenService } from '../platform/tokens.js';
 import type { DriversStore } from '../drivers/drivers.store.js';
-import type { PresenceService } from './presence.service.js';
+import { type PresenceService, SHED_RETRY_MS } from './presence.service.js';
 
 export interface LocationRoutesDeps {
   tokens: TokenService;
   drivers: Pick<DriversStore, 'tokenVersions'>;
-  presence: Pick<PresenceService, 'acceptFixes'>;
+  presence: Pick<PresenceService, 'acceptFixes' | 'shedding'>;
   limits: RateLimits;
   metrics: Metrics;
 }
@@ -28,6 +28,11 @@ export function createLocationRoutes(deps: LocationRoutesDeps) {
     const claims = await deps.tokens.verify(bearerToken(c) || undefined);
     if (claims.role !== 'driver') throw new HubError('FORBIDDEN', 'driver token required');
     const driverId = claims.subject;
+    // Past capacity, refused as the socket path refuses it (and before any work).
+    if (deps.presence.shedding()) {
+      deps.metrics.locationsShed.inc();
+      throw overloadedError('position', SHED_RETRY_MS);
+    }
     // The budget comes before any database work, and is the socket path's own.
     const retryAfterMs = await deps.limits.consume('location', driverId);
     if (retryAfterMs !== null) {

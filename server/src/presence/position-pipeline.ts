@@ -22,6 +22,11 @@ export function storedSlotOf(driverId: string): number {
   return Number.isNaN(n) ? 0 : n % STORED_SLOTS;
 }
 
+/** A GEO write out this long (one round trip, usually milliseconds) means the writes are behind. */
+const GEO_WRITE_BEHIND_MS = 1000;
+/** A position flush running this long (usually tens of milliseconds) means the writes are behind. */
+const POSITION_FLUSH_BEHIND_MS = 5000;
+
 /** What a status change means for the driver's heartbeat key (the presence store's SET_STATUS). */
 export type HeartbeatChange = 'refresh' | 'keep' | 'drop';
 
@@ -52,8 +57,19 @@ export interface PositionPipeline {
   forget(driverId: string): void;
   /** A new connection: it confirms only what it sends itself. */
   restartConfirmations(driverId: string): void;
-  /** Drivers heard from (a fix) since the last call: their fixes already kept them alive. */
-  takeHeard(): Set<string>;
+  /**
+   * Drivers whose heartbeat the position writes themselves refreshed, so the heartbeat round need
+   * not: in PostgreSQL, those whose position was flushed since the last call; in Redis, those whose
+   * heartbeat key a GEO write rewrote less than half the TTL ago. Only writes that succeeded
+   * count: a driver whose fixes arrive but cannot be written (the hub behind, a store away) is kept
+   * alive by the round, never left to expire while it pings.
+   */
+  takeKeptAlive(): { postgres: ReadonlySet<string>; redisFresh(driverId: string): boolean };
+  /**
+   * Writes are falling behind: a GEO write or a position flush has been out far longer than it
+   * takes. Fixes accepted now would wait behind it; they are better refused until it catches up.
+   */
+  behind(): boolean;
   /** No more scheduled GEO writes; waits for the one in flight. */
   halt(): Promise<void>;
   /** Whatever is still pending goes out, to Redis and PostgreSQL (shutdown). */
@@ -78,10 +94,14 @@ export function createPositionPipeline(deps: PositionPipelineDeps): PositionPipe
   let toPostgres = new Map<string, DriverPosition>();
   /** Positions that changed since the map last looked, with the status the GEO write saw. */
   let moved = new Map<string, DriverPosition & { status: DriverStatus }>();
-  /** Local drivers that pinged since the last heartbeat round: their fixes already kept them alive. */
-  let heardSinceTouch = new Set<string>();
-  /** When this node last rewrote each local driver's heartbeat key with a fix. */
+  /** Drivers whose position reached PostgreSQL since the heartbeat round last asked. */
+  let flushedSinceTouch = new Set<string>();
+  /** When this node last sent a rewrite of each local driver's heartbeat key with a fix. */
   const beatAt = new Map<string, number>();
+  /** When such a rewrite last succeeded. */
+  const beatWrittenAt = new Map<string, number>();
+  /** When the position flush in progress started (null: none running). */
+  let pgFlushStartedAt: number | null = null;
   const beatEveryMs = (deps.config.heartbeatTtlSeconds * 1000) / 3;
   /** GEO writes: at most one script call in flight; fixes that arrive meanwhile ride the next one. */
   let geoWrite: Promise<void> | null = null;
@@ -113,6 +133,7 @@ export function createPositionPipeline(deps: PositionPipelineDeps): PositionPipe
         written = await store.writeFixes(fixes);
         metrics.geoWrites.inc();
         markStored(batch);
+        for (const fix of fixes) if (fix.beat) beatWrittenAt.set(fix.id, now);
       } catch (err) {
         for (const fix of fixes) if (fix.beat) beatAt.delete(fix.id);
         deps.redisWriteFailed('geo batch', err);
@@ -160,14 +181,18 @@ export function createPositionPipeline(deps: PositionPipelineDeps): PositionPipe
     if (toPostgres.size === 0) return;
     const batch = [...toPostgres.values()];
     toPostgres = new Map();
+    pgFlushStartedAt = performance.now();
     try {
       await drivers.flushPositions(batch);
       metrics.positionFlushes.inc();
       markStored(batch);
+      for (const p of batch) flushedSinceTouch.add(p.id);
     } catch (err) {
       // Keep the newest positions for the next flush rather than lose them.
       for (const p of batch) if (!toPostgres.has(p.id)) toPostgres.set(p.id, p);
       log.warn({ err: (err as Error).message, positions: batch.length }, 'position flush failed');
+    } finally {
+      pgFlushStartedAt = null;
     }
   }
 
@@ -185,7 +210,6 @@ export function createPositionPipeline(deps: PositionPipelineDeps): PositionPipe
       if (seq !== undefined) position.seq = Math.max(seq, toRedis.get(driverId)?.seq ?? -1, toPostgres.get(driverId)?.seq ?? -1);
       toRedis.set(driverId, position);
       toPostgres.set(driverId, position);
-      heardSinceTouch.add(driverId);
       scheduleGeoWrite();
       metrics.pingsReceived.inc(fixes.length);
     },
@@ -212,12 +236,15 @@ export function createPositionPipeline(deps: PositionPipelineDeps): PositionPipe
 
     heartbeatChanged(driverId, change) {
       // A dropped heartbeat must come back with the next fix; a refreshed one need not for a while.
-      if (change === 'drop') beatAt.delete(driverId);
-      else if (change === 'refresh') beatAt.set(driverId, Date.now());
+      if (change === 'drop') {
+        beatAt.delete(driverId);
+        beatWrittenAt.delete(driverId);
+      } else if (change === 'refresh') beatAt.set(driverId, Date.now());
     },
 
     forget(driverId) {
       beatAt.delete(driverId);
+      beatWrittenAt.delete(driverId);
       toRedis.delete(driverId);
     },
 
@@ -225,10 +252,18 @@ export function createPositionPipeline(deps: PositionPipelineDeps): PositionPipe
       stored[storedSlotOf(driverId)].delete(driverId);
     },
 
-    takeHeard() {
-      const heard = heardSinceTouch;
-      heardSinceTouch = new Set();
-      return heard;
+    takeKeptAlive() {
+      const postgres = flushedSinceTouch;
+      flushedSinceTouch = new Set();
+      const now = Date.now();
+      // A key written less than half its life ago outlives the next round (a third of its life away)
+      // with time to spare; pinging drivers rewrite theirs every third of it, so only silenced ones go.
+      return { postgres, redisFresh: (driverId: string) => now - (beatWrittenAt.get(driverId) ?? 0) < beatEveryMs * 1.5 };
+    },
+
+    behind() {
+      const now = performance.now();
+      return (geoWrite !== null && now - geoWriteStartedAt > GEO_WRITE_BEHIND_MS) || (pgFlushStartedAt !== null && now - pgFlushStartedAt > POSITION_FLUSH_BEHIND_MS);
     },
 
     async halt() {

@@ -3,12 +3,16 @@ import type { DriverStatus } from '#shared/schemas.js';
 import type { DriversStore } from '../drivers/drivers.store.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
+import { type LoadGauge, neverOverloaded } from '../platform/load-gauge.js';
 import type { Metrics } from '../platform/metrics.js';
 import { createDriverSessions, type DriverSessions } from './driver-sessions.js';
 import { createCandidateSearch, type NearestCandidates } from './nearest-candidates.js';
 import { createPositionPipeline, type PositionPipeline } from './position-pipeline.js';
 import type { PresenceStore } from './presence.store.js';
 import { createRedisRepair, type RedisRepair } from './redis-repair.js';
+
+/** How long an app is told to wait before sending a fix the hub refused while shedding load. */
+export const SHED_RETRY_MS = 2000;
 
 export interface PresenceDeps {
   drivers: DriversStore;
@@ -20,6 +24,8 @@ export interface PresenceDeps {
   /** The delivery that holds each of the given drivers, as its app receives it (those one holds). */
   activeAssignments: (driverIds: readonly string[]) => Promise<Map<string, NonNullable<DriverSession['activeDelivery']>>>;
   config: { heartbeatTtlSeconds: number; locationTickMs: number; positionFlushMs: number; reconcileMs: number; maxRadiusKm: number };
+  /** This process's load: past its capacity, positions are refused (default: never). */
+  load?: LoadGauge;
 }
 
 /** Who is where and free: what the socket edges, dispatch and deliveries ask of presence. */
@@ -31,6 +37,11 @@ export interface PresenceService
    * The `count` nearest free drivers to a point: Redis GEO when it answers, PostgreSQL's last
    * known positions when Redis is away, disabled or fails. Proposals only; the claim decides.
    */
+  /**
+   * Whether fixes should be refused now: the event loop runs late or the position writes are
+   * behind. Sessions, heartbeats and claims go on regardless; positions wait (the app keeps them).
+   */
+  shedding(): boolean;
   nearestCandidates(point: { lat: number; lng: number }, count: number, passOver?: ReadonlySet<string>): Promise<NearestCandidates>;
   start(): void;
   /** Stops the background work and writes out what is pending; PostgreSQL may close after. */
@@ -58,7 +69,7 @@ export function createPresenceService(deps: PresenceDeps): PresenceService {
     metrics,
     config,
     localDrivers: () => sessions.localDrivers(),
-    takeHeard: () => positions.takeHeard(),
+    takeKeptAlive: () => positions.takeKeptAlive(),
     sweptOffline: (row) => sessions.publishStatus(row, 'drop'),
   });
   const positions = createPositionPipeline({ drivers, store, statuses, redisWriteFailed: repair.redisWriteFailed, logger, metrics, config });
@@ -92,6 +103,7 @@ export function createPresenceService(deps: PresenceDeps): PresenceService {
     claimed: sessions.claimed,
     redisHealthy: repair.redisHealthy,
     nearestCandidates,
+    shedding: () => positions.behind() || (deps.load ?? neverOverloaded).overloaded,
 
     start(): void {
       const ttlMs = config.heartbeatTtlSeconds * 1000;

@@ -131,6 +131,11 @@ export interface PresenceStore {
   readonly available: boolean;
   /** Healthy: connected and the circuit closed. */
   readonly healthy: boolean;
+  /**
+   * The connection is up (whatever the circuit says): a command that failed meanwhile timed out on
+   * a Redis that still holds our picture, not on one that went away.
+   */
+  readonly connected: boolean;
   /** One script call per chunk of fixes: heartbeat + GEOADD when AVAILABLE; returns the statuses, in order. */
   writeFixes(fixes: readonly Fix[]): Promise<DriverStatus[]>;
   /** Only one node rebuilds at a time. */
@@ -162,6 +167,7 @@ export function createNoopPresenceStore(): PresenceStore {
     enabled: false,
     available: false,
     healthy: false,
+    connected: false,
     writeFixes: async (fixes) => fixes.map(() => 'OFFLINE' as const),
     tryRebuildLock: async () => false,
     setStatus: async () => {},
@@ -204,6 +210,10 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
     /** Healthy: connected and the circuit closed. */
     get healthy(): boolean {
       return redis.status === 'ready' && breaker.state === 'closed';
+    },
+
+    get connected(): boolean {
+      return redis.status === 'ready';
     },
 
     /** One script call per chunk of fixes: heartbeat + GEOADD when AVAILABLE; returns the statuses, in order. */

@@ -27,7 +27,7 @@ export interface RedisRepair {
   reconcile(): Promise<void>;
   /** Takes drivers whose heartbeat went silent OFFLINE, and expired GEO members out of the set. */
   sweep(): Promise<void>;
-  /** Refreshes the heartbeats of this node's connected drivers that sent no fix since the last round. */
+  /** Refreshes the heartbeats of this node's connected drivers that no position write refreshed since the last round. */
   keepLocalAlive(): Promise<void>;
 }
 
@@ -40,8 +40,8 @@ export interface RedisRepairDeps {
   config: { heartbeatTtlSeconds: number };
   /** Drivers whose socket lives on this node. */
   localDrivers(): Iterable<string>;
-  /** Drivers heard from (a fix) since the last call. */
-  takeHeard(): ReadonlySet<string>;
+  /** Drivers whose heartbeat the position writes refreshed (see PositionPipeline.takeKeptAlive). */
+  takeKeptAlive(): { postgres: ReadonlySet<string>; redisFresh(driverId: string): boolean };
   /** A swept driver's new status goes to Redis and the map. */
   sweptOffline(row: DriverPresenceRow): Promise<void>;
 }
@@ -56,10 +56,14 @@ export function createRedisRepair(deps: RedisRepairDeps): RedisRepair {
 
   /**
    * A Redis write failed. PostgreSQL already holds the truth: a Redis that went away is rebuilt
-   * when it returns; a passing failure (one timeout) only needs the next reconcile pass.
+   * when it returns; a failure on a connection still up (timeouts, however many, and the circuit
+   * they open) only needs the next reconcile pass. Such timeouts are often this process's own: an
+   * event loop that ran late fires a command's timer before reading the reply already waiting, so
+   * under a reconnect storm they came in bursts, and each burst rebuilt all of Redis and sent every
+   * local driver's open pushes again.
    */
   function redisWriteFailed(what: string, err: unknown): void {
-    if (store.healthy) reconcileSoon = true;
+    if (store.connected) reconcileSoon = true;
     else redisLost = true;
     log.debug({ what, err: (err as Error).message }, 'redis write skipped');
   }
@@ -73,12 +77,18 @@ export function createRedisRepair(deps: RedisRepairDeps): RedisRepair {
   }
 
   async function keepLocalAlive(): Promise<void> {
-    // A pinging driver's heartbeat is refreshed by its fixes (Redis each tick, PostgreSQL each
-    // flush); only the quiet ones need a write here, which keeps this round small at scale.
-    const heard = deps.takeHeard();
-    const ids = [...deps.localDrivers()].filter((id) => !heard.has(id));
-    if (ids.length === 0) return;
-    await Promise.allSettled([drivers.touch(ids), bestEffort('touch', () => store.touch(ids))]);
+    // A connected driver is alive, whatever became of its fixes: this node writes the heartbeat of
+    // every one of its drivers that the position writes did not refresh (quiet drivers, and those
+    // whose fixes were refused or could not be written because the hub fell behind). Those the
+    // writes did refresh need nothing here, which keeps this round small at scale.
+    const kept = deps.takeKeptAlive();
+    const local = [...deps.localDrivers()];
+    const postgres = local.filter((id) => !kept.postgres.has(id));
+    const redis = local.filter((id) => !kept.redisFresh(id));
+    await Promise.allSettled([
+      postgres.length > 0 ? drivers.touch(postgres) : null,
+      redis.length > 0 ? bestEffort('touch', () => store.touch(redis)) : null,
+    ]);
   }
 
   async function sweep(): Promise<void> {
@@ -184,10 +194,8 @@ export function createRedisRepair(deps: RedisRepairDeps): RedisRepair {
       // Changes that landed between the read and the rebuild: put them right at once.
       await reconcile();
     } catch (err) {
-      // A command of this round timing out while Redis stays connected (a busy Redis, a reconnect
-      // storm) is a passing failure, like a failed write: the next round looks again. Counting it as
-      // a lost picture rebuilt all of Redis and sent every local driver's open pushes again, the
-      // worst work to add to a storm.
+      // A command of this round timing out while Redis stays connected is a passing failure, like
+      // a failed write: the next round looks again (a Redis that lost our picture says so then).
       redisWriteFailed('repair', err);
       throw err;
     }

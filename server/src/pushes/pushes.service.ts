@@ -177,7 +177,7 @@ export function createPushService(deps: PushDeps) {
     return items.map(({ driverId }) => open.filter((p) => p.driverId === driverId).length);
   }
 
-  const reconnects = createBatchWindow({ windowMs: RECONNECT_WINDOW_MS, maxBatch: 500, concurrency: 2, run: connectedBatch });
+  const reconnects = createBatchWindow({ windowMs: RECONNECT_WINDOW_MS, maxBatch: 200, concurrency: 2, run: connectedBatch });
 
   /** A driver's socket connected here (see connectedBatch); answers how many open pushes it had. */
   function connected(driverId: string, activeDelivery: { deliveryId: string } | null): Promise<number> {

@@ -4,7 +4,7 @@ import { deliveryUpdatePayload, driverStatusPayload, type LocationFix, locationP
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { AuthGate } from '../platform/auth-throttle.js';
 import { createBatchWindow } from '../platform/batch-window.js';
-import { HubError, rateLimitedError } from '../platform/errors.js';
+import { HubError, overloadedError, rateLimitedError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
@@ -16,7 +16,7 @@ import type { DriversStore } from '../drivers/drivers.store.js';
 import type { PushKind } from '../platform/schema.js';
 import { isAcknowledgement, type PushService, type PushTransport } from '../pushes/pushes.service.js';
 import { STORED_SLOTS } from '../presence/position-pipeline.js';
-import type { PresenceService } from '../presence/presence.service.js';
+import { type PresenceService, SHED_RETRY_MS } from '../presence/presence.service.js';
 
 interface DriversInterServer {
   /** "The driver's connection `sessionId` speaks for it now": every node closes the driver's older ones. */
@@ -175,7 +175,7 @@ export function attachDriversNamespace(
       return current === item.tokenVersion ? { kind: 'admitted' } : { kind: 'refused', message: 'token revoked' };
     });
   }
-  const door = createBatchWindow({ windowMs: DOOR_WINDOW_MS, maxBatch: 500, concurrency: 2, run: judgeAtDoor });
+  const door = createBatchWindow({ windowMs: DOOR_WINDOW_MS, maxBatch: 200, concurrency: 2, run: judgeAtDoor });
 
   nsp.use(async (socket, next) => {
     const driverId = socket.data.subject;
@@ -195,7 +195,19 @@ export function attachDriversNamespace(
   // One listener per event for the whole namespace; each reads its socket from `this`.
   // Budgets are per driver (the token's subject), so they hold across reconnects and across nodes.
   const edge = { logger: deps.logger, metrics };
-  const locationEdge = { ...edge, limit: (socket: DriverSocket) => limits.consume('location', socket.data.subject) };
+  // Past capacity, fixes are refused before anything else is done with them (a rate-limit-style
+  // answer the app backs off on and keeps the fix for) rather than acknowledged and written late;
+  // the driver's heartbeat does not depend on them (the heartbeat round keeps connected drivers alive).
+  const locationEdge = {
+    ...edge,
+    limit: (socket: DriverSocket) => {
+      if (presence.shedding()) {
+        metrics.locationsShed.inc();
+        return overloadedError('position', SHED_RETRY_MS);
+      }
+      return limits.consume('location', socket.data.subject);
+    },
+  };
   const actionEdge = { ...edge, limit: (socket: DriverSocket) => limits.consume('driverAction', socket.data.subject) };
   const refuseOthers = otherEventsRefuser(['location', 'status', 'delivery:update'], edge);
   const onLocation = eventListener('location', locationEdge, (socket, payload) => {

@@ -69,6 +69,7 @@ export function envFrom(config: Config, extra: Record<string, string> = {}): Rec
     LOCATION_TICK_MS: String(config.LOCATION_TICK_MS),
     POSITION_FLUSH_MS: String(config.POSITION_FLUSH_MS),
     RECONCILE_MS: String(config.RECONCILE_MS),
+    SHED_LAG_MS: String(config.SHED_LAG_MS),
     ...extra,
   };
 }
