@@ -16,6 +16,7 @@ import {
   testConfig,
 } from './support/hub.js';
 import { eventually } from './support/net.js';
+import { recordAddedIds } from './support/browser.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const hasChromium = existsSync(CHROMIUM);
@@ -285,16 +286,7 @@ describe('dispatcher map page with hostile text (headless Chromium)', () => {
     page.on('pageerror', (err) => errors.push(err.message));
     try {
       // Every element ever added to the page is recorded, so one created and removed again is caught too.
-      await page.addInitScript(() => {
-        (window as any).addedIds = [];
-        new MutationObserver((records) => {
-          for (const r of records)
-            for (const node of Array.from(r.addedNodes)) {
-              if (!(node instanceof Element)) continue;
-              for (const el of [node, ...Array.from(node.querySelectorAll('[id]'))]) if (el.id) (window as any).addedIds.push(el.id);
-            }
-        }).observe(document, { childList: true, subtree: true });
-      });
+      await recordAddedIds(page);
       await page.goto(`${hub.url}/map#token=${encodeURIComponent(dispatcherToken)}`);
       await eventually(() => page.evaluate(() => (window as any).hubMap?.connected === true), 'the page to connect');
       const item = page.locator(`#deliveries li[data-delivery-id="${assigned.body.deliveryId}"]`);
