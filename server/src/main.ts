@@ -49,7 +49,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
   const metrics = createMetrics(config.NODE_ID);
   const database = openDatabase({ url: config.DATABASE_URL, dataDir: config.DATA_DIR });
   try {
-    if (!(await database.ping(10_000))) throw new Error('database unreachable');
+    if (!(await database.ping(database.kind === 'pglite' ? 60_000 : 10_000))) throw new Error('database unreachable');
     if (config.RUN_MIGRATIONS) await database.migrate();
   } catch (err) {
     await database.close().catch(() => {});
