@@ -160,6 +160,38 @@ describe('position pipeline', () => {
     expect(pipeline.drainStored(storedSlotOf(DRIVER)).size).toBe(0);
   });
 
+  it('when a flush is asked for while one is running, then it waits for that one and writes the rest after it, in order', async () => {
+    const writes: string[] = [];
+    let release: () => void = () => {};
+    const pipeline = createPositionPipeline({
+      drivers: {
+        flushPositions: async (batch) => {
+          writes.push(`start ${batch.map((p) => p.lat).join(',')}`);
+          if (writes.length === 1) await new Promise<void>((resolve) => (release = resolve));
+          writes.push(`end ${batch.map((p) => p.lat).join(',')}`);
+        },
+      },
+      store: fakeStore({ available: false }).store,
+      statuses: new Map(),
+      redisWriteFailed: () => {},
+      logger,
+      metrics: createMetrics('unit'),
+      config: { heartbeatTtlSeconds: 3, locationTickMs: 5 },
+    });
+    pipeline.acceptFixes(DRIVER, [BERLIN]);
+    const running = pipeline.flushToPostgres();
+    const later = { lat: BERLIN.lat + 0.01, lng: BERLIN.lng };
+    pipeline.acceptFixes(DRIVER, [later]);
+    let secondDone = false;
+    const second = pipeline.flushToPostgres().then(() => (secondDone = true));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    // A caller about to read positions (going on duty) must not go on while the first batch is unwritten.
+    expect(secondDone).toBe(false);
+    release();
+    await Promise.all([running, second]);
+    expect(writes).toEqual([`start ${BERLIN.lat}`, `end ${BERLIN.lat}`, `start ${later.lat}`, `end ${later.lat}`]);
+  });
+
   it('when the PostgreSQL flush fails, then the positions wait for the next flush instead of being lost', async () => {
     const { pipeline, flushed, failFlushes } = pipelineWith(fakeStore({ available: false }).store);
     pipeline.acceptFixes(DRIVER, [BERLIN]);

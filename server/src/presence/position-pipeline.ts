@@ -177,8 +177,24 @@ export function createPositionPipeline(deps: PositionPipelineDeps): PositionPipe
     }
   }
 
+  /** The position flush in progress: flushes run one at a time, so an older batch never lands after a newer one. */
+  let pgFlush: Promise<void> | null = null;
+
+  /**
+   * Writes every position accepted so far, including those of a flush already running: a caller
+   * that goes on to read positions (a driver coming on duty enters the GEO set where PostgreSQL
+   * says it is) then reads them all.
+   */
   async function flushToPostgres(): Promise<void> {
+    while (pgFlush) await pgFlush;
     if (toPostgres.size === 0) return;
+    pgFlush = flushBatchToPostgres().finally(() => {
+      pgFlush = null;
+    });
+    await pgFlush;
+  }
+
+  async function flushBatchToPostgres(): Promise<void> {
     const batch = [...toPostgres.values()];
     toPostgres = new Map();
     pgFlushStartedAt = performance.now();
