@@ -190,6 +190,28 @@ describe('dispatch service', () => {
     expect(announced).toHaveLength(1);
   });
 
+  it('when a driver comes free while pending deliveries are retried, then an older delivery searched before it appeared still goes first', async () => {
+    const older = { ...deliveryRow('PENDING'), id: 'older' };
+    const newer = { ...deliveryRow('PENDING'), id: 'newer' };
+    const claimed: string[] = [];
+    let searchesBeforeTheDriver = 1;
+    const { dispatch, announced } = dispatchWith(
+      {
+        pending: async () => [older, newer],
+        assignPending: async (id, candidates) => {
+          if (claimed.length > 0) return null;
+          claimed.push(id);
+          return { delivery: { ...deliveryRow('ASSIGNED', DRIVER), id }, chosen: candidates[0] };
+        },
+      },
+      // The older delivery's search ran just before the driver came on duty; every later one finds it.
+      () => ({ source: 'redis', candidates: searchesBeforeTheDriver-- > 0 ? [] : nearby(1) }),
+    );
+    expect(await dispatch.assignPendingNow()).toBe(1);
+    expect(claimed).toEqual(['older']);
+    expect(announced.map((a) => a.delivery.id)).toEqual(['older']);
+  });
+
   it('when a delivery was taken from drivers (sent back to assignment), then the search for its next driver passes over them', async () => {
     const silent = new Set(['driver-0']);
     const { dispatch, passedOver, claimsTried } = dispatchWith(

@@ -78,10 +78,24 @@ export function createDispatchService(deps: DispatchDeps) {
     return result.delivery;
   }
 
+  /**
+   * The waiting deliveries, oldest first. A driver who comes free during the pass may first show up
+   * in the search of a newer delivery: the older ones nobody could take are then tried again before
+   * it, so the oldest still goes first.
+   */
   async function assignPendingNow(limit = 20): Promise<number> {
     let assigned = 0;
+    const unplaced: DeliveryRow[] = [];
     for (const row of await deliveries.pending(limit)) {
+      if (unplaced.length > 0 && (await presence.nearestCandidates({ lat: row.pickupLat, lng: row.pickupLng }, 1)).candidates.length > 0) {
+        for (const older of [...unplaced]) {
+          if (!(await assignPendingRow(older))) continue;
+          assigned += 1;
+          unplaced.splice(unplaced.indexOf(older), 1);
+        }
+      }
       if (await assignPendingRow(row)) assigned += 1;
+      else unplaced.push(row);
     }
     return assigned;
   }
