@@ -216,7 +216,10 @@ describe('dispatcher map: delivery and driver detail, actions, filters (headless
       expect(await page.locator('#detail-message').textContent()).toBe('assigned again, to Dora Next');
       await eventually(() => silent.cancellations.some((c) => c.deliveryId === placed.body.deliveryId), 'the silent app told the job is gone');
       await eventually(() => dora.assignments.some((a) => a.deliveryId === placed.body.deliveryId), 'the next driver given it');
-      const audit = await page.$$eval('#audit tbody tr', (trs) => trs.map((tr) => Array.from(tr.children).map((td) => td.textContent)));
+      const auditRows = () => page.$$eval('#audit tbody tr', (trs) => trs.map((tr) => Array.from(tr.children).map((td) => td.textContent)));
+      // The panel refreshes its trail when the delivery changes, a moment after the answer to the click.
+      await eventually(async () => (await auditRows()).length >= 4, 'the audit trail refreshed');
+      const audit = await auditRows();
       expect(audit.map((r) => r.slice(1))).toEqual([
         ['∅ → PENDING', 'webhook', '–', '–'],
         ['PENDING → ASSIGNED', 'hub', 'Silent Sam', '–'],
