@@ -23,6 +23,9 @@ import { createTrackingRoutes } from './tracking/tracking.routes.js';
 import type { TrackingService } from './tracking/tracking.service.js';
 import { createWebhookRoutes } from './webhooks/webhooks.routes.js';
 
+/** Pending connections the kernel holds for the hub (capped by net.core.somaxconn, 4096 on current Linux). */
+const LISTEN_BACKLOG = 8192;
+
 /** What the socket server gets from the app rather than from the composition root. */
 type BuiltByTheApp = 'config' | 'limits' | 'auth' | 'refusalLog' | 'tokenRecheckMs';
 
@@ -176,7 +179,9 @@ export function createApp(deps: AppDeps): HubApp {
     listen: () =>
       new Promise<number>((resolve, reject) => {
         http.once('error', reject);
-        http.listen(config.PORT, config.HOST, () => {
+        // A reconnect storm is thousands of connections in a second: with Node's default queue of
+        // 511 the kernel drops the rest, and each dropped SYN costs its app a 1, 3, 7 s retransmit.
+        http.listen({ port: config.PORT, host: config.HOST, backlog: LISTEN_BACKLOG }, () => {
           http.off('error', reject);
           resolve((http.address() as AddressInfo).port);
         });

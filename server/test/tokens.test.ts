@@ -64,6 +64,42 @@ describe('tokens', () => {
   });
 });
 
+describe('token verification, piece by piece', () => {
+  it('when a token is tampered with, malformed, not yet valid or carries a critical header, then it is refused; an audience list naming the hub is accepted', async () => {
+    const good = await signed({ role: 'driver', ver: 2 }, full);
+    const [h, p, sig] = good.split('.');
+    const otherPayload = base64url.encode(JSON.stringify({ role: 'admin', sub: 'someone', iss: TOKEN_ISSUER, aud: TOKEN_AUDIENCE, exp: inAnHour() }));
+    const cases: Record<string, string> = {
+      'payload swapped under the signature': `${h}.${otherPayload}.${sig}`,
+      'signature cut short': `${h}.${p}.${sig.slice(0, -2)}`,
+      'two parts': `${h}.${p}`,
+      'four parts': `${good}.x`,
+      'not base64url': `${h}.${p}.${sig}=`,
+      'header not JSON': `${base64url.encode('alg')}.${p}.${sig}`,
+      'payload an array': await signedRaw(JSON.stringify([1])),
+      'not before an hour from now': await signed({ role: 'driver', nbf: inAnHour() }, full),
+      'critical header': await signedRawHeader({ alg: 'HS256', crit: ['x'] }),
+      'alg in another case': await signedRawHeader({ alg: 'hs256' }),
+    };
+    for (const [what, token] of Object.entries(cases)) expect(await refusal(token), what).toBe('TOKEN_INVALID');
+    expect(await tokens.verify(good)).toMatchObject({ subject: 'someone', role: 'driver', version: 2 });
+    expect(await refusal(await signedRawHeader({ alg: 'HS256', typ: 'JWT' }))).toBe('accepted');
+    const listed = await signed({ role: 'dispatcher' }, (j) => full(j).setAudience(['another-service', TOKEN_AUDIENCE]));
+    expect(await refusal(listed)).toBe('accepted');
+  });
+});
+
+/** A token with the given payload text, signed with the hub's key outside any library. */
+async function signedRaw(payload: string, header: Record<string, unknown> = { alg: 'HS256' }): Promise<string> {
+  const { createHmac } = await import('node:crypto');
+  const head = `${base64url.encode(JSON.stringify(header))}.${base64url.encode(payload)}`;
+  return `${head}.${createHmac('sha256', SECRET).update(head).digest('base64url')}`;
+}
+
+function signedRawHeader(header: Record<string, unknown>): Promise<string> {
+  return signedRaw(JSON.stringify({ role: 'driver', sub: 'someone', iss: TOKEN_ISSUER, aud: TOKEN_AUDIENCE, exp: inAnHour() }), header);
+}
+
 describe('secrets in the configuration', () => {
   const parse = (env: Record<string, string>) => parseConfig(env, () => 'generated-generated-generated-generated');
   const problems = (env: Record<string, string>): string => {

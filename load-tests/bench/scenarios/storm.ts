@@ -110,8 +110,11 @@ function sampleStores(database: string, appName: string): { stop(): Promise<Stor
     while (running) {
       const started = performance.now();
       const [rows] = await Promise.all([
+        // Lock waits and open transactions name their statement: which of the hub's writes queue behind which.
         sql<{ state: string | null; wait: string | null }[]>`
-          select state, coalesce(wait_event_type || ':' || wait_event, 'cpu') as wait from pg_stat_activity
+          select state, coalesce(wait_event_type || ':' || wait_event, 'cpu')
+            || case when wait_event_type = 'Lock' or state = 'idle in transaction' then ' ' || left(regexp_replace(query, '\\s+', ' ', 'g'), 70) else '' end as wait
+          from pg_stat_activity
           where datname = ${database} and application_name = 'dispatch-hub' and state <> 'idle'`.catch(() => []),
         redis.ping().then(() => pings.push(performance.now() - started)).catch(() => {}),
       ]);
@@ -436,6 +439,10 @@ async function runStorm(
         counters.connectRateLimited = (counters.connectRateLimited ?? 0) + metricValue(text, 'hub_rate_limited_total', 'event="connect"');
         counters.handshakeRejected = (counters.handshakeRejected ?? 0) + metricValue(text, 'hub_input_rejected_total', 'event="handshake"');
         counters.driversSwept = (counters.driversSwept ?? 0) + metricValue(text, 'hub_drivers_swept_total');
+        for (const stage of ['auth', 'door', 'session']) {
+          counters[`${stage}SecondsSum`] = (counters[`${stage}SecondsSum`] ?? 0) + metricValue(text, 'hub_handshake_seconds_sum', `stage="${stage}"`);
+          counters[`${stage}Count`] = (counters[`${stage}Count`] ?? 0) + metricValue(text, 'hub_handshake_seconds_count', `stage="${stage}"`);
+        }
       }
       result.hubCounters = counters;
       result.storesDuringStorm = stores ?? undefined;

@@ -179,7 +179,9 @@ export function attachDriversNamespace(
 
   nsp.use(async (socket, next) => {
     const driverId = socket.data.subject;
+    const stopTimer = metrics.handshakeSeconds.startTimer({ stage: 'door' });
     const verdict = await door.add({ driverId, tokenVersion: socket.data.tokenVersion ?? 0 }).catch((): DoorVerdict => ({ kind: 'unavailable' }));
+    stopTimer();
     if (verdict.kind === 'admitted') return next();
     if (verdict.kind === 'rate-limited') {
       metrics.rateLimited.inc({ event: 'connect' });
@@ -284,7 +286,9 @@ export function attachDriversNamespace(
   async function startSession(socket: DriverSocket, driverId: string): Promise<void> {
     const sessionId = sessionIdOf(socket);
     try {
+      const stopTimer = metrics.handshakeSeconds.startTimer({ stage: 'session' });
       const session = await presence.connect(driverId, sessionId);
+      stopTimer();
       if (!session) {
         deps.logger.debug({ socket: socket.id, driver: driverId }, 'driver connection superseded by a newer one');
         socket.disconnect(true);

@@ -111,11 +111,13 @@ export function createSocketServer(http: HttpServer, deps: SocketServerDeps): So
   /** The first step of every handshake: the address's failure budget, then the token (no database yet). */
   const authenticate = async (socket: Socket, next: (err?: Error) => void) => {
     const address = auth.handshakeAddress(socket.handshake);
+    const stopTimer = socket.nsp.name === '/drivers' ? metrics.handshakeSeconds.startTimer({ stage: 'auth' }) : null;
     try {
       await auth.check(address);
       if (socket.handshake.query?.token !== undefined) throw new HubError('TOKEN_INVALID', 'tokens are accepted in the handshake auth only');
       const claims = await deps.tokens.verify((socket.handshake.auth as { token?: unknown } | undefined)?.token);
       socket.data = { role: claims.role, subject: claims.subject, tokenExpiresAt: claims.expiresAt, tokenVersion: claims.version };
+      stopTimer?.();
       next();
     } catch (err) {
       const hubError = toHubError(err);
