@@ -9,7 +9,7 @@ import { createServer } from 'node:http';
 import { Redis } from 'ioredis';
 import { Server } from 'socket.io';
 import { presenceKeys } from '../../server/src/presence/presence.store.js';
-import { SOCKET_ENGINE_OPTIONS } from '../../server/src/realtime/socket-server.js';
+import { SOCKET_ENGINE_OPTIONS, SOCKET_LISTEN_BACKLOG } from '../../server/src/realtime/socket-server.js';
 import { emitEvent } from './lib.js';
 
 const port = Number(process.env.PORT);
@@ -55,7 +55,7 @@ io.of('/drivers').on('connection', (socket) => {
   socket.on('status', (_payload: unknown, ack?: (reply: unknown) => void) => ack?.({ ok: true, status: 'AVAILABLE' }));
 });
 
-http.listen(port, '127.0.0.1', () => emitEvent('ready', { port }));
+http.listen({ port, host: '127.0.0.1', backlog: SOCKET_LISTEN_BACKLOG }, () => emitEvent('ready', { port }));
 process.once('SIGTERM', () => {
   io.close();
   redis?.disconnect();

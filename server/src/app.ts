@@ -17,14 +17,11 @@ import { createLogThrottle } from './platform/log-throttle.js';
 import { createRateLimits, type RateLimitRules } from './platform/rate-limits.js';
 import { requireRole } from './platform/require-role.js';
 import { createLocationRoutes } from './presence/locations.routes.js';
-import { createSocketServer, type SocketServerDeps } from './realtime/socket-server.js';
+import { createSocketServer, SOCKET_LISTEN_BACKLOG, type SocketServerDeps } from './realtime/socket-server.js';
 import type { TrackingLinks } from './tracking/tracking-links.js';
 import { createTrackingRoutes } from './tracking/tracking.routes.js';
 import type { TrackingService } from './tracking/tracking.service.js';
 import { createWebhookRoutes } from './webhooks/webhooks.routes.js';
-
-/** Pending connections the kernel holds for the hub (capped by net.core.somaxconn, 4096 on current Linux). */
-const LISTEN_BACKLOG = 8192;
 
 /** What the socket server gets from the app rather than from the composition root. */
 type BuiltByTheApp = 'config' | 'limits' | 'auth' | 'refusalLog' | 'tokenRecheckMs';
@@ -181,7 +178,7 @@ export function createApp(deps: AppDeps): HubApp {
         http.once('error', reject);
         // A reconnect storm is thousands of connections in a second: with Node's default queue of
         // 511 the kernel drops the rest, and each dropped SYN costs its app a 1, 3, 7 s retransmit.
-        http.listen({ port: config.PORT, host: config.HOST, backlog: LISTEN_BACKLOG }, () => {
+        http.listen({ port: config.PORT, host: config.HOST, backlog: SOCKET_LISTEN_BACKLOG }, () => {
           http.off('error', reject);
           resolve((http.address() as AddressInfo).port);
         });

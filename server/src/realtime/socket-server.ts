@@ -24,6 +24,9 @@ import { attachDriversNamespace, type DriversNamespace } from './drivers.socket.
  * The engine options of every Socket.IO server the hub runs: websocket only, small frames, the
  * timeouts apps are built for. The benchmark's bare baseline server uses the same ones.
  */
+/** Pending connections the kernel holds for the hub's port (capped by net.core.somaxconn, 4096 on current Linux). */
+export const SOCKET_LISTEN_BACKLOG = 8192;
+
 export const SOCKET_ENGINE_OPTIONS = {
   transports: ['websocket'],
   serveClient: false,
