@@ -10,6 +10,8 @@ import {
   createTestDatabase,
   hasSharedPostgres,
   startCluster,
+  startTestHub,
+  testConfig,
   type TestDatabase,
   type TestHub,
 } from './support/hub.js';
@@ -95,3 +97,40 @@ function describeRaces(topology: string, nodes: number) {
 
 describeRaces('on one node', 1);
 describeRaces('across three nodes', 3);
+
+describe.skipIf(!hasSharedPostgres())('a takeover whose message between nodes is lost', () => {
+  let db: TestDatabase;
+  let hubs: TestHub[];
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    // Two hubs on one database that share no Redis: the message that closes the older connection
+    // on the other node never arrives, as when Redis was away at the moment of the takeover.
+    hubs = [await startTestHub(testConfig(db, { NODE_ID: 'left' }), { edge }), await startTestHub(testConfig(db, { NODE_ID: 'right' }), { edge })];
+  });
+  afterAll(async () => {
+    await Promise.all(hubs?.map((h) => h.stop()) ?? []);
+    await db?.drop();
+  });
+
+  it('when a newer connection took over on another node, then the recheck closes the older one and leaves the newer and other drivers alone', async () => {
+    const [left, right] = hubs;
+    const { id, token } = await createDriver(left, 'Twice');
+    const bystander = await createDriver(left, 'Bystander');
+    const older = await connectDriver(left, token);
+    const other = await connectDriver(left, bystander.token);
+    await new Promise((r) => setTimeout(r, 5));
+    const newer = await connectDriver(right, token);
+    // The newer session is written in PostgreSQL once its bookkeeping is done.
+    await eventually(async () => (await newer.emitAck('status', { status: 'AVAILABLE' })).ok === true, 'the newer connection on duty');
+    expect(older.socket.connected).toBe(true);
+
+    expect(await right.app.recheckSockets()).toBe(0);
+    expect(await left.app.recheckSockets()).toBe(1);
+    await eventually(() => !older.socket.connected, 'the older connection closed');
+    expect(newer.socket.connected).toBe(true);
+    expect(other.socket.connected).toBe(true);
+    expect((await api(left, 'GET', '/admin/drivers')).body.drivers.find((d: any) => d.id === id)?.status).toBe('AVAILABLE');
+    for (const c of [newer, other]) c.close();
+  });
+});

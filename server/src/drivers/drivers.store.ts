@@ -94,7 +94,7 @@ with input as (
 select c.id, c.status, s.lat, s.lng, c.current_delivery_id as "currentDeliveryId", c.session_id as "sessionId"
 from changed c left join seen s on s.driver_id = c.id`;
 
-const TOKEN_VERSIONS = 'select id, token_version as version from drivers where id in (select jsonb_array_elements_text($1::jsonb)::uuid)';
+const TOKEN_VERSIONS = 'select id, token_version as version, session_id from drivers where id in (select jsonb_array_elements_text($1::jsonb)::uuid)';
 
 const numberOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
 
@@ -103,6 +103,18 @@ const sortedJson = (ids: readonly string[]) => JSON.stringify([...ids].sort());
 
 export function createDriversStore(database: Database) {
   const { db } = database;
+
+  /** Token version and the session that speaks for each driver (null: none connected); a driver missing no longer exists. */
+  async function tokenStates(ids: readonly string[]): Promise<Map<string, { version: number; sessionId: string | null }>> {
+    const found = new Map<string, { version: number; sessionId: string | null }>();
+    const valid = ids.filter((id) => UUID.test(id));
+    for (let i = 0; i < valid.length; i += 1000) {
+      const rows = await database.query<{ id: string; version: number; session_id: string | null }>(TOKEN_VERSIONS, [JSON.stringify(valid.slice(i, i + 1000))]);
+      for (const row of rows) found.set(row.id, { version: Number(row.version), sessionId: row.session_id });
+    }
+    return found;
+  }
+
   const presenceColumns = { id: drivers.id, status: drivers.status, lat: positionOf('lat'), lng: positionOf('lng') };
 
   /**
@@ -148,13 +160,11 @@ export function createDriversStore(database: Database) {
     /** Current token versions of the given drivers; a driver missing from the map no longer exists. */
     async tokenVersions(ids: readonly string[]): Promise<Map<string, number>> {
       const found = new Map<string, number>();
-      const valid = ids.filter((id) => UUID.test(id));
-      for (let i = 0; i < valid.length; i += 1000) {
-        const rows = await database.query<{ id: string; version: number }>(TOKEN_VERSIONS, [JSON.stringify(valid.slice(i, i + 1000))]);
-        for (const row of rows) found.set(row.id, Number(row.version));
-      }
+      for (const [id, row] of await tokenStates(ids)) found.set(id, row.version);
       return found;
     },
+
+    tokenStates,
 
     /** Revokes every token issued to the driver so far; answers the new version (null: no such driver). */
     async revokeTokens(id: string): Promise<number | null> {

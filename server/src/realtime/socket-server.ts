@@ -18,7 +18,7 @@ import type { TokenService } from '../platform/tokens.js';
 import type { PresenceService } from '../presence/presence.service.js';
 import type { PushService } from '../pushes/pushes.service.js';
 import { attachDispatchNamespace, type DispatchNamespace } from './dispatch.socket.js';
-import { attachDriversNamespace, type DriversNamespace } from './drivers.socket.js';
+import { attachDriversNamespace, type DriversNamespace, sessionIdOf } from './drivers.socket.js';
 
 /**
  * The engine options of every Socket.IO server the hub runs: websocket only, small frames, the
@@ -197,11 +197,14 @@ export function createSocketServer(http: HttpServer, deps: SocketServerDeps): So
       refuse(socket, 'TOKEN_EXPIRED');
       return false;
     });
-    const versions = await deps.drivers.tokenVersions([...new Set(live.map((socket) => socket.data.subject))]);
+    const states = await deps.drivers.tokenStates([...new Set(live.map((socket) => socket.data.subject))]);
     for (const socket of live) {
-      const current = versions.get(socket.data.subject);
+      const current = states.get(socket.data.subject);
       if (current === undefined) refuse(socket, 'DRIVER_REMOVED');
-      else if ((socket.data.tokenVersion ?? 0) !== current) refuse(socket, 'TOKEN_REVOKED');
+      else if ((socket.data.tokenVersion ?? 0) !== current.version) refuse(socket, 'TOKEN_REVOKED');
+      // A newer connection took over on another node while the message that closes this one was
+      // lost (Redis away): PostgreSQL, which judged the takeover, says so here.
+      else if (current.sessionId !== null && current.sessionId > sessionIdOf(socket)) refuse(socket, 'SUPERSEDED');
     }
     return closed;
   }
