@@ -128,11 +128,11 @@ export function createDispatchService(deps: DispatchDeps) {
   }
 
   /** Offer mode: the next driver gets the delivery's offer (never one asked before); null when nobody could be reserved. */
-  async function offerPendingRow(row: DeliveryRow): Promise<DeliveryRow | null> {
+  async function offerPendingRow(row: DeliveryRow, wait = false): Promise<DeliveryRow | null> {
     const passOver = await deliveries.takenFrom(row.id);
     const { source, candidates, explain } = await rankedCandidates({ lat: row.pickupLat, lng: row.pickupLng }, CANDIDATES, passOver, row.sellerId);
     if (candidates.length === 0) return null;
-    const result = await deps.offers!.offerNext({ deliveryId: row.id, candidates, explain, timeoutSeconds: deps.config.offerTimeoutSeconds ?? 20 });
+    const result = await deps.offers!.offerNext({ deliveryId: row.id, candidates, explain, timeoutSeconds: deps.config.offerTimeoutSeconds ?? 20, wait });
     if (!result) return null;
     metrics.assignments.inc({ source: `offer-${source}` });
     log.info({ delivery: row.id, driver: result.offer.driverId, attempt: result.offer.attempt, expiresAt: result.offer.expiresAt }, 'delivery offered');
@@ -305,11 +305,9 @@ export function createDispatchService(deps: DispatchDeps) {
     const outcome = await deliveries.createAndAssign(order, []);
     if (!outcome.created) return answerRetry(outcome.delivery, order);
     await announce({ delivery: outcome.delivery, previousStatus: null });
-    const offered = await offerPendingRow(outcome.delivery);
-    if (!offered) {
-      log.info({ delivery: outcome.delivery.id, sellerOrderId: order.sellerOrderId }, 'delivery pending: no driver free');
-      return replyFor(outcome.delivery, false, deps.links);
-    }
+    // Waits for a pending pass that took the new delivery meanwhile, and answers what it did.
+    const offered = (await offerPendingRow(outcome.delivery, true)) ?? (await deliveries.get(outcome.delivery.id)) ?? outcome.delivery;
+    if (offered.status === 'PENDING') log.info({ delivery: offered.id, sellerOrderId: order.sellerOrderId }, 'delivery pending: no driver free');
     return replyWithOffer(offered, false);
   }
 

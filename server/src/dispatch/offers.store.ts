@@ -91,9 +91,11 @@ export function createOffersStore(deps: { database: Database; drivers: Pick<Driv
       candidates: readonly Candidate[];
       explain?: CandidateExplanation;
       timeoutSeconds: number;
+      /** Wait for a node that holds the delivery (the webhook's first offer) rather than skip it. */
+      wait?: boolean;
     }): Promise<{ delivery: DeliveryRow; offer: OfferRow } | null> {
       return db.transaction(async (tx) => {
-        const row = await lockDelivery(tx, input.deliveryId, true);
+        const row = await lockDelivery(tx, input.deliveryId, !input.wait);
         if (!row || row.status !== 'PENDING') return null;
         const asked = await alreadyAsked(tx, row.id);
         const [{ n }] = await database.rows<{ n: number }>(sql`select count(*)::int as n from offers where delivery_id = ${row.id}`, tx);
