@@ -109,6 +109,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
       positionFlushMs: config.POSITION_FLUSH_MS,
       reconcileMs: config.RECONCILE_MS,
       maxRadiusKm: config.ASSIGN_MAX_RADIUS_KM,
+      fairnessBandMeters: config.FAIRNESS_BAND_METERS,
     },
   });
   const announce = createDeliveryAnnouncer({ events, presence });

@@ -36,7 +36,11 @@ export interface CandidateSearchDeps {
   /** Absent: nobody belongs to a fleet. */
   fleets?: FleetMembership;
   logger: Logger;
-  config: { maxRadiusKm: number; heartbeatTtlSeconds: number };
+  /**
+   * fairnessBandMeters: a radius that found someone is widened, once, to cover the nearest plus
+   * the band, so everyone who competes on idle time is a candidate.
+   */
+  config: { maxRadiusKm: number; heartbeatTtlSeconds: number; fairnessBandMeters?: number };
 }
 
 /**
@@ -68,7 +72,10 @@ export function createCandidateSearch(deps: CandidateSearchDeps): CandidateSearc
       try {
         for (const radius of radii) {
           const found = keep(await store.nearest(point, radius, wanted + padding));
-          if (found.length > 0) return { source: 'redis', candidates: found };
+          if (found.length === 0) continue;
+          const reach = Math.min(found[0].distanceMeters + (config.fairnessBandMeters ?? 0), config.maxRadiusKm * 1000);
+          if (reach <= radius || found.length >= count) return { source: 'redis', candidates: found };
+          return { source: 'redis', candidates: keep(await store.nearest(point, reach, wanted + padding)) };
         }
         return { source: 'redis', candidates: [] };
       } catch (err) {

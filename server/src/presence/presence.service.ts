@@ -23,7 +23,7 @@ export interface PresenceDeps {
   metrics: Metrics;
   /** The delivery that holds each of the given drivers, as its app receives it (those one holds). */
   activeAssignments: (driverIds: readonly string[]) => Promise<Map<string, NonNullable<DriverSession['activeDelivery']>>>;
-  config: { heartbeatTtlSeconds: number; locationTickMs: number; positionFlushMs: number; reconcileMs: number; maxRadiusKm: number };
+  config: { heartbeatTtlSeconds: number; locationTickMs: number; positionFlushMs: number; reconcileMs: number; maxRadiusKm: number; fairnessBandMeters?: number };
   /** Who belongs to which seller's fleet (absent: nobody does). */
   fleets?: FleetMembership;
   /** The open offer of each of the given drivers (offer mode), for their `session`. */
