@@ -73,7 +73,7 @@ describe.skipIf(!hasSharedPostgres())('offer mode (DISPATCH_MODE=offer, three no
       ['PENDING', 'OFFERED'],
       ['OFFERED', 'ASSIGNED'],
     ]);
-    expect(d.offers).toMatchObject([{ driverId: driver.id, attempt: 1, status: 'ACCEPTED' }]);
+    expect(d.offers).toMatchObject([{ driverId: driver.id, attempt: 1, outcome: 'ACCEPTED' }]);
     expect(d.acknowledgedAt).not.toBeNull();
     expect((await sql`select type from outbox where delivery_id = ${res.body.deliveryId}`).map((r) => r.type)).toEqual(['delivery.assigned']);
     driver.close();
@@ -103,8 +103,8 @@ describe.skipIf(!hasSharedPostgres())('offer mode (DISPATCH_MODE=offer, three no
     const d = await detail(res.body.deliveryId);
     expect(d).toMatchObject({ status: 'ASSIGNED', driverId: second.id });
     expect(d.offers).toMatchObject([
-      { driverId: first.id, attempt: 1, status: 'DECLINED', reason: 'flat tyre' },
-      { driverId: second.id, attempt: 2, status: 'ACCEPTED' },
+      { driverId: first.id, attempt: 1, outcome: 'DECLINED', reason: 'flat tyre' },
+      { driverId: second.id, attempt: 2, outcome: 'ACCEPTED' },
     ]);
     expect(transitions(d)).toEqual([
       [null, 'PENDING'],
@@ -131,7 +131,7 @@ describe.skipIf(!hasSharedPostgres())('offer mode (DISPATCH_MODE=offer, three no
     const d = await detail(res.body.deliveryId);
     expect(d).toMatchObject({ status: 'OFFERED', driverId: next.id });
     // Three nodes raced to expire it: one outcome, one audit row.
-    expect(d.offers.map((o: any) => [o.driverId, o.status])).toEqual([
+    expect(d.offers.map((o: any) => [o.driverId, o.outcome])).toEqual([
       [silent.id, 'EXPIRED'],
       [next.id, 'OPEN'],
     ]);
@@ -140,7 +140,7 @@ describe.skipIf(!hasSharedPostgres())('offer mode (DISPATCH_MODE=offer, three no
     // The next driver's deadline is its own, and nobody is left after it: PENDING, waiting like any other.
     await eventually(async () => (await detail(res.body.deliveryId)).status === 'PENDING', 'nobody left', 15_000);
     const waiting = await detail(res.body.deliveryId);
-    expect(waiting.offers.map((o: any) => o.status)).toEqual(['EXPIRED', 'EXPIRED']);
+    expect(waiting.offers.map((o: any) => o.outcome)).toEqual(['EXPIRED', 'EXPIRED']);
     expect(waiting.driverId).toBeNull();
     silent.close();
     next.close();
@@ -160,15 +160,15 @@ describe.skipIf(!hasSharedPostgres())('offer mode (DISPATCH_MODE=offer, three no
       );
       const d = await eventually(async () => {
         const now = await detail(res.body.deliveryId);
-        return now.offers[0].status !== 'OPEN' ? now : null;
+        return now.offers[0].outcome !== 'OPEN' ? now : null;
       }, 'offer settled');
       if (outcome === 'accepted') {
         expect(d).toMatchObject({ status: 'ASSIGNED', driverId: driver.id });
-        expect(d.offers).toMatchObject([{ status: 'ACCEPTED' }]);
+        expect(d.offers).toMatchObject([{ outcome: 'ACCEPTED' }]);
         expect(d.events.some((e: any) => e.reason === 'offer expired')).toBe(false);
       } else {
         expect(outcome).toBe('OFFER_EXPIRED');
-        expect(d.offers).toMatchObject([{ status: 'EXPIRED' }]);
+        expect(d.offers).toMatchObject([{ outcome: 'EXPIRED' }]);
         expect(d.status).not.toBe('ASSIGNED');
         expect((await sql`select count(*)::int as n from outbox where delivery_id = ${res.body.deliveryId}`)[0].n).toBe(0);
       }
@@ -200,7 +200,7 @@ describe.skipIf(!hasSharedPostgres())('offer mode (DISPATCH_MODE=offer, three no
     expect(cancel.body).toMatchObject({ status: 'CANCELLED' });
     await eventually(() => driver.cancellations.length === 1, 'driver told');
     const d = await detail(res.body.deliveryId);
-    expect(d.offers).toMatchObject([{ status: 'CANCELLED' }]);
+    expect(d.offers).toMatchObject([{ outcome: 'CANCELLED' }]);
     expect((await sql`select status, current_delivery_id from drivers where id = ${driver.id}`)[0]).toEqual({ status: 'AVAILABLE', current_delivery_id: null });
     await expect(driver.app.acceptOffer(res.body.deliveryId)).rejects.toMatchObject({ code: 'OFFER_EXPIRED' });
     driver.close();
@@ -217,7 +217,7 @@ describe.skipIf(!hasSharedPostgres())('offer mode (DISPATCH_MODE=offer, three no
       await child.kill('SIGKILL');
       await eventually(() => next.offers.length === 1, 'the offer moved on without its node', 15_000);
       const d = await detail(res.body.deliveryId);
-      expect(d.offers.map((o: any) => o.status)).toEqual(['EXPIRED', 'OPEN']);
+      expect(d.offers.map((o: any) => o.outcome)).toEqual(['EXPIRED', 'OPEN']);
       silent.close();
       next.close();
     } finally {

@@ -177,13 +177,14 @@ export const deliveryDetail = deliveryView.extend({
     z.object({
       driverId: uuid,
       attempt: z.number().int(),
-      status: z.enum(['OPEN', 'ACCEPTED', 'DECLINED', 'EXPIRED', 'CANCELLED']),
+      /** OPEN until the driver answers or the deadline passes. */
+      outcome: z.enum(['OPEN', 'ACCEPTED', 'DECLINED', 'EXPIRED', 'CANCELLED']),
       /** The driver's reason for a decline, `expired`, or the cancel's reason. */
       reason: z.string().nullable(),
       distanceMeters: z.number().nullable(),
       /** The driver's score terms when the offer was made. */
       score: z.record(z.string(), z.unknown()).nullable(),
-      createdAt: isoTime,
+      offeredAt: isoTime,
       expiresAt: isoTime,
       answeredAt: isoTime.nullable(),
     }),

@@ -394,6 +394,7 @@
         { dataset: { deliveryId: d.id, status: d.status, driverId: d.driverId || '' }, class: [OPEN.has(d.status) ? '' : 'closed', d.id === selectedId ? 'selected' : ''].join(' ').trim() || null },
         el('span', { class: 'code', text: d.orderCode }),
         el('span', { class: `state ${d.status}`, text: d.status }),
+        d.status === 'OFFERED' && d.offerExpiresAt ? el('span', { class: 'countdown offer-countdown', dataset: { expiresAt: d.offerExpiresAt }, text: countdown(d.offerExpiresAt) }) : null,
         el('div', { class: 'who', text: `${driverName(d.driverId)} · ${d.pickup?.address || 'pickup'} → ${d.dropoff?.address || 'dropoff'}` }),
       );
       li.addEventListener('click', () => openDelivery(d.id));
@@ -875,6 +876,8 @@
 
   /** Once a second: the ages in the panel, and the countdowns of open offers. */
   function tickPanel() {
+    // The list's offered deliveries count down too (OFFERED in the dispatcher stream carries offerExpiresAt).
+    for (const cell of document.querySelectorAll('#deliveries .offer-countdown')) cell.textContent = countdown(cell.dataset.expiresAt);
     const detail = state.detail;
     if (!detail || $('detail').hidden) return;
     if (detail.kind === 'driver') {

@@ -278,11 +278,11 @@ export function createOffersStore(deps: { database: Database; drivers: Pick<Driv
       return rows.map((o) => ({
         driverId: o.driverId,
         attempt: o.attempt,
-        status: o.status as OfferStatus,
+        outcome: o.status as OfferStatus,
         reason: o.reason,
         distanceMeters: o.distanceMeters,
         score: o.score,
-        createdAt: o.createdAt.toISOString(),
+        offeredAt: o.createdAt.toISOString(),
         expiresAt: o.expiresAt.toISOString(),
         answeredAt: o.answeredAt?.toISOString() ?? null,
       }));
