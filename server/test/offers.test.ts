@@ -2,7 +2,7 @@ import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { OfferPush } from '#shared/schemas.js';
 import { type ChildHub, envFrom, spawnHub } from './support/child-hub.js';
-import { api, createTestDatabase, hasSharedPostgres, onDutyDriver, order, postWebhook, startCluster, type TestDatabase, type TestHub } from './support/hub.js';
+import { api, connectSocket, createTestDatabase, firstEvent, hasSharedPostgres, onDutyDriver, order, postWebhook, startCluster, type TestDatabase, type TestHub } from './support/hub.js';
 import { eventually } from './support/net.js';
 
 const READY = '/events/seller-order-ready';
@@ -76,6 +76,27 @@ describe.skipIf(!hasSharedPostgres())('offer mode (DISPATCH_MODE=offer, three no
     expect(d.offers).toMatchObject([{ driverId: driver.id, attempt: 1, outcome: 'ACCEPTED' }]);
     expect(d.acknowledgedAt).not.toBeNull();
     expect((await sql`select type from outbox where delivery_id = ${res.body.deliveryId}`).map((r) => r.type)).toEqual(['delivery.assigned']);
+    driver.close();
+  });
+
+  it('when a delivery is offered, then dispatchers on every node see it OFFERED with its deadline, in the stream and in the snapshot', async () => {
+    const { token } = (await api(hubs[0], 'POST', '/admin/tokens', { role: 'dispatcher', subject: 'offers' })).body;
+    const map = connectSocket(hubs[2], '/dispatch', { token });
+    await firstEvent(map, 'snapshot');
+    const updates: any[] = [];
+    map.on('delivery:updated', (u: any) => updates.push(u));
+    const place = nextArea();
+    const driver = await offerDriver(hubs[1], near(place, 0.001), 'Watched');
+    const res = await postWebhook(hubs[0], READY, order({ pickup: place }));
+    const offered = await eventually(() => updates.find((u) => u.id === res.body.deliveryId && u.status === 'OFFERED'), 'OFFERED in the stream');
+    expect(offered).toMatchObject({ driverId: driver.id, offerExpiresAt: res.body.offerExpiresAt, previousStatus: 'PENDING' });
+    const late = connectSocket(hubs[1], '/dispatch', { token });
+    const snapshot = await firstEvent<any>(late, 'snapshot');
+    expect(snapshot.deliveries.find((d: any) => d.id === res.body.deliveryId)).toMatchObject({ status: 'OFFERED', offerExpiresAt: res.body.offerExpiresAt });
+    await driver.app.declineOffer(res.body.deliveryId);
+    await eventually(() => updates.some((u) => u.id === res.body.deliveryId && u.status === 'PENDING' && u.previousStatus === 'OFFERED'), 'back to PENDING in the stream');
+    map.disconnect();
+    late.disconnect();
     driver.close();
   });
 
