@@ -664,14 +664,13 @@
       const after = res.body.delivery;
       message.textContent =
         kind === 'cancel' ? (res.body.idempotent ? 'was already cancelled' : 'cancelled') : after.status === 'PENDING' ? 'back to assignment: nobody free yet, waiting' : `assigned again, to ${driverName(after.driverId)}`;
-      message.dataset.result = kind === 'cancel' ? 'CANCELLED' : after.status;
+      const result = kind === 'cancel' ? 'CANCELLED' : after.status;
       applyDelivery(after);
       await loadDeliveryDetail(d.id);
-      const again = $('detail-message');
-      if (again) {
-        again.textContent = message.textContent;
-        again.dataset.result = message.dataset.result;
-      }
+      // The outcome is marked once the panel shows the delivery as it is after the action (its audit trail included).
+      const again = $('detail-message') || message;
+      again.textContent = message.textContent;
+      again.dataset.result = result;
     } else {
       const error = res.body?.error || { code: String(res.status), message: 'refused' };
       message.className = 'message error';
