@@ -246,9 +246,9 @@ describe.skipIf(!hasSharedPostgres())('offer mode (DISPATCH_MODE=offer, three no
     }
   });
 
-  it('when orders race on three nodes and drivers accept or decline at random, then no driver holds two offers or two deliveries and every order ends ASSIGNED or PENDING', async () => {
+  it('when 200 orders race on three nodes and drivers accept, decline or stay silent at random, then no driver holds two offers or two deliveries and every order ends ASSIGNED or PENDING', async () => {
     const place = nextArea();
-    const drivers = await Promise.all(Array.from({ length: 12 }, (_, i) => offerDriver(hubs[i % 3], near(place, 0.001 * (i + 1)), `Random ${i}`)));
+    const drivers = await Promise.all(Array.from({ length: 20 }, (_, i) => offerDriver(hubs[i % 3], near(place, 0.0005 * (i + 1)), `Random ${i}`)));
     for (const driver of drivers) {
       driver.app.on('offer', (offer) => {
         // Answer a little later, at random: take it, turn it down, or let it lapse.
@@ -259,7 +259,7 @@ describe.skipIf(!hasSharedPostgres())('offer mode (DISPATCH_MODE=offer, three no
         }, Math.random() * 300);
       });
     }
-    const orders = Array.from({ length: 40 }, () => order({ pickup: near(place, Math.random() * 0.01) }));
+    const orders = Array.from({ length: 200 }, () => order({ pickup: near(place, Math.random() * 0.01) }));
     const replies = await Promise.all(orders.map((o, i) => postWebhook(hubs[i % 3], READY, o)));
     expect(replies.every((r) => r.status === 202 && (r.body.status === 'OFFERED' || r.body.status === 'PENDING'))).toBe(true);
     const ids = replies.map((r) => r.body.deliveryId as string);
@@ -280,6 +280,11 @@ describe.skipIf(!hasSharedPostgres())('offer mode (DISPATCH_MODE=offer, three no
     expect(twice).toEqual([]);
     const assigned = await sql`select count(*)::int as n from deliveries where id in ${sql(ids)} and status = 'ASSIGNED'`;
     expect(assigned[0].n).toBeLessThanOrEqual(drivers.length);
+    expect(assigned[0].n).toBeGreaterThan(0);
+    const outcomes = await sql`select status, count(*)::int as n from offers where delivery_id in ${sql(ids)} group by status`;
+    expect(outcomes.map((o) => o.status).sort()).toEqual(expect.arrayContaining(['ACCEPTED', 'DECLINED']));
+    // At most one open offer per driver, at any time: the partial unique index, checked here as well.
+    expect(await sql`select driver_id from offers where status = 'OPEN' group by driver_id having count(*) > 1`).toEqual([]);
     // Every driver row agrees with the deliveries: BUSY exactly when an active delivery holds it.
     const mismatched = await sql`select d.id from drivers d where d.id in ${sql(drivers.map((x) => x.id))}
       and (d.current_delivery_id is not null) <> exists (select 1 from deliveries x where x.driver_id = d.id and x.status in ('OFFERED', 'ASSIGNED'))`;
