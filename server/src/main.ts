@@ -138,6 +138,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     store: deliveriesStore,
     offers: offersStore,
     offerAnswers: { store: offersStore, ended: dispatch.offerEnded },
+    metrics,
     pushes: pushesStore,
     announce,
     events,

@@ -2,6 +2,7 @@ import type { DeliveryStatus, DeliveryUpdatePayload, DeliveryView, ListDeliverie
 import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
+import type { Metrics } from '../platform/metrics.js';
 import type { PushesStore } from '../pushes/pushes.store.js';
 import type { z } from 'zod';
 import type { deliveryDetail } from '#shared/replies.js';
@@ -23,6 +24,7 @@ export type CandidateView = z.infer<typeof deliveryDetail>['candidates'][number]
 
 export interface DeliveriesDeps {
   store: DeliveriesStore;
+  metrics?: Pick<Metrics, 'offers' | 'assignments'>;
   /** Drivers' answers to offers; `ended` frees the delivery for the next candidate. */
   offerAnswers?: { store: Pick<OffersStore, 'accept' | 'decline'>; ended: (ended: EndedOffer) => Promise<void> };
   /** Offer mode's store: the detail shows a delivery's offers, the dispatchers an open one's deadline. */
@@ -129,6 +131,8 @@ export function createDeliveriesService(deps: DeliveriesDeps) {
         throw new HubError('OFFER_EXPIRED', 'the offer is no longer open');
       }
       if (result.changed) {
+        deps.metrics?.offers.inc({ outcome: 'accepted' });
+        deps.metrics?.assignments.inc({ source: 'offer-accepted' });
         log.info({ delivery: deliveryId, driver: driverId }, 'offer accepted');
         await deps.announce({ delivery: result.delivery, previousStatus: 'OFFERED' });
       }
@@ -146,6 +150,7 @@ export function createDeliveriesService(deps: DeliveriesDeps) {
         throw new HubError('INVALID_TRANSITION', 'the offer was accepted: report the delivery as FAILED instead');
       }
       if (!result.changed) return;
+      deps.metrics?.offers.inc({ outcome: 'declined' });
       log.info({ delivery: deliveryId, driver: driverId, reason }, 'offer declined');
       // The driver has its answer now; the next offer does not hold it up.
       void ended(result).catch((err) => log.warn({ delivery: deliveryId, err: (err as Error).message }, 'next offer failed'));

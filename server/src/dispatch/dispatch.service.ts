@@ -30,7 +30,7 @@ export interface DispatchDeps {
   announce: DeliveryAnnouncer;
   events: HubEvents;
   logger: Logger;
-  metrics: Pick<Metrics, 'assignments' | 'assignmentSeconds'>;
+  metrics: Pick<Metrics, 'assignments' | 'assignmentSeconds' | 'offers'>;
   /** The customer's tracking link, in every answer to the webhook. */
   links: TrackingLinks;
   config: {
@@ -134,8 +134,8 @@ export function createDispatchService(deps: DispatchDeps) {
     if (candidates.length === 0) return null;
     const result = await deps.offers!.offerNext({ deliveryId: row.id, candidates, explain, timeoutSeconds: deps.config.offerTimeoutSeconds ?? 20, wait });
     if (!result) return null;
-    metrics.assignments.inc({ source: `offer-${source}` });
-    log.info({ delivery: row.id, driver: result.offer.driverId, attempt: result.offer.attempt, expiresAt: result.offer.expiresAt }, 'delivery offered');
+    metrics.offers.inc({ outcome: 'made' });
+    log.info({ delivery: row.id, driver: result.offer.driverId, attempt: result.offer.attempt, expiresAt: result.offer.expiresAt, source }, 'delivery offered');
     await announce({ delivery: result.delivery, previousStatus: 'PENDING', offer: toOfferPush(result.delivery, result.offer) });
     return result.delivery;
   }
@@ -153,6 +153,7 @@ export function createDispatchService(deps: DispatchDeps) {
   async function sweepOffers(): Promise<number> {
     const expired = await deps.offers!.expireDue(50);
     for (const ended of expired) {
+      metrics.offers.inc({ outcome: 'expired' });
       log.info({ delivery: ended.delivery.id, driver: ended.offer.driverId, attempt: ended.offer.attempt }, 'offer expired');
       events.emit('delivery:cancelled', { driverId: ended.offer.driverId, deliveryId: ended.delivery.id, reason: 'offer expired' });
       await offerEnded(ended).catch((err) => log.warn({ delivery: ended.delivery.id, err: (err as Error).message }, 'next offer failed'));
@@ -195,7 +196,7 @@ export function createDispatchService(deps: DispatchDeps) {
         timeoutSeconds: deps.config.offerTimeoutSeconds ?? 20,
       });
       if (!result) return;
-      metrics.assignments.inc({ source: 'offer-driver-freed' });
+      metrics.offers.inc({ outcome: 'made' });
       log.info({ delivery: result.delivery.id, driver: driverId }, 'pending delivery offered to freed driver');
       await announce({ delivery: result.delivery, previousStatus: 'PENDING', offer: toOfferPush(result.delivery, result.offer) });
       return;

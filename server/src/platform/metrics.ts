@@ -13,6 +13,7 @@ export function createMetrics(nodeId: string) {
     geoWrites: new Counter({ name: 'hub_geo_batch_writes_total', help: 'Batched presence script calls', registers: [registry] }),
     positionFlushes: new Counter({ name: 'hub_position_flushes_total', help: 'Batched position writes to PostgreSQL', registers: [registry] }),
     assignments: new Counter({ name: 'hub_assignments_total', help: 'Deliveries assigned', labelNames: ['source'], registers: [registry] }),
+    offers: new Counter({ name: 'hub_offers_total', help: 'Offers (DISPATCH_MODE=offer) by outcome: made, accepted, declined, expired', labelNames: ['outcome'], registers: [registry] }),
     assignmentSeconds: new Histogram({ name: 'hub_assignment_seconds', help: 'Webhook assignment latency', buckets: [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers: [registry] }),
     webhookRequests: new Counter({ name: 'hub_webhook_requests_total', help: 'Inbound webhooks by outcome', labelNames: ['event', 'outcome'], registers: [registry] }),
     driversSwept: new Counter({ name: 'hub_drivers_swept_total', help: 'Drivers taken offline by heartbeat expiry', registers: [registry] }),
