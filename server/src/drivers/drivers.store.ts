@@ -94,6 +94,17 @@ with input as (
 select c.id, c.status, s.lat, s.lng, c.current_delivery_id as "currentDeliveryId", c.session_id as "sessionId"
 from changed c left join seen s on s.driver_id = c.id`;
 
+/**
+ * The fairness facts of candidates ($1: a JSON array of ids): a prepared statement, as it runs
+ * with the webhook whenever two or more candidates share the fairness band.
+ */
+const SCORE_FACTS = `
+with day as (select date_trunc('day', now() at time zone 'UTC') at time zone 'UTC' as start)
+select d.id, extract(epoch from now() - coalesce(d.free_since, d.created_at))::float8 as idle,
+  (select count(*) from deliveries x, day
+    where x.driver_id = d.id and x.created_at >= day.start and x.assigned_at >= day.start)::int as today
+from drivers d where d.id in (select jsonb_array_elements_text($1::jsonb)::uuid)`;
+
 const TOKEN_VERSIONS = 'select id, token_version as version from drivers where id in (select jsonb_array_elements_text($1::jsonb)::uuid)';
 
 const numberOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
@@ -333,12 +344,7 @@ export function createDriversStore(database: Database) {
      */
     async scoreFacts(ids: readonly string[]): Promise<Map<string, { idleSeconds: number; deliveriesToday: number }>> {
       if (ids.length === 0) return new Map();
-      const rows = await database.rows<{ id: string; idle: number; today: number }>(sql`
-        with day as (select date_trunc('day', now() at time zone 'UTC') at time zone 'UTC' as start)
-        select d.id, extract(epoch from now() - coalesce(d.free_since, d.created_at))::float8 as idle,
-          (select count(*) from deliveries x, day
-            where x.driver_id = d.id and x.created_at >= day.start and x.assigned_at >= day.start)::int as today
-        from drivers d where d.id in (select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb)::uuid)`);
+      const rows = await database.query<{ id: string; idle: number; today: number }>(SCORE_FACTS, [JSON.stringify(ids)]);
       return new Map(rows.map((r) => [r.id, { idleSeconds: Math.max(0, Number(r.idle)), deliveriesToday: Number(r.today) }]));
     },
 
