@@ -237,6 +237,8 @@ describe.skipIf(!hasSharedPostgres())('offer mode (DISPATCH_MODE=offer, three no
       expect(res.body).toMatchObject({ status: 'OFFERED', driverId: silent.id });
       await child.kill('SIGKILL');
       await eventually(() => next.offers.length === 1, 'the offer moved on without its node', 15_000);
+      // Nothing beyond the deadline: the survivors sweep every 100 ms (a generous bound for a loaded machine).
+      expect(Date.now() - Date.parse(res.body.offerExpiresAt)).toBeLessThan(5000);
       const d = await detail(res.body.deliveryId);
       expect(d.offers.map((o: any) => o.outcome)).toEqual(['EXPIRED', 'OPEN']);
       silent.close();
