@@ -27,6 +27,8 @@ export interface LoadgenInit {
    * now and then (the driver client's cumulative protocol).
    */
   protocol?: 'plain' | 'ack' | 'seq';
+  /** Hub in DISPATCH_MODE=offer: accept every `offer` at once, as a keen driver does (the offer counts as the job reaching the driver). */
+  acceptOffers?: boolean;
 }
 
 /**
@@ -78,11 +80,13 @@ const conns: Conn[] = [];
 let ready: Conn[] = [];
 let closing = false;
 
-const counters = { sent: 0, skipped: 0, missed: 0, disconnects: 0, connectErrors: 0, assignments: 0, pushes: 0, pingAcks: 0, pingRefused: 0, storedConfirmations: 0 };
+const counters = { sent: 0, skipped: 0, missed: 0, disconnects: 0, connectErrors: 0, assignments: 0, offers: 0, pushes: 0, pingAcks: 0, pingRefused: 0, storedConfirmations: 0 };
 /** Ping acknowledgements that refused the ping, by error code. */
 let refusedPings: Record<string, number> = {};
 const REFUSAL_CODE = /"ok":false,"error":\{"code":"([A-Z_]+)"/;
 let assignments: [string, number][] = [];
+/** Deliveries offered to this generator's drivers so far (offer mode). */
+const offered = new Set<string>();
 let cpuAt = process.cpuUsage();
 let wallAt = performance.now();
 
@@ -130,6 +134,17 @@ function handleText(conn: Conn, text: string, onReady: () => void, onError: (err
       const [, payload] = JSON.parse(rest) as [string, { sellerOrderId: string }];
       counters.assignments += 1;
       assignments.push([payload.sellerOrderId, at]);
+    } else if (rest.startsWith('["offer"')) {
+      const at = wallMs();
+      counters.pushes += 1;
+      const [, payload] = JSON.parse(rest) as [string, { sellerOrderId: string; deliveryId: string }];
+      counters.offers += 1;
+      // A re-send of an offer already taken is acknowledged above and not counted again.
+      if (!offered.has(payload.deliveryId)) {
+        offered.add(payload.deliveryId);
+        assignments.push([payload.sellerOrderId, at]);
+        if (init.acceptOffers) conn.ws.send(`42${prefix}["offer:accept",${JSON.stringify({ deliveryId: payload.deliveryId })}]`);
+      }
     }
     return;
   }

@@ -7,6 +7,8 @@ import type { Server } from 'socket.io';
 import { createAdminRoutes } from './admin/admin.routes.js';
 import type { DispatchService } from './dispatch/dispatch.service.js';
 import { createDocsRoutes } from './docs/docs.routes.js';
+import { createFleetRoutes } from './fleets/fleets.routes.js';
+import type { FleetsStore } from './fleets/fleets.store.js';
 import type { Config } from './platform/config.js';
 import type { Database } from './platform/db.js';
 import { createAuthGate, createAuthThrottle } from './platform/auth-throttle.js';
@@ -32,6 +34,8 @@ export interface AppDeps extends Omit<SocketServerDeps, BuiltByTheApp> {
   dispatch: DispatchService;
   tracking: TrackingService;
   links: TrackingLinks;
+  /** Seller fleets (`/admin/fleets/:fleet`, and a driver's fleet on `/admin/drivers`). */
+  fleets?: { store: FleetsStore; changed: () => Promise<void> };
   /** Further features' routes from the composition root, mounted after the hub's own (see MountedRoutes). */
   routes?: MountedRoutes[];
   edge?: EdgeOptions;
@@ -125,7 +129,14 @@ export function createApp(deps: AppDeps): HubApp {
   });
 
   const roleGate = { adminToken: config.ADMIN_TOKEN, auth, tokens: deps.tokens, tokenVersions: deps.tokenVersions };
-  const admin = createAdminRoutes({ ...roleGate, drivers: deps.drivers, deliveries: deps.deliveries, events: deps.events });
+  const fleets = deps.fleets;
+  const admin = createAdminRoutes({
+    ...roleGate,
+    drivers: deps.drivers,
+    deliveries: deps.deliveries,
+    events: deps.events,
+    fleets: fleets ? { exists: fleets.store.exists, changed: fleets.changed } : undefined,
+  });
   // After the admin routes: the rest of /admin (further features' admin routes, and the methods a
   // path does not serve: 401 before 405) needs the admin token.
   admin.use('*', requireRole(roleGate, ['admin']));
@@ -133,6 +144,8 @@ export function createApp(deps: AppDeps): HubApp {
     { path: '/drivers', routes: createLocationRoutes({ tokens: deps.tokens, drivers: deps.drivers, presence: deps.presence, limits, metrics }) },
     { path: '/events', routes: createWebhookRoutes({ dispatch: deps.dispatch, deliveries: deps.deliveries, secrets: config.WEBHOOK_SECRETS, auth, logger, metrics, links: deps.links }) },
     { path: '/track', routes: createTrackingRoutes({ tracking: deps.tracking, limits, auth, logger, metrics, tileUrl: config.MAP_TILE_URL }) },
+    // Before /admin, whose catch-all would let only the admin read a fleet.
+    ...(fleets ? [{ path: '/admin/fleets', routes: createFleetRoutes({ ...roleGate, store: fleets.store, changed: fleets.changed }) }] : []),
     { path: '/admin', routes: admin },
     ...(deps.routes ?? []),
     // The front door, /openapi.json, /asyncapi.json and the pages showing them.

@@ -7,6 +7,9 @@ import { createDeliveriesService } from './deliveries/deliveries.service.js';
 import { createDeliveriesStore, toAssignmentPush } from './deliveries/deliveries.store.js';
 import { createDeliveryAnnouncer } from './deliveries/delivery-announcer.js';
 import { createDispatchService } from './dispatch/dispatch.service.js';
+import { createOffersStore } from './dispatch/offers.store.js';
+import { createFleetDirectory } from './fleets/fleet-directory.js';
+import { createFleetsStore } from './fleets/fleets.store.js';
 import { createOutboxRelay } from './outbox/outbox.relay.js';
 import { createOutboxRoutes } from './outbox/outbox.routes.js';
 import { createOutboxStore } from './outbox/outbox.store.js';
@@ -71,6 +74,10 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
   const outboxStore = createOutboxStore(database);
   const pushesStore = createPushesStore(database);
   const deliveriesStore = createDeliveriesStore({ database, drivers, outbox: outboxStore, pushes: pushesStore });
+  const offersStore = createOffersStore({ database, drivers, pushes: pushesStore, outbox: outboxStore });
+  const fleetsStore = createFleetsStore(database);
+  const fleetDirectory = createFleetDirectory({ store: fleetsStore, logger });
+  await fleetDirectory.start();
   const pushes = createPushService({
     store: pushesStore,
     events,
@@ -94,12 +101,15 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
       const rows = await deliveriesStore.activeForDrivers(driverIds);
       return new Map([...rows].map(([driverId, row]) => [driverId, toAssignmentPush(row)]));
     },
+    openOffers: offersStore.openForDrivers,
+    fleets: fleetDirectory.membership,
     config: {
       heartbeatTtlSeconds: config.HEARTBEAT_TTL_SECONDS,
       locationTickMs: config.LOCATION_TICK_MS,
       positionFlushMs: config.POSITION_FLUSH_MS,
       reconcileMs: config.RECONCILE_MS,
       maxRadiusKm: config.ASSIGN_MAX_RADIUS_KM,
+      fairnessBandMeters: config.FAIRNESS_BAND_METERS,
     },
   });
   const announce = createDeliveryAnnouncer({ events, presence });
@@ -111,10 +121,24 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     logger,
     metrics,
     links,
-    config: { maxRadiusKm: config.ASSIGN_MAX_RADIUS_KM, pendingRetryMs: 2000 },
+    scoreFacts: drivers.scoreFacts,
+    pools: fleetDirectory,
+    offers: offersStore,
+    config: {
+      maxRadiusKm: config.ASSIGN_MAX_RADIUS_KM,
+      pendingRetryMs: config.PENDING_RETRY_MS,
+      fairnessBandMeters: config.FAIRNESS_BAND_METERS,
+      mode: config.DISPATCH_MODE,
+      offerTimeoutSeconds: config.OFFER_TIMEOUT_SECONDS,
+      offerMaxAttempts: config.OFFER_MAX_ATTEMPTS,
+      offerSweepMs: Math.min(500, Math.max(50, Math.floor(config.PENDING_RETRY_MS / 4))),
+    },
   });
   const deliveries = createDeliveriesService({
     store: deliveriesStore,
+    offers: offersStore,
+    offerAnswers: { store: offersStore, ended: dispatch.offerEnded },
+    metrics,
     pushes: pushesStore,
     announce,
     events,
@@ -154,6 +178,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     deliveries,
     tracking,
     links,
+    fleets: { store: fleetsStore, changed: fleetDirectory.refresh },
     routes: [
       { path: '/admin/outbox', routes: createOutboxRoutes({ store: outboxStore }) },
       ...(extensions.publicRoutes ?? [createMapRoutes({ tileUrl: config.MAP_TILE_URL })]).map((routes) => ({ path: '/', routes })),
@@ -175,6 +200,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     stop() {
       stopping ??= (async () => {
         dispatch.stop();
+        fleetDirectory.stop();
         await app.close();
         await pushes.stop();
         await presence.stop();

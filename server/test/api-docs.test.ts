@@ -181,6 +181,19 @@ describe('API documents: /openapi.json and /asyncapi.json', () => {
     check('POST', '/admin/drivers', await call(hub, 'POST', '/admin/drivers', { body: { name: 'x' }, token: (dispatcher.body as any).token }));
     check('GET', '/admin/drivers', await call(hub, 'GET', '/admin/drivers', { token: (dispatcher.body as any).token }));
 
+    // seller fleets: created, changed, refused, read; a driver moved into one
+    check('PUT', '/admin/fleets/:fleet', await call(hub, 'PUT', '/admin/fleets/doc-seller', { body: { exclusive: false } }));
+    check('PUT', '/admin/fleets/:fleet', await call(hub, 'PUT', '/admin/fleets/doc-seller', { body: { exclusive: true } }));
+    check('PUT', '/admin/fleets/:fleet', await call(hub, 'PUT', '/admin/fleets/doc-seller', { body: {} }));
+    check('GET', '/admin/fleets/:fleet', await call(hub, 'GET', '/admin/fleets/doc-seller', { token: (dispatcher.body as any).token }));
+    check('GET', '/admin/fleets/:fleet', await call(hub, 'GET', '/admin/fleets/no-such-seller'));
+    check('POST', '/admin/drivers', await call(hub, 'POST', '/admin/drivers', { body: { name: 'Fleetless', fleet: 'no-such-seller' } }));
+    const fleetDriver = await call(hub, 'POST', '/admin/drivers', { body: { name: 'Fleet Driver', fleet: 'doc-seller' } });
+    check('POST', '/admin/drivers', fleetDriver);
+    check('PATCH', '/admin/drivers/:id', await call(hub, 'PATCH', `/admin/drivers/${(fleetDriver.body as any).id}`, { body: { fleet: null } }));
+    check('PATCH', '/admin/drivers/:id', await call(hub, 'PATCH', `/admin/drivers/${(fleetDriver.body as any).id}`, { body: { fleet: 'no-such-seller' } }));
+    check('PATCH', '/admin/drivers/:id', await call(hub, 'PATCH', `/admin/drivers/${randomUUID()}`, { body: { fleet: null } }));
+
     // webhooks: pending, assigned, retried, conflicting, refused, cancelled
     const pending = await postWebhook(hub, READY, order({ pickup: { lat: -33.9, lng: 151.2 } }));
     check('POST', READY, { ...pending, contentType: 'application/json' });

@@ -114,12 +114,25 @@ describe('dispatcher map: delivery and driver detail, actions, filters (headless
       await eventually(async () => (await page.locator('#detail-ack').getAttribute('data-acknowledged')) === 'true', 'the acknowledgement shown');
       expect(await page.locator('#detail-ack').textContent()).toContain("Driver's app confirmed the job");
 
-      // Why this driver: every candidate, nearest first, with distance and outcome.
-      expect(await page.$$eval('#candidates th', (ths) => ths.map((th) => (th as HTMLElement).dataset.key))).toEqual(['driverId', 'distanceMeters', 'outcome']);
+      // Why this driver: every candidate, best first, with distance, outcome and every term of its score.
+      expect(await page.$$eval('#candidates th', (ths) => ths.map((th) => (th as HTMLElement).dataset.key))).toEqual([
+        'rank',
+        'driverId',
+        'distanceMeters',
+        'outcome',
+        'pool',
+        'fleet',
+        'beyondNearestMeters',
+        'withinBand',
+        'fairnessBandMeters',
+        'idleSeconds',
+        'deliveriesToday',
+      ]);
       const rows = await page.$$eval('#candidates tbody tr', (trs) => trs.map((tr) => ({ chosen: tr.classList.contains('chosen'), cells: Array.from(tr.children).map((td) => td.textContent) })));
       expect(rows.length).toBeGreaterThanOrEqual(2);
-      expect(rows[0]).toMatchObject({ chosen: true, cells: ['Anna Near', expect.stringMatching(/^\d+ m$/), 'chosen'] });
-      expect(rows.map((r) => r.cells[0])).toContain('Ben Middle');
+      expect(rows[0].chosen).toBe(true);
+      expect(rows[0].cells.slice(0, 5)).toEqual(['1', 'Anna Near', expect.stringMatching(/^\d+ m$/), 'chosen', 'shared']);
+      expect(rows.map((r) => r.cells[1])).toContain('Ben Middle');
       const audit = await page.$$eval('#audit tbody tr', (trs) => trs.map((tr) => Array.from(tr.children).map((td) => td.textContent)));
       expect(audit.map((r) => [r[1], r[2]])).toEqual([
         ['∅ → PENDING', 'webhook'],
@@ -297,9 +310,12 @@ describe('dispatcher map: delivery and driver detail, actions, filters (headless
     try {
       await page.locator(`#deliveries li[data-delivery-id="${redispatched}"]`).click();
       await eventually(async () => (await page.locator('#offers tbody tr').count()) === 2, 'the offers listed');
-      expect(await page.$$eval('#candidates th', (ths) => ths.map((th) => th.textContent))).toEqual(['#', 'driver', 'distance', 'outcome', 'pool', 'idle seconds', 'deliveries today', 'in band', 'score note']);
+      // The hub's own terms first (in its order), then the ones this page has never heard of.
+      const headers = await page.$$eval('#candidates th', (ths) => ths.map((th) => th.textContent));
+      expect(headers).toEqual(['#', 'driver', 'distance', 'outcome', 'pool', 'fleet', 'beyond nearest meters', 'within band', 'fairness band meters', 'idle seconds', 'deliveries today', 'in band', 'score note']);
       const cells = await page.$$eval('#candidates tbody tr:first-child td', (tds) => tds.map((td) => td.textContent));
-      expect(cells.slice(4)).toEqual(['fleet', '5 min 40 s', '3', 'yes', '<b id="pwn-term">sneaky</b>']);
+      const cell = (header: string) => cells[headers.indexOf(header)];
+      expect(['pool', 'idle seconds', 'deliveries today', 'in band', 'score note'].map(cell)).toEqual(['fleet', '5 min 40 s', '3', 'yes', '<b id="pwn-term">sneaky</b>']);
       const countdown = () => page.locator('#offers td.countdown').textContent();
       const firstCount = Number((await countdown())?.match(/^(\d+) s left$/)?.[1]);
       expect(firstCount).toBeGreaterThan(20);

@@ -11,6 +11,8 @@ export const ERROR_CODES = [
   'METHOD_NOT_ALLOWED',
   'CONFLICT',
   'INVALID_TRANSITION',
+  /** Offer mode: the offer lapsed (or was answered) before this answer. */
+  'OFFER_EXPIRED',
   'PAYLOAD_TOO_LARGE',
   'RATE_LIMITED',
   'SERVICE_UNAVAILABLE',

@@ -61,8 +61,9 @@ import type {
  * - emit the three pushes with an ack callback, record `{ ok: true }`, re-send until then;
  * - `session.offer` and `session.locationConfirmation: 'cumulative'`; `AssignmentPush.status`;
  * - handle `location` without an ack whose fixes carry `seq` as above and emit `location:stored`;
- * - `offer:accept` / `offer:decline`, and `OFFER_EXPIRED` in ERROR_CODES (errors.ts; not added
- *   here because the hub maps every code to an HTTP status in server/src/platform/errors.ts).
+ * - `offer:accept` / `offer:decline`, and `OFFER_EXPIRED` in ERROR_CODES (done with issue 18: the
+ *   hub makes offers with DISPATCH_MODE=offer; an offer that lapses reaches the app as
+ *   `delivery:cancelled { reason: 'offer expired' }`, which takes it out of the client's state).
  */
 
 /** What each driver event carries, as the app sends it (the hub still validates: see DriverClientEvents). */

@@ -54,6 +54,8 @@ export const deliveryView = z.object({
   updatedAt: isoTime,
   /** When the driver's app confirmed the assignment push; null until then. */
   acknowledgedAt: isoTime.nullable(),
+  /** OFFERED only: when the open offer lapses unless its driver accepts (hub clock). */
+  offerExpiresAt: isoTime.nullable().optional(),
 });
 
 export const driverView = z.object({
@@ -77,7 +79,18 @@ export const orderReadyReply = z.union([
     trackingUrl: z.string().url(),
   }),
   z.object({
-    status: z.enum(DELIVERY_STATUSES.filter((s) => s !== 'ASSIGNED') as [Exclude<(typeof DELIVERY_STATUSES)[number], 'ASSIGNED'>, ...Exclude<(typeof DELIVERY_STATUSES)[number], 'ASSIGNED'>[]]),
+    status: z.literal('OFFERED'),
+    deliveryId: uuid,
+    sellerOrderId: z.string(),
+    /** The driver the delivery is offered to (DISPATCH_MODE=offer). */
+    driverId: uuid,
+    /** When the offer lapses unless the driver accepts it (hub clock). */
+    offerExpiresAt: isoTime,
+    idempotent: z.boolean(),
+    trackingUrl: z.string().url(),
+  }),
+  z.object({
+    status: z.enum(DELIVERY_STATUSES.filter((s) => s !== 'ASSIGNED' && s !== 'OFFERED') as [Exclude<(typeof DELIVERY_STATUSES)[number], 'ASSIGNED' | 'OFFERED'>, ...Exclude<(typeof DELIVERY_STATUSES)[number], 'ASSIGNED' | 'OFFERED'>[]]),
     deliveryId: uuid,
     sellerOrderId: z.string(),
     driverId: uuid.nullable(),
@@ -105,11 +118,25 @@ export const createdDriverReply = z.object({
   id: uuid,
   name: z.string(),
   status: driverStatus,
+  /** The seller's fleet the driver belongs to; null: the shared pool. */
+  fleet: z.string().nullable(),
   /** The driver's JWT: what the driver app connects with. */
   token: z.string(),
 });
 
 export const tokenReply = z.object({ token: z.string() });
+
+/** `PATCH /admin/drivers/{id}`: the driver after the move. */
+export const updatedDriverReply = z.object({ id: uuid, name: z.string(), status: driverStatus, fleet: z.string().nullable() });
+
+/** `PUT` and `GET /admin/fleets/{fleet}`. */
+export const fleetReply = z.object({
+  fleet: z.string(),
+  /** Exclusive: the seller's orders never go to the shared pool. */
+  exclusive: z.boolean(),
+  /** Drivers that belong to the fleet. */
+  drivers: z.number().int().min(0),
+});
 
 export const revokedTokensReply = z.object({ revoked: z.literal(true), token: z.string() });
 
@@ -120,8 +147,48 @@ export const deliveriesReply = z.object({ deliveries: z.array(deliveryView) });
 export const deliveryDetail = deliveryView.extend({
   distanceMeters: z.number().nullable(),
   assignedAt: isoTime.nullable(),
-  /** Every driver considered at assignment time, nearest first, and what happened to each claim. */
-  candidates: z.array(z.object({ driverId: uuid, distanceMeters: z.number(), outcome: z.string() })),
+  /**
+   * The drivers considered at the last assignment or offer, best first, with every term of their
+   * score (docs/api.md, "Scoring") and what happened to each claim: `chosen`, `offered`, `taken`
+   * (claimed by another order first), `not-tried`. Older deliveries carry only the first three fields.
+   */
+  candidates: z.array(
+    z.object({
+      driverId: uuid,
+      distanceMeters: z.number(),
+      outcome: z.string(),
+      rank: z.number().int().optional(),
+      /** `fleet`: the seller's own fleet; `shared`: the shared pool. */
+      pool: z.enum(['fleet', 'shared']).optional(),
+      fleet: z.string().nullable().optional(),
+      /** Metres farther than the nearest candidate of the same pool. */
+      beyondNearestMeters: z.number().optional(),
+      /** Within FAIRNESS_BAND_METERS of the nearest: idle time, then deliveries today, decided. */
+      withinBand: z.boolean().optional(),
+      fairnessBandMeters: z.number().optional(),
+      /** Seconds since the driver last came free; null when the band held nobody else to compare. */
+      idleSeconds: z.number().nullable().optional(),
+      /** Deliveries assigned to the driver since midnight UTC; null likewise. */
+      deliveriesToday: z.number().int().nullable().optional(),
+    }),
+  ),
+  /** Offer mode: every offer of the delivery, first first, and how each ended. */
+  offers: z.array(
+    z.object({
+      driverId: uuid,
+      attempt: z.number().int(),
+      /** OPEN until the driver answers or the deadline passes. */
+      outcome: z.enum(['OPEN', 'ACCEPTED', 'DECLINED', 'EXPIRED', 'CANCELLED']),
+      /** The driver's reason for a decline, `expired`, or the cancel's reason. */
+      reason: z.string().nullable(),
+      distanceMeters: z.number().nullable(),
+      /** The driver's score terms when the offer was made. */
+      score: z.record(z.string(), z.unknown()).nullable(),
+      offeredAt: isoTime,
+      expiresAt: isoTime,
+      answeredAt: isoTime.nullable(),
+    }),
+  ),
   /** The audit trail: one entry per transition. */
   events: z.array(
     z.object({

@@ -10,7 +10,7 @@ export const DRIVER_STATUSES = ['AVAILABLE', 'BUSY', 'OFFLINE'] as const;
 export const driverStatus = z.enum(DRIVER_STATUSES);
 export type DriverStatus = z.infer<typeof driverStatus>;
 
-export const DELIVERY_STATUSES = ['PENDING', 'ASSIGNED', 'PICKED_UP', 'DELIVERED', 'FAILED', 'CANCELLED'] as const;
+export const DELIVERY_STATUSES = ['PENDING', 'OFFERED', 'ASSIGNED', 'PICKED_UP', 'DELIVERED', 'FAILED', 'CANCELLED'] as const;
 export const deliveryStatus = z.enum(DELIVERY_STATUSES);
 export type DeliveryStatus = z.infer<typeof deliveryStatus>;
 export const TERMINAL_DELIVERY_STATUSES: readonly DeliveryStatus[] = ['DELIVERED', 'FAILED', 'CANCELLED'];
@@ -112,6 +112,7 @@ export const sellerOrderReady = z
   .object({
     sellerOrderId: z.string().min(1).max(200),
     orderCode: z.string().min(1).max(200),
+    /** The Vendure seller: its fleet is asked first (see fleets in docs/api.md). */
     sellerId: z.string().min(1).max(200).optional(),
     pickup: place,
     dropoff: place,
@@ -167,14 +168,27 @@ export const deliveryStatusEvent = z.looseObject({
 });
 export type DeliveryStatusEvent = z.infer<typeof deliveryStatusEvent>;
 
+/** A fleet's name: the Vendure seller id (as `sellerId` carries it in the webhook). */
+export const fleetId = z.string().min(1).max(200).regex(/^[A-Za-z0-9._:-]+$/, 'letters, digits and . _ : - only');
+
 export const createDriverBody = z
   .object({
     name: z.string().trim().min(1).max(200),
     phone: boundedText(50).optional(),
     vehicle: boundedText(100).optional(),
+    /** The seller's fleet the driver belongs to (it must exist: `PUT /admin/fleets/:fleet`); absent or null: the shared pool. */
+    fleet: fleetId.nullable().optional(),
   })
   .strict();
 export type CreateDriverBody = z.infer<typeof createDriverBody>;
+
+/** `PATCH /admin/drivers/:id`: moves a driver into a fleet (or, with null, to the shared pool). */
+export const updateDriverBody = z.object({ fleet: fleetId.nullable() }).strict();
+export type UpdateDriverBody = z.infer<typeof updateDriverBody>;
+
+/** `PUT /admin/fleets/:fleet`. */
+export const fleetBody = z.object({ exclusive: z.boolean() }).strict();
+export type FleetBody = z.infer<typeof fleetBody>;
 
 export const ROLES = ['driver', 'dispatcher', 'admin'] as const;
 export const role = z.enum(ROLES);
@@ -214,6 +228,8 @@ export interface DeliveryView {
   updatedAt: string;
   /** When the driver's app confirmed the assignment push; null until then (and while unassigned). */
   acknowledgedAt: string | null;
+  /** OFFERED only: when the open offer lapses unless its driver accepts (hub clock). */
+  offerExpiresAt?: string | null;
 }
 
 /** A driver app's answer to a push, or its absence, as dispatchers see it. */
@@ -292,4 +308,5 @@ export interface TrackingState {
 /** `trackingUrl`: the page the shop can give its customer (`<PUBLIC_URL>/track/<token>`). */
 export type OrderReadyReply =
   | { status: 'ASSIGNED'; deliveryId: string; sellerOrderId: string; driverId: string; distanceMeters: number; idempotent: boolean; trackingUrl: string }
-  | { status: Exclude<DeliveryStatus, 'ASSIGNED'>; deliveryId: string; sellerOrderId: string; driverId: string | null; idempotent: boolean; trackingUrl: string };
+  | { status: 'OFFERED'; deliveryId: string; sellerOrderId: string; driverId: string; offerExpiresAt: string; idempotent: boolean; trackingUrl: string }
+  | { status: Exclude<DeliveryStatus, 'ASSIGNED' | 'OFFERED'>; deliveryId: string; sellerOrderId: string; driverId: string | null; idempotent: boolean; trackingUrl: string };

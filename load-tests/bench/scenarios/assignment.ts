@@ -6,6 +6,12 @@
  *      arriving at the chosen driver's socket (the load generator timestamps it);
  *   2. then as fast as the hub answers (many requests in flight): assignments per second.
  * Every order's pickup is a random point in an 8 km disc, so nearby drivers exist for each.
+ *
+ * Run once per dispatch mode (`--modes assign,offer`, both by default), each on a hub, database and
+ * Redis prefix of its own: `assign` (the default: the job is claimed and pushed), then `offer`
+ * (DISPATCH_MODE=offer: the driver is reserved and gets an `offer`, which the load generator
+ * accepts at once). In offer mode "to driver" is the webhook -> `offer` push latency and the rate
+ * is offers per second.
  */
 import { randomUUID } from 'node:crypto';
 import { Agent, request } from 'node:http';
@@ -72,10 +78,15 @@ export function postOrder(agent: Agent, url: string, sellerOrderId: string, pick
   });
 }
 
-function analyse(posted: Posted[], pushes: Map<string, number>, seconds: number) {
+type DispatchMode = 'assign' | 'offer';
+
+/** The webhook answer that means the job went to a driver: ASSIGNED, or OFFERED in offer mode. */
+const served = (mode: DispatchMode) => (mode === 'offer' ? 'OFFERED' : 'ASSIGNED');
+
+function analyse(posted: Posted[], pushes: Map<string, number>, seconds: number, mode: DispatchMode) {
   const outcomes: Record<string, number> = {};
   for (const p of posted) outcomes[p.outcome] = (outcomes[p.outcome] ?? 0) + 1;
-  const assigned = posted.filter((p) => p.outcome === 'ASSIGNED');
+  const assigned = posted.filter((p) => p.outcome === served(mode));
   const toDriver: number[] = [];
   let missingPush = 0;
   for (const p of assigned) {
@@ -105,6 +116,24 @@ function analyse(posted: Posted[], pushes: Map<string, number>, seconds: number)
 }
 
 export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
+  const modes = ctx
+    .str('modes', 'assign,offer')
+    .split(',')
+    .map((m) => m.trim())
+    .filter((m): m is DispatchMode => m === 'assign' || m === 'offer');
+  const runs: [DispatchMode, ScenarioOutput][] = [];
+  for (const mode of modes) runs.push([mode, await runMode(ctx, mode)]);
+  const byMode = new Map(runs);
+  return {
+    // The assign run's results stay where they always were; the offer run's sit beside them.
+    results: { ...(byMode.get('assign')?.results ?? {}), ...(byMode.has('offer') ? { offerMode: byMode.get('offer')!.results } : {}) },
+    checks: runs.flatMap(([, out]) => out.checks),
+    table: runs.map(([mode, out]) => `${mode} mode\n${out.table}`).join('\n'),
+    profiles: Object.assign({}, ...runs.map(([, out]) => out.profiles ?? {})),
+  };
+}
+
+async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOutput> {
   const drivers = ctx.num('drivers', 10_000, 3_000);
   const rate = ctx.num('rate', 200);
   const seconds = ctx.num('seconds', 10, 5);
@@ -120,14 +149,18 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
     const db = await createBenchDatabase(cleanup);
     const prefix = redisPrefix();
     cleanup.add(`redis keys ${prefix}`, () => deletePrefix(SHARED_REDIS_URL, prefix));
-    const hub = await spawnServer('hub', cleanup, { name: `assignment-hub-${ctx.runId}`, env: hubEnv(db, prefix, { NODE_ID: 'bench-assign', ...ctx.hubEnv }), logDir: ctx.logDir });
+    const hub = await spawnServer('hub', cleanup, {
+      name: `${mode}-hub-${ctx.runId}`,
+      env: hubEnv(db, prefix, { NODE_ID: `bench-${mode}`, ...(mode === 'offer' ? { DISPATCH_MODE: 'offer' } : {}), ...ctx.hubEnv }),
+      logDir: ctx.logDir,
+    });
     const ids = await insertDrivers(db, drivers);
     const tokens = await mintTokens('driver', ids);
     const positions = positionsAround(drivers, 10);
     const group = await LoadGroup.start(cleanup, generators, 'assignment');
-    await group.init({ mode: 'sio', url: hub.url, waitSession: true }, tokens, positions);
+    await group.init({ mode: 'sio', url: hub.url, waitSession: true, acceptOffers: mode === 'offer' }, tokens, positions);
     const connected = await group.connect(100);
-    ctx.log(`assignment: ${connected.connected} drivers connected in ${connected.seconds.toFixed(1)} s (${connected.failed} failed)`);
+    ctx.log(`${mode} mode: ${connected.connected} drivers connected in ${connected.seconds.toFixed(1)} s (${connected.failed} failed)`);
     ctx.log(`status: ${JSON.stringify(await group.all('goAvailable', { concurrency: 50 }))}; positions: ${JSON.stringify(await group.all('placeAll', { concurrency: 100 }))}`);
     const redis = new Redis(SHARED_REDIS_URL);
     cleanup.add('redis client', () => redis.disconnect());
@@ -197,8 +230,8 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
     const fixedProcs = sampleProcesses();
     const fixedPosted = await openLoop('fixed', seconds);
     const fixedStats = await hub.stats();
-    await collectPushes(fixedPosted.filter((p) => p.outcome === 'ASSIGNED').length);
-    const fixed = { ...analyse(fixedPosted, pushes, seconds), machineBusyPercent: machineBusyPercent(fixedCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(fixedProcs, sampleProcesses()), hubLagP99Ms: round(fixedStats.lagP99Ms), hubCpuPercent: round(fixedStats.cpuPercent, 0), hubSysPercent: round(fixedStats.sysPercent, 0) };
+    await collectPushes(fixedPosted.filter((p) => p.outcome === served(mode)).length);
+    const fixed = { ...analyse(fixedPosted, pushes, seconds, mode), machineBusyPercent: machineBusyPercent(fixedCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(fixedProcs, sampleProcesses()), hubLagP99Ms: round(fixedStats.lagP99Ms), hubCpuPercent: round(fixedStats.cpuPercent, 0), hubSysPercent: round(fixedStats.sysPercent, 0) };
     ctx.log(`fixed rate: ${JSON.stringify(fixed)}`);
     await sleep(2000);
 
@@ -212,7 +245,7 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
     await profiled(
       ctx,
       hub,
-      'assignment-max',
+      mode === 'offer' ? 'offer-max' : 'assignment-max',
       async () => {
         let next = 0;
         await Promise.all(
@@ -229,8 +262,8 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
     );
     const maxSeconds = (performance.now() - maxStarted) / 1000;
     const maxStats = await hub.stats();
-    await collectPushes(pushes.size + maxPosted.filter((p) => p.outcome === 'ASSIGNED').length);
-    const max = { ...analyse(maxPosted, pushes, maxSeconds), concurrency, machineBusyPercent: machineBusyPercent(maxCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(maxProcs, sampleProcesses()), hubLagP99Ms: round(maxStats.lagP99Ms), hubCpuPercent: round(maxStats.cpuPercent, 0), hubSysPercent: round(maxStats.sysPercent, 0) };
+    await collectPushes(pushes.size + maxPosted.filter((p) => p.outcome === served(mode)).length);
+    const max = { ...analyse(maxPosted, pushes, maxSeconds, mode), concurrency, machineBusyPercent: machineBusyPercent(maxCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(maxProcs, sampleProcesses()), hubLagP99Ms: round(maxStats.lagP99Ms), hubCpuPercent: round(maxStats.cpuPercent, 0), hubSysPercent: round(maxStats.sysPercent, 0) };
     /** Hub CPU time each assignment costs on top of the background pings: what one core would sustain. */
     const hubCpuMsPerAssignment = max.assignedPerSec ? round(((maxStats.cpuPercent - idleCpuPercent) * 10) / max.assignedPerSec, 2) : null;
     const perCoreEstimate = hubCpuMsPerAssignment ? Math.round(1000 / hubCpuMsPerAssignment) : null;
@@ -238,7 +271,18 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
     const metrics = (await hub.metricsText())!;
     await group.close();
 
-    const checks: TargetCheck[] = [
+    const checks: TargetCheck[] =
+      mode === 'offer'
+        ? [
+            {
+              name: `offer mode: webhook -> offer push p99 at ${rate}/s, ${connected.connected} drivers`,
+              target: 'reported beside assign mode',
+              measured: `${fixed.requestToDriverMs.p99} ms (p50 ${fixed.requestToDriverMs.p50} ms)`,
+              met: null,
+            },
+            { name: 'offer mode: offers per second per node', target: 'reported beside assign mode', measured: `${max.assignedPerSec}/s`, met: null },
+          ]
+        : [
       {
         name: `assignment p99 at ${rate}/s, ${connected.connected} drivers`,
         target: '<= 25 ms',
@@ -253,7 +297,7 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
       },
     ];
     const rows = [
-      ['phase', 'orders', 'assigned', 'other outcomes', 'req->driver p50', 'p99', 'max', 'req->response p99', 'assigned/s', 'hub CPU %'],
+      ['phase', 'orders', mode === 'offer' ? 'offered' : 'assigned', 'other outcomes', 'req->driver p50', 'p99', 'max', 'req->response p99', mode === 'offer' ? 'offered/s' : 'assigned/s', 'hub CPU %'],
       ['fixed', fixed.orders, fixed.assigned, JSON.stringify(fixed.outcomes), fixed.requestToDriverMs.p50, fixed.requestToDriverMs.p99, fixed.requestToDriverMs.max, fixed.requestToResponseMs.p99, fixed.assignedPerSec, fixed.hubCpuPercent],
       ['max', max.orders, max.assigned, JSON.stringify(max.outcomes), max.requestToDriverMs.p50, max.requestToDriverMs.p99, max.requestToDriverMs.max, max.requestToResponseMs.p99, max.assignedPerSec, max.hubCpuPercent],
     ];

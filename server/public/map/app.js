@@ -394,6 +394,7 @@
         { dataset: { deliveryId: d.id, status: d.status, driverId: d.driverId || '' }, class: [OPEN.has(d.status) ? '' : 'closed', d.id === selectedId ? 'selected' : ''].join(' ').trim() || null },
         el('span', { class: 'code', text: d.orderCode }),
         el('span', { class: `state ${d.status}`, text: d.status }),
+        d.status === 'OFFERED' && d.offerExpiresAt ? el('span', { class: 'countdown offer-countdown', dataset: { expiresAt: d.offerExpiresAt }, text: countdown(d.offerExpiresAt) }) : null,
         el('div', { class: 'who', text: `${driverName(d.driverId)} · ${d.pickup?.address || 'pickup'} → ${d.dropoff?.address || 'dropoff'}` }),
       );
       li.addEventListener('click', () => openDelivery(d.id));
@@ -663,14 +664,13 @@
       const after = res.body.delivery;
       message.textContent =
         kind === 'cancel' ? (res.body.idempotent ? 'was already cancelled' : 'cancelled') : after.status === 'PENDING' ? 'back to assignment: nobody free yet, waiting' : `assigned again, to ${driverName(after.driverId)}`;
-      message.dataset.result = kind === 'cancel' ? 'CANCELLED' : after.status;
+      const result = kind === 'cancel' ? 'CANCELLED' : after.status;
       applyDelivery(after);
       await loadDeliveryDetail(d.id);
-      const again = $('detail-message');
-      if (again) {
-        again.textContent = message.textContent;
-        again.dataset.result = message.dataset.result;
-      }
+      // The outcome is marked once the panel shows the delivery as it is after the action (its audit trail included).
+      const again = $('detail-message') || message;
+      again.textContent = message.textContent;
+      again.dataset.result = result;
     } else {
       const error = res.body?.error || { code: String(res.status), message: 'refused' };
       message.className = 'message error';
@@ -875,6 +875,8 @@
 
   /** Once a second: the ages in the panel, and the countdowns of open offers. */
   function tickPanel() {
+    // The list's offered deliveries count down too (OFFERED in the dispatcher stream carries offerExpiresAt).
+    for (const cell of document.querySelectorAll('#deliveries .offer-countdown')) cell.textContent = countdown(cell.dataset.expiresAt);
     const detail = state.detail;
     if (!detail || $('detail').hidden) return;
     if (detail.kind === 'driver') {

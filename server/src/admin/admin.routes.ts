@@ -1,5 +1,5 @@
 import { Hono } from 'hono';
-import { createDriverBody, dispatcherActionBody, listDeliveriesQuery, mintTokenBody } from '#shared/schemas.js';
+import { createDriverBody, dispatcherActionBody, listDeliveriesQuery, mintTokenBody, updateDriverBody } from '#shared/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import { HubError, validationError } from '../platform/errors.js';
 import { jsonBody, optionalJsonBody } from '../platform/http-input.js';
@@ -11,6 +11,8 @@ import type { TokenVersionsStore } from './token-versions.store.js';
 import { z } from 'zod';
 
 export interface AdminDeps extends RoleGateDeps {
+  /** Seller fleets: a driver may be created in one or moved to one (it must exist). */
+  fleets?: { exists(fleet: string): Promise<boolean>; changed(): Promise<void> };
   events: HubEvents;
   tokenVersions: TokenVersionsStore;
   drivers: DriversStore;
@@ -26,10 +28,29 @@ export function createAdminRoutes(deps: AdminDeps) {
   const adminOnly = requireRole(deps, ['admin']);
   const readers = requireRole(deps, ['admin', 'dispatcher']);
 
+  async function knownFleet(fleet: string | null | undefined): Promise<void> {
+    if (fleet === null || fleet === undefined) return;
+    if (!deps.fleets || !(await deps.fleets.exists(fleet))) throw new HubError('NOT_FOUND', `no fleet ${fleet}: create it with PUT /admin/fleets/${fleet}`);
+  }
+
   app.post('/drivers', adminOnly, async (c) => {
-    const { tokenVersion, ...driver } = await deps.drivers.create(parsePayload(createDriverBody, await jsonBody(c.req), 'driver'));
+    const body = parsePayload(createDriverBody, await jsonBody(c.req), 'driver');
+    await knownFleet(body.fleet);
+    const { tokenVersion, ...driver } = await deps.drivers.create(body);
+    if (driver.fleet) await deps.fleets?.changed();
     const token = await deps.tokens.issue('driver', driver.id, { version: tokenVersion });
     return c.json({ ...driver, token }, 201);
+  });
+
+  app.patch('/drivers/:id', adminOnly, async (c) => {
+    const id = c.req.param('id');
+    const { fleet } = parsePayload(updateDriverBody, await jsonBody(c.req), 'driver update');
+    if (!uuidParam.safeParse(id).success) throw new HubError('NOT_FOUND', 'no driver with this id');
+    await knownFleet(fleet);
+    const driver = await deps.drivers.setFleet(id, fleet);
+    if (!driver) throw new HubError('NOT_FOUND', 'no driver with this id');
+    await deps.fleets?.changed();
+    return c.json(driver);
   });
 
   app.post('/tokens', adminOnly, async (c) => {

@@ -4,12 +4,25 @@ import type { AssignmentPush, DeliveryStatus, DeliveryView, ListDeliveriesQuery,
 import { OUTBOX_INSERT, type OutboxEventType } from '../outbox/outbox.store.js';
 import { PUSH_UPSERT, PUSH_UPSERT_CONFLICT, type PushesStore } from '../pushes/pushes.store.js';
 import { type Database, type DbOrTx, isRetryableConflict, retryOnConflict, rowMapper, type Tx, uniqueViolation } from '../platform/db.js';
-import { ACTIVE_STATUSES_LIST, ACTIVE_STATUSES_SQL, deliveries, deliveryEvents } from '../platform/schema.js';
+import { ACTIVE_STATUSES_LIST, ACTIVE_STATUSES_SQL, deliveries, deliveryEvents, fleets } from '../platform/schema.js';
 import { type DriverPresenceRow, type DriversStore, haversineSql } from '../drivers/drivers.store.js';
 
 export type DeliveryRow = typeof deliveries.$inferSelect;
 export type Candidate = { driverId: string; distanceMeters: number };
-export type RankedCandidate = Candidate & { outcome: 'chosen' | 'taken' | 'not-tried' };
+export type RankedCandidate = Candidate & { outcome: 'chosen' | 'taken' | 'not-tried' } & Record<string, unknown>;
+
+/**
+ * Why the candidates are in their order (dispatch/scoring.ts): each driver's score terms, stored
+ * with the delivery, and the pool each was proposed from. With `pooled`, a claim takes a driver
+ * only while it still belongs to that pool (and a shared-pool driver only while the seller's
+ * fleet is not exclusive): PostgreSQL judges pools as it judges availability.
+ */
+export interface CandidateExplanation {
+  pooled: boolean;
+  terms: ReadonlyMap<string, { fleet: string | null }>;
+}
+
+const termsOf = (explain: CandidateExplanation | undefined, driverId: string) => explain?.terms.get(driverId);
 
 /** What the outbox needs to write a status event in the caller's transaction. */
 export interface OutboxWriter {
@@ -39,7 +52,7 @@ const CANDIDATES_PARAM = 12;
 
 /**
  * $1 id, $2 sellerOrderId, $3 orderCode, $4 sellerId, $5-$7 pickup lat/lng/address, $8-$10 dropoff,
- * $11 customer (json), $12 notes, $13 candidates (json [{id, dist, ord}], nearest first), $14 now,
+ * $11 customer (json), $12 notes, $13 candidates (json [{id, dist, ord, fleet, pooled, terms}], best first), $14 now,
  * $15 the assigned event's payload without its driverId, $16 the assignment push for the driver's app. Returns the new row with fresh = true,
  * or the existing one with fresh = false.
  *
@@ -50,7 +63,8 @@ const CANDIDATES_PARAM = 12;
  */
 const CREATE_AND_ASSIGN = `
 with input as (
-  select c.id, c.dist, c.ord from jsonb_to_recordset($13::jsonb) as c(id uuid, dist float8, ord int)
+  select c.id, c.dist, c.ord, c.fleet, c.pooled, c.terms
+  from jsonb_to_recordset($13::jsonb) as c(id uuid, dist float8, ord int, fleet text, pooled boolean, terms jsonb)
 ), known as (
   select * from deliveries where seller_order_id = $2::text
 ), pick as (
@@ -60,6 +74,8 @@ with input as (
     and d.status = 'AVAILABLE'
     and d.current_delivery_id is null
     and not exists (select 1 from deliveries a where a.driver_id = d.id and a.status in ${ACTIVE_STATUSES_LIST})
+    and (not coalesce(i.pooled, false) or (d.fleet is not distinct from i.fleet
+      and (i.fleet is not null or not exists (select 1 from fleets f where f.id = $4::text and f.exclusive))))
   order by i.ord
   limit 1
   for update of d
@@ -74,7 +90,7 @@ with input as (
   select $1::uuid, $2::text, $3::text, $4::text, case when c.id is null then 'PENDING' else 'ASSIGNED' end, c.id,
     $5::float8, $6::float8, $7::text, $8::float8, $9::float8, $10::text, $11::jsonb, $12::text,
     c.dist,
-    (select jsonb_agg(jsonb_build_object('driverId', i.id, 'distanceMeters', i.dist, 'outcome',
+    (select jsonb_agg(coalesce(i.terms, '{}'::jsonb) || jsonb_build_object('driverId', i.id, 'distanceMeters', i.dist, 'outcome',
         case when i.ord = c.ord then 'chosen' when c.ord is null or i.ord < c.ord then 'taken' else 'not-tried' end) order by i.ord)
       from input i),
     case when c.id is null then null else $14::timestamptz end, $14::timestamptz, $14::timestamptz
@@ -102,6 +118,14 @@ select false as fresh, * from known`;
  * that driver): the claim paths pass such a driver over for this delivery.
  */
 const TAKEN_FROM_DRIVER = sql`${deliveryEvents.toStatus} = 'PENDING' and ${deliveryEvents.fromStatus} is not null and ${deliveryEvents.driverId} is not null`;
+
+/**
+ * A delivery this driver's pool may take: a fleet driver only its seller's orders; a shared-pool
+ * driver any order but those of a seller whose fleet is exclusive.
+ */
+const poolAdmits = (driverId: string) => sql`exists (select 1 from drivers dr where dr.id = ${driverId} and (
+  (dr.fleet is not null and dr.fleet = ${deliveries.sellerId})
+  or (dr.fleet is null and not exists (select 1 from fleets f where f.id = ${deliveries.sellerId} and f.exclusive))))`;
 
 export interface TransitionResult {
   delivery: DeliveryRow;
@@ -204,17 +228,28 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
     return new Set(rows.map((r) => r.driverId).filter((id): id is string => id !== null));
   }
 
-  /** Tries candidates nearest first; the first successful conditional claim wins. */
+  async function fleetIsExclusive(executor: DbOrTx, fleet: string): Promise<boolean> {
+    const [row] = await executor.select({ exclusive: fleets.exclusive }).from(fleets).where(eq(fleets.id, fleet)).limit(1);
+    return row?.exclusive === true;
+  }
+
+  /** Tries candidates in their ranked order; the first successful conditional claim wins. */
   async function claimFirst(
     tx: Tx,
     deliveryId: string,
     offered: readonly Candidate[],
+    explain?: CandidateExplanation,
+    sellerId?: string | null,
   ): Promise<{ chosen: Candidate | null; ranked: RankedCandidate[] }> {
     const excluded = await takenFrom(tx, deliveryId);
     const candidates = excluded.size === 0 ? offered : offered.filter((c) => !excluded.has(c.driverId));
-    const ranked: RankedCandidate[] = candidates.map((c) => ({ ...c, outcome: 'not-tried' }));
+    const ranked: RankedCandidate[] = candidates.map((c) => ({ ...termsOf(explain, c.driverId), ...c, outcome: 'not-tried' }));
+    const sharedClosed = explain?.pooled && sellerId ? await fleetIsExclusive(tx, sellerId) : false;
     for (const candidate of ranked) {
-      if (await drivers.claim(tx, candidate.driverId, deliveryId)) {
+      const terms = termsOf(explain, candidate.driverId);
+      const pool = explain?.pooled ? { fleet: terms?.fleet ?? null } : undefined;
+      if (pool && pool.fleet === null && sharedClosed) continue;
+      if (await drivers.claim(tx, candidate.driverId, deliveryId, pool)) {
         candidate.outcome = 'chosen';
         return { chosen: candidate, ranked };
       }
@@ -283,7 +318,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
       return db
         .select()
         .from(deliveries)
-        .where(sql`${deliveries.status} in ('PENDING', 'ASSIGNED', 'PICKED_UP')`)
+        .where(sql`${deliveries.status} in ('PENDING', 'OFFERED', 'ASSIGNED', 'PICKED_UP')`)
         .orderBy(desc(deliveries.createdAt))
         .limit(limit);
     },
@@ -312,7 +347,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
      * written and it is returned. A twin that commits after this statement's snapshot makes the
      * insert fail on the unique key, which rolls the claim back; the twin's row is returned then.
      */
-    async createAndAssign(order: SellerOrderReady, candidates: readonly Candidate[]): Promise<CreateOutcome> {
+    async createAndAssign(order: SellerOrderReady, candidates: readonly Candidate[], explain?: CandidateExplanation): Promise<CreateOutcome> {
       const id = randomUUID();
       const now = new Date().toISOString();
       const assignedEvent = statusEvent(
@@ -333,7 +368,12 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
         order.dropoff.address ?? null,
         order.customer ? JSON.stringify(order.customer) : null,
         order.notes ?? null,
-        JSON.stringify(candidates.map((c, ord) => ({ id: c.driverId, dist: c.distanceMeters, ord }))),
+        JSON.stringify(
+          candidates.map((c, ord) => {
+            const terms = termsOf(explain, c.driverId);
+            return terms ? { id: c.driverId, dist: c.distanceMeters, ord, fleet: terms.fleet, pooled: explain!.pooled, terms } : { id: c.driverId, dist: c.distanceMeters, ord };
+          }),
+        ),
         now,
         JSON.stringify(assignedEvent.payload),
         JSON.stringify({ deliveryId: id, sellerOrderId: order.sellerOrderId, orderCode: order.orderCode, pickup: order.pickup, dropoff: order.dropoff, assignedAt: now, status: 'ASSIGNED' } satisfies AssignmentPush),
@@ -370,7 +410,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
     },
 
     /** Assigns one PENDING delivery to the first free candidate; skips a delivery another node is handling. */
-    async assignPending(deliveryId: string, candidates: readonly Candidate[]): Promise<{ delivery: DeliveryRow; chosen: Candidate } | null> {
+    async assignPending(deliveryId: string, candidates: readonly Candidate[], explain?: CandidateExplanation): Promise<{ delivery: DeliveryRow; chosen: Candidate } | null> {
       return claimInTransaction(async (tx) => {
         const [row] = await tx
           .select()
@@ -378,10 +418,39 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
           .where(and(eq(deliveries.id, deliveryId), eq(deliveries.status, 'PENDING')))
           .for('update', { skipLocked: true });
         if (!row) return null;
-        const { chosen, ranked } = await claimFirst(tx, row.id, candidates);
+        const { chosen, ranked } = await claimFirst(tx, row.id, candidates, explain, row.sellerId);
         if (!chosen) return null;
         return { delivery: await assignInTx(tx, row, chosen, ranked), chosen };
       });
+    },
+
+    /**
+     * Offer mode's look for a driver that just came free: the oldest PENDING delivery within reach
+     * of its pool that it was never offered nor taken from (the offer itself locks and re-checks).
+     */
+    async oldestPendingFor(
+      driver: { id: string; lat: number; lng: number },
+      radiusMeters: number,
+    ): Promise<{ delivery: DeliveryRow; distanceMeters: number; explain: CandidateExplanation } | null> {
+      const distance = haversineSql(deliveries.pickupLat, deliveries.pickupLng, driver.lat, driver.lng);
+      const [row] = await db
+        .select({ delivery: deliveries, distance, fleet: sql<string | null>`(select fleet from drivers where id = ${driver.id})` })
+        .from(deliveries)
+        .where(
+          and(
+            eq(deliveries.status, 'PENDING'),
+            sql`${distance} <= ${radiusMeters}`,
+            poolAdmits(driver.id),
+            sql`not exists (select 1 from offers o where o.delivery_id = ${deliveries.id} and o.driver_id = ${driver.id})`,
+            sql`not exists (select 1 from ${deliveryEvents} where ${deliveryEvents.deliveryId} = ${deliveries.id} and ${TAKEN_FROM_DRIVER} and ${deliveryEvents.driverId} = ${driver.id})`,
+          ),
+        )
+        .orderBy(asc(deliveries.createdAt))
+        .limit(1);
+      if (!row) return null;
+      const distanceMeters = Number(row.distance);
+      const terms = { driverId: driver.id, distanceMeters, pool: row.fleet === null ? 'shared' : 'fleet', fleet: row.fleet, rank: 1, reason: 'came free near the oldest waiting delivery' };
+      return { delivery: row.delivery, distanceMeters, explain: { pooled: true, terms: new Map([[driver.id, terms]]) } };
     },
 
     /** The oldest PENDING delivery whose pickup is within reach of a driver that just became free. */
@@ -398,6 +467,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
             and(
               eq(deliveries.status, 'PENDING'),
               sql`${distance} <= ${radiusMeters}`,
+              poolAdmits(driver.id),
               sql`not exists (select 1 from ${deliveryEvents} where ${deliveryEvents.deliveryId} = ${deliveries.id} and ${TAKEN_FROM_DRIVER} and ${deliveryEvents.driverId} = ${driver.id})`,
             ),
           )
@@ -476,6 +546,12 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
           .where(eq(deliveries.id, row.id))
           .returning();
         await record(tx, updated, row.status, input.actor, input.reason);
+        if (row.status === 'OFFERED') {
+          await database.rows(
+            sql`update offers set status = 'CANCELLED', reason = ${input.reason ?? 'cancelled'}, answered_at = clock_timestamp() where delivery_id = ${row.id} and status = 'OPEN'`,
+            tx,
+          );
+        }
         // What the driver's app was told about the earlier state is no longer current; a cancel it must hear of.
         await pushes.closeStale(tx, row.id, null);
         if (input.to === 'CANCELLED' && row.driverId) {

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { ERROR_CODES } from '#shared/errors.js';
 import * as replies from '#shared/replies.js';
-import { createDriverBody, dispatcherActionBody, listDeliveriesQuery, locationPayload, mintTokenBody, place, sellerOrderCancelled, sellerOrderReady } from '#shared/schemas.js';
+import { createDriverBody, dispatcherActionBody, fleetBody, fleetId, listDeliveriesQuery, locationPayload, mintTokenBody, place, sellerOrderCancelled, sellerOrderReady, updateDriverBody } from '#shared/schemas.js';
 import { WEBHOOK_TOLERANCE_SECONDS } from '#shared/webhooks.js';
 import { uuidParam } from '../admin/admin.routes.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
@@ -66,14 +66,18 @@ export const OPERATIONS: HttpOperation[] = [
     path: '/events/seller-order-ready',
     operationId: 'sellerOrderReady',
     tag: 'webhooks',
-    summary: 'A seller order is ready: create the delivery and assign the nearest available driver',
+    summary: 'A seller order is ready: create the delivery and assign (or, with DISPATCH_MODE=offer, offer) it to the best available driver',
     description:
-      'Idempotent per `sellerOrderId`: a retry (or a concurrent duplicate on any node) answers the delivery as it is now, with `idempotent: true`, and changes nothing.',
+      'Idempotent per `sellerOrderId`: a retry (or a concurrent duplicate on any node) answers the delivery as it is now, with `idempotent: true`, and changes nothing. Candidates are ranked by the documented score (distance first; within FAIRNESS_BAND_METERS of the nearest, the longest idle, then fewer deliveries today) and, with `sellerId`, come from the seller\'s fleet first, then the shared pool unless the fleet is exclusive.',
     auth: 'webhook',
     body: sellerOrderReady,
     answers: {
       200: { description: 'Assigned to a driver (or, for a retry, the delivery as it is now).', json: replies.orderReadyReply },
-      202: { description: 'No driver free in range: the delivery is PENDING and is assigned when one becomes free.', json: replies.orderReadyReply },
+      202: {
+        description:
+          'No driver free in range: the delivery is PENDING and is assigned when one becomes free. In offer mode: OFFERED, with the reserved `driverId` and `offerExpiresAt` (or PENDING when nobody could be reserved).',
+        json: replies.orderReadyReply,
+      },
     },
     refusals: { 409: 'CONFLICT: this sellerOrderId already exists with another pickup or dropoff.' },
   },
@@ -136,6 +140,44 @@ export const OPERATIONS: HttpOperation[] = [
     auth: 'admin',
     body: createDriverBody,
     answers: { 201: { description: 'Created, OFFLINE until its app connects and goes on duty.', json: replies.createdDriverReply } },
+    refusals: { 404: 'NOT_FOUND: `fleet` names no fleet (create it with PUT /admin/fleets/{fleet}).' },
+  },
+  {
+    method: 'patch',
+    path: '/admin/drivers/:id',
+    operationId: 'updateDriver',
+    tag: 'admin',
+    summary: "Move a driver into a seller's fleet, or (`fleet: null`) to the shared pool",
+    auth: 'admin',
+    params: { id: { schema: uuidParam, description: 'the driver id' } },
+    body: updateDriverBody,
+    answers: { 200: { description: 'The driver after the move; the next assignment honours it on every node.', json: replies.updatedDriverReply } },
+    refusals: { 404: 'NOT_FOUND: no driver with this id, or no such fleet (create it with PUT /admin/fleets/{fleet}).' },
+  },
+  {
+    method: 'put',
+    path: '/admin/fleets/:fleet',
+    operationId: 'putFleet',
+    tag: 'admin',
+    summary: "Create a seller's fleet or change whether it is exclusive (an exclusive fleet's orders never go to the shared pool)",
+    auth: 'admin',
+    params: { fleet: { schema: fleetId, description: 'the Vendure seller id, as `sellerId` carries it in the webhook' } },
+    body: fleetBody,
+    answers: {
+      200: { description: 'Changed.', json: replies.fleetReply },
+      201: { description: 'Created.', json: replies.fleetReply },
+    },
+  },
+  {
+    method: 'get',
+    path: '/admin/fleets/:fleet',
+    operationId: 'getFleet',
+    tag: 'admin',
+    summary: "A seller's fleet: whether it is exclusive and how many drivers belong to it",
+    auth: 'reader',
+    params: { fleet: { schema: fleetId, description: 'the Vendure seller id' } },
+    answers: { 200: { description: 'The fleet.', json: replies.fleetReply } },
+    refusals: { 404: 'NOT_FOUND: no such fleet.' },
   },
   {
     method: 'get',
@@ -384,6 +426,10 @@ const NAMED: Record<string, z.ZodType> = {
   Health: replies.healthReply,
   CreateDriver: createDriverBody,
   CreatedDriver: replies.createdDriverReply,
+  UpdateDriver: updateDriverBody,
+  UpdatedDriver: replies.updatedDriverReply,
+  FleetBody: fleetBody,
+  Fleet: replies.fleetReply,
   MintToken: mintTokenBody,
   Token: replies.tokenReply,
   RevokedTokens: replies.revokedTokensReply,

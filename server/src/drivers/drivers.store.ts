@@ -94,6 +94,17 @@ with input as (
 select c.id, c.status, s.lat, s.lng, c.current_delivery_id as "currentDeliveryId", c.session_id as "sessionId"
 from changed c left join seen s on s.driver_id = c.id`;
 
+/**
+ * The fairness facts of candidates ($1: a JSON array of ids): a prepared statement, as it runs
+ * with the webhook whenever two or more candidates share the fairness band.
+ */
+const SCORE_FACTS = `
+with day as (select date_trunc('day', now() at time zone 'UTC') at time zone 'UTC' as start)
+select d.id, extract(epoch from now() - coalesce(d.free_since, d.created_at))::float8 as idle,
+  (select count(*) from deliveries x, day
+    where x.driver_id = d.id and x.created_at >= day.start and x.assigned_at >= day.start)::int as today
+from drivers d where d.id in (select jsonb_array_elements_text($1::jsonb)::uuid)`;
+
 const TOKEN_VERSIONS = 'select id, token_version as version, session_id from drivers where id in (select jsonb_array_elements_text($1::jsonb)::uuid)';
 
 const numberOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
@@ -149,12 +160,22 @@ export function createDriversStore(database: Database) {
   }
 
   return {
-    async create(input: { name: string; phone?: string; vehicle?: string }) {
+    async create(input: { name: string; phone?: string; vehicle?: string; fleet?: string | null }) {
       const [row] = await db
         .insert(drivers)
-        .values({ name: input.name, phone: input.phone ?? null, vehicle: input.vehicle ?? null })
-        .returning({ id: drivers.id, name: drivers.name, status: drivers.status, tokenVersion: drivers.tokenVersion });
+        .values({ name: input.name, phone: input.phone ?? null, vehicle: input.vehicle ?? null, fleet: input.fleet ?? null })
+        .returning({ id: drivers.id, name: drivers.name, status: drivers.status, fleet: drivers.fleet, tokenVersion: drivers.tokenVersion });
       return row;
+    },
+
+    /** Moves a driver into a fleet, or (null) to the shared pool; null when there is no such driver. */
+    async setFleet(id: string, fleet: string | null): Promise<{ id: string; name: string; status: DriverStatus; fleet: string | null } | null> {
+      const [row] = await db
+        .update(drivers)
+        .set({ fleet, updatedAt: new Date() })
+        .where(eq(drivers.id, id))
+        .returning({ id: drivers.id, name: drivers.name, status: drivers.status, fleet: drivers.fleet });
+      return row ?? null;
     },
 
     /** Current token versions of the given drivers; a driver missing from the map no longer exists. */
@@ -218,7 +239,12 @@ export function createDriversStore(database: Database) {
     },
 
     async setDuty(id: string, onDuty: boolean): Promise<HeldPresenceRow | null> {
-      return heardAndSet(id, sql`on_duty = ${onDuty}, status = ${resolvedStatus(onDuty)}`);
+      // Going on duty starts the idle clock the fairness term reads; staying on duty keeps it.
+      return heardAndSet(
+        id,
+        sql`on_duty = ${onDuty}, status = ${resolvedStatus(onDuty)},
+          free_since = case when ${onDuty}::boolean and not drivers.on_duty then now() else drivers.free_since end`,
+      );
     },
 
     /**
@@ -231,6 +257,7 @@ export function createDriversStore(database: Database) {
         {
           currentDeliveryId: null,
           status: sql`case when drivers.session_id is not null and drivers.on_duty then 'AVAILABLE' else 'OFFLINE' end`,
+          freeSince: sql`now()`,
         },
         and(eq(drivers.id, id), eq(drivers.currentDeliveryId, deliveryId)),
       );
@@ -241,7 +268,7 @@ export function createDriversStore(database: Database) {
      * that no delivery holds; concurrent claims on the same row serialize on its lock. The subquery
      * is a second guard for a fresh statement; the row's own columns are what a waiting claim re-checks.
      */
-    async claim(executor: DbOrTx, id: string, deliveryId: string): Promise<boolean> {
+    async claim(executor: DbOrTx, id: string, deliveryId: string, pool?: { fleet: string | null }): Promise<boolean> {
       const rows = await executor
         .update(drivers)
         .set({ status: 'BUSY', currentDeliveryId: deliveryId, updatedAt: new Date() })
@@ -250,6 +277,8 @@ export function createDriversStore(database: Database) {
             eq(drivers.id, id),
             eq(drivers.status, 'AVAILABLE'),
             isNull(drivers.currentDeliveryId),
+            // The pool it was proposed from: a driver moved to another fleet meanwhile is not taken.
+            pool === undefined ? undefined : sql`${drivers.fleet} is not distinct from ${pool.fleet}::text`,
             sql`not exists (select 1 from deliveries d where d.driver_id = ${drivers.id} and d.status in ${ACTIVE_STATUSES_SQL})`,
           ),
         )
@@ -300,6 +329,8 @@ export function createDriversStore(database: Database) {
       radiusMeters: number,
       limit: number,
       freshSeconds: number,
+      /** Only drivers of this pool (a fleet, or null: the shared pool); absent: any driver. */
+      pool?: { fleet: string | null },
     ): Promise<{ driverId: string; distanceMeters: number }[]> {
       const dLat = radiusMeters / 111_320;
       const dLng = radiusMeters / (111_320 * Math.max(0.01, Math.cos((point.lat * Math.PI) / 180)));
@@ -311,9 +342,20 @@ export function createDriversStore(database: Database) {
           and p.lng between ${point.lng - dLng} and ${point.lng + dLng}
           and p.last_seen_at > now() - make_interval(secs => ${freshSeconds})
           and ${distance} <= ${radiusMeters}
+          and (${pool === undefined}::boolean or d.fleet is not distinct from ${pool?.fleet ?? null}::text)
         order by distance asc
         limit ${limit}`);
       return rows.map((r) => ({ driverId: r.id, distanceMeters: Number(r.distance) }));
+    },
+
+    /**
+     * The fairness facts of the score (dispatch/scoring.ts): seconds since each driver last came
+     * free (or was created), and its deliveries created and assigned since midnight UTC.
+     */
+    async scoreFacts(ids: readonly string[]): Promise<Map<string, { idleSeconds: number; deliveriesToday: number }>> {
+      if (ids.length === 0) return new Map();
+      const rows = await database.query<{ id: string; idle: number; today: number }>(SCORE_FACTS, [JSON.stringify(ids)]);
+      return new Map(rows.map((r) => [r.id, { idleSeconds: Math.max(0, Number(r.idle)), deliveriesToday: Number(r.today) }]));
     },
 
     /** Current presence of the given drivers (missing ids are not returned). */

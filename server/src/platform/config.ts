@@ -93,6 +93,14 @@ const envSchema = z.object({
    * milliseconds, tens while a batch or a GC runs; hundreds mean it is falling behind.
    */
   SHED_LAG_MS: intFromEnv(200, 0, 60_000),
+  /** `assign`: the best driver is claimed at once; `offer`: reserved and asked, with a deadline (docs/api.md). */
+  DISPATCH_MODE: z.enum(['assign', 'offer']).default('assign'),
+  OFFER_TIMEOUT_SECONDS: intFromEnv(20, 1, 3600),
+  OFFER_MAX_ATTEMPTS: intFromEnv(5, 1, 100),
+  /** Candidates this close to the nearest compete on idle time, then deliveries today. */
+  FAIRNESS_BAND_METERS: intFromEnv(500, 0, 100_000),
+  /** How often each node tries PENDING deliveries again (and, in offer mode, how often it looks for expired offers: a quarter of this, at most 500 ms). */
+  PENDING_RETRY_MS: intFromEnv(2000, 100, 600_000),
   /** The hub's address as customers and apps reach it (tracking links); unset: http://localhost:<the port it listens on>. */
   PUBLIC_URL: optionalString.pipe(
     z

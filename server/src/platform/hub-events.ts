@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { AssignmentPush, DeliveryStatus, DeliveryView, DriverStatus } from '#shared/schemas.js';
+import type { AssignmentPush, DeliveryStatus, DeliveryView, DriverStatus, OfferPush } from '#shared/schemas.js';
 
 /**
  * Domain events inside one process. Services emit them; the socket edges turn them into
@@ -8,6 +8,8 @@ import type { AssignmentPush, DeliveryStatus, DeliveryView, DriverStatus } from 
 export interface HubEventMap {
   'driver:status': [{ driverId: string; status: DriverStatus; position: { lat: number; lng: number } | null }];
   'delivery:assigned': [{ driverId: string; assignment: AssignmentPush }];
+  /** Offer mode: a delivery is reserved for the driver until the offer's deadline. */
+  'delivery:offered': [{ driverId: string; offer: OfferPush }];
   'delivery:cancelled': [{ driverId: string; deliveryId: string; reason: string }];
   'delivery:updated': [{ delivery: DeliveryView; previousStatus: DeliveryStatus | null }];
   'driver:revoked': [{ driverId: string }];

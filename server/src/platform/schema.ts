@@ -23,7 +23,23 @@ export const ACTIVE_STATUSES_SQL = sql.raw(ACTIVE_STATUSES_LIST);
 /** 2 x 122 random bits, base64url without padding (43 characters). */
 const TRACKING_TOKEN_DEFAULT = sql`translate(encode(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()), 'base64'), '+/=', '-_')`;
 
+/** A ranked candidate as stored with its delivery: every term of its score and what became of it. */
+export interface StoredCandidate {
+  driverId: string;
+  distanceMeters: number;
+  outcome: string;
+  [term: string]: unknown;
+}
+
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
+
+/** A seller's own fleet of drivers (`id` = the Vendure seller id); exclusive: its orders never go to the shared pool. */
+export const fleets = pgTable('fleets', {
+  id: text('id').primaryKey(),
+  exclusive: boolean('exclusive').notNull().default(false),
+  createdAt: ts('created_at').notNull().defaultNow(),
+  updatedAt: ts('updated_at').notNull().defaultNow(),
+});
 
 export const drivers = pgTable(
   'drivers',
@@ -46,6 +62,13 @@ export const drivers = pgTable(
      * row, but a subquery would still see the snapshot from before the claim.
      */
     currentDeliveryId: uuid('current_delivery_id'),
+    /**
+     * When the driver last came free (a delivery or offer let it go, or it went on duty): the
+     * fairness term of the score ("idle longest"). Null: never since it was created.
+     */
+    freeSince: ts('free_since'),
+    /** The seller's fleet the driver belongs to (the Vendure seller id); null: the shared pool. */
+    fleet: text('fleet').references(() => fleets.id),
     createdAt: ts('created_at').notNull().defaultNow(),
     updatedAt: ts('updated_at').notNull().defaultNow(),
   },
@@ -92,7 +115,7 @@ export const deliveries = pgTable(
     notes: text('notes'),
     distanceMeters: doublePrecision('distance_meters'),
     /** Ranked candidates considered at assignment time, so a dispatcher can see why a driver was chosen. */
-    candidates: jsonb('candidates').$type<{ driverId: string; distanceMeters: number; outcome: string }[]>(),
+    candidates: jsonb('candidates').$type<StoredCandidate[]>(),
     assignedAt: ts('assigned_at'),
     /** When the driver's app confirmed it stored the assignment push; null until then. */
     acknowledgedAt: ts('acknowledged_at'),
@@ -157,6 +180,44 @@ export const outbox = pgTable(
   ],
 );
 
+export const OFFER_STATUSES = ['OPEN', 'ACCEPTED', 'DECLINED', 'EXPIRED', 'CANCELLED'] as const;
+export type OfferStatus = (typeof OFFER_STATUSES)[number];
+
+/**
+ * Offers (DISPATCH_MODE=offer): a reservation of one driver for one delivery until `expiresAt`.
+ * The deadline lives here, so any node expires it; at most one open offer per driver and per
+ * delivery (partial unique indexes), and a driver is offered a delivery at most once (unique pair).
+ */
+export const offers = pgTable(
+  'offers',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    deliveryId: uuid('delivery_id')
+      .notNull()
+      .references(() => deliveries.id),
+    driverId: uuid('driver_id')
+      .notNull()
+      .references(() => drivers.id),
+    /** 1 for the delivery's first offer, one more for each after it. */
+    attempt: integer('attempt').notNull(),
+    status: text('status').$type<OfferStatus>().notNull().default('OPEN'),
+    /** Why it ended: the driver's decline reason, `expired`, or the cancel's reason. */
+    reason: text('reason'),
+    distanceMeters: doublePrecision('distance_meters'),
+    /** The terms of the driver's score when the offer was made. */
+    score: jsonb('score').$type<Record<string, unknown>>(),
+    createdAt: ts('created_at').notNull().defaultNow(),
+    expiresAt: ts('expires_at').notNull(),
+    answeredAt: ts('answered_at'),
+  },
+  (t) => [
+    uniqueIndex('offers_delivery_driver_key').on(t.deliveryId, t.driverId),
+    uniqueIndex('offers_one_open_per_delivery').on(t.deliveryId).where(sql`${t.status} = 'OPEN'`),
+    uniqueIndex('offers_one_open_per_driver').on(t.driverId).where(sql`${t.status} = 'OPEN'`),
+    index('offers_open_expires_idx').on(t.expiresAt).where(sql`${t.status} = 'OPEN'`),
+  ],
+);
+
 export const PUSH_KINDS = ['assignment', 'offer', 'delivery:cancelled'] as const;
 export type PushKind = (typeof PUSH_KINDS)[number];
 
@@ -204,4 +265,4 @@ export const tokenVersions = pgTable(
   (t) => [primaryKey({ columns: [t.role, t.subject] })],
 );
 
-export const schema = { drivers, driverPositions, deliveries, deliveryEvents, outbox, pushes, tokenVersions };
+export const schema = { fleets, offers, drivers, driverPositions, deliveries, deliveryEvents, outbox, pushes, tokenVersions };

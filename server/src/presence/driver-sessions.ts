@@ -42,6 +42,8 @@ export interface DriverSessionsDeps {
   events: HubEvents;
   /** The delivery that holds each of the given drivers, as its app receives it (those one holds). */
   activeAssignments: (driverIds: readonly string[]) => Promise<Map<string, NonNullable<DriverSession['activeDelivery']>>>;
+  /** The open offer of each of the given drivers (offer mode; those that have one). */
+  openOffers?: (driverIds: readonly string[]) => Promise<Map<string, NonNullable<DriverSession['offer']>>>;
   /** How long a connect waits for others to share its round trips (default CONNECT_WINDOW_MS). */
   connectWindowMs?: number;
 }
@@ -100,6 +102,9 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
     const winners = [...rows.values()].filter((row) => row.sessionId === newest.get(row.id));
     const holding = winners.filter((row) => row.currentDeliveryId !== null).map((row) => row.id);
     const active = holding.length > 0 ? await deps.activeAssignments(holding) : new Map<string, never>();
+    // A driver held by no active delivery is held by an offer (offer mode): its session carries it.
+    const offered = holding.filter((id) => !active.has(id));
+    const offers = offered.length > 0 && deps.openOffers ? await deps.openOffers(offered) : new Map<string, never>();
     for (const row of winners) {
       // Two connections on this node may finish in either order: the newer one stays local.
       const current = local.get(row.id);
@@ -111,7 +116,7 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
       const row = rows.get(driverId);
       if (!row) return new HubError('NOT_FOUND', 'driver not found');
       if (row.sessionId !== sessionId) return null;
-      return { driverId, status: row.status, activeDelivery: active.get(driverId) ?? null, offer: null, locationConfirmation: 'cumulative' as const };
+      return { driverId, status: row.status, activeDelivery: active.get(driverId) ?? null, offer: offers.get(driverId) ?? null, locationConfirmation: 'cumulative' as const };
     });
   }
 

@@ -5,8 +5,8 @@ import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import { type LoadGauge, neverOverloaded } from '../platform/load-gauge.js';
 import type { Metrics } from '../platform/metrics.js';
-import { createDriverSessions, type DriverSessions } from './driver-sessions.js';
-import { createCandidateSearch, type NearestCandidates } from './nearest-candidates.js';
+import { createDriverSessions, type DriverSessions, type DriverSessionsDeps } from './driver-sessions.js';
+import { type CandidatePool, createCandidateSearch, type FleetMembership, type NearestCandidates } from './nearest-candidates.js';
 import { createPositionPipeline, type PositionPipeline } from './position-pipeline.js';
 import type { PresenceStore } from './presence.store.js';
 import { createRedisRepair, type RedisRepair } from './redis-repair.js';
@@ -23,7 +23,11 @@ export interface PresenceDeps {
   metrics: Metrics;
   /** The delivery that holds each of the given drivers, as its app receives it (those one holds). */
   activeAssignments: (driverIds: readonly string[]) => Promise<Map<string, NonNullable<DriverSession['activeDelivery']>>>;
-  config: { heartbeatTtlSeconds: number; locationTickMs: number; positionFlushMs: number; reconcileMs: number; maxRadiusKm: number };
+  config: { heartbeatTtlSeconds: number; locationTickMs: number; positionFlushMs: number; reconcileMs: number; maxRadiusKm: number; fairnessBandMeters?: number };
+  /** Who belongs to which seller's fleet (absent: nobody does). */
+  fleets?: FleetMembership;
+  /** The open offer of each of the given drivers (offer mode), for their `session`. */
+  openOffers?: DriverSessionsDeps['openOffers'];
   /** This process's load: past its capacity, positions are refused (default: never). */
   load?: LoadGauge;
 }
@@ -42,7 +46,7 @@ export interface PresenceService
    * behind. Sessions, heartbeats and claims go on regardless; positions wait (the app keeps them).
    */
   shedding(): boolean;
-  nearestCandidates(point: { lat: number; lng: number }, count: number, passOver?: ReadonlySet<string>): Promise<NearestCandidates>;
+  nearestCandidates(point: { lat: number; lng: number }, count: number, passOver?: ReadonlySet<string>, pool?: CandidatePool): Promise<NearestCandidates>;
   start(): void;
   /** Stops the background work and writes out what is pending; PostgreSQL may close after. */
   stop(): Promise<void>;
@@ -73,8 +77,8 @@ export function createPresenceService(deps: PresenceDeps): PresenceService {
     sweptOffline: (row) => sessions.publishStatus(row, 'drop'),
   });
   const positions = createPositionPipeline({ drivers, store, statuses, redisWriteFailed: repair.redisWriteFailed, logger, metrics, config });
-  const sessions = createDriverSessions({ drivers, store, positions, repair, statuses, events, activeAssignments: deps.activeAssignments });
-  const nearestCandidates = createCandidateSearch({ store, drivers, logger, config });
+  const sessions = createDriverSessions({ drivers, store, positions, repair, statuses, events, activeAssignments: deps.activeAssignments, openOffers: deps.openOffers });
+  const nearestCandidates = createCandidateSearch({ store, drivers, fleets: deps.fleets, logger, config });
 
   function every(ms: number, task: () => Promise<void>, name: string): void {
     let running = false;

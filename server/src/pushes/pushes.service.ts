@@ -143,6 +143,9 @@ export function createPushService(deps: PushDeps) {
   events.on('delivery:assigned', ({ driverId, assignment }) => {
     void deliver({ deliveryId: assignment.deliveryId, driverId, kind: 'assignment' }, assignment, 'broadcast');
   });
+  events.on('delivery:offered', ({ driverId, offer }) => {
+    void deliver({ deliveryId: offer.deliveryId, driverId, kind: 'offer' }, offer, 'broadcast');
+  });
   events.on('delivery:cancelled', ({ driverId, deliveryId, reason }) => {
     void deliver({ deliveryId, driverId, kind: 'delivery:cancelled' }, { deliveryId, reason }, 'broadcast');
   });

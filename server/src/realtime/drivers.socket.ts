@@ -1,6 +1,6 @@
 import type { Namespace, Socket } from 'socket.io';
 import type { DriverClientEvents, DriverServerEvents, SocketData } from '#shared/events.js';
-import { deliveryUpdatePayload, driverStatusPayload, type LocationFix, locationPayload } from '#shared/schemas.js';
+import { deliveryUpdatePayload, driverStatusPayload, type LocationFix, locationPayload, offerAcceptPayload, offerDeclinePayload } from '#shared/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { AuthGate } from '../platform/auth-throttle.js';
 import { createBatchWindow } from '../platform/batch-window.js';
@@ -211,7 +211,7 @@ export function attachDriversNamespace(
     },
   };
   const actionEdge = { ...edge, limit: (socket: DriverSocket) => limits.consume('driverAction', socket.data.subject) };
-  const refuseOthers = otherEventsRefuser(['location', 'status', 'delivery:update'], edge);
+  const refuseOthers = otherEventsRefuser(['location', 'status', 'delivery:update', 'offer:accept', 'offer:decline'], edge);
   const onLocation = eventListener('location', locationEdge, (socket, payload) => {
     const parsed = parsePayload(locationPayload, payload, 'location');
     const fixes = Array.isArray(parsed) ? parsed : [parsed];
@@ -225,6 +225,15 @@ export function attachDriversNamespace(
   const onDeliveryUpdate = eventListener('delivery:update', actionEdge, async (socket, payload) => {
     const update = parsePayload(deliveryUpdatePayload, payload, 'delivery update');
     return { delivery: await deliveries.updateFromDriver(socket.data.subject, update) };
+  });
+  // Identity from the token only: a driver answers its own offers.
+  const onOfferAccept = eventListener('offer:accept', actionEdge, async (socket, payload) => {
+    const answer = parsePayload(offerAcceptPayload, payload, 'offer acceptance');
+    return { delivery: await deliveries.acceptOffer(socket.data.subject, answer) };
+  });
+  const onOfferDecline = eventListener('offer:decline', actionEdge, async (socket, payload) => {
+    await deliveries.declineOffer(socket.data.subject, parsePayload(offerDeclinePayload, payload, 'offer decline'));
+    return {};
   });
   /** Connect bookkeeping still running per socket: its disconnect bookkeeping waits for it. */
   const connecting = new WeakMap<DriverSocket, Promise<void>>();
@@ -316,6 +325,8 @@ export function attachDriversNamespace(
     socket.on('location', onLocation);
     socket.on('status', onStatus);
     socket.on('delivery:update', onDeliveryUpdate);
+    socket.on('offer:accept', onOfferAccept);
+    socket.on('offer:decline', onOfferDecline);
     socket.on('disconnect', onDisconnect);
     // Joined before the connect write: a newer connection's takeover, sent after its own write, finds it.
     socket.join(driverRoom(driverId));

@@ -55,7 +55,7 @@ export function createWebhookRoutes(deps: WebhookDeps) {
     const order = parsePayload(sellerOrderReady, await verifiedJson(c, 'seller-order-ready'), 'seller order');
     const reply = await deps.dispatch.orderReady(order);
     deps.metrics.webhookRequests.inc({ event: 'seller-order-ready', outcome: reply.idempotent ? 'retry' : reply.status });
-    return c.json(reply, reply.status === 'PENDING' ? 202 : 200);
+    return c.json(reply, reply.status === 'PENDING' || reply.status === 'OFFERED' ? 202 : 200);
   });
 
   app.post('/seller-order-cancelled', async (c) => {

@@ -13,7 +13,7 @@ export const DRIVER_CLIENT_OWN_ERROR_CODES = [
 ] as const;
 export type DriverClientOwnErrorCode = (typeof DRIVER_CLIENT_OWN_ERROR_CODES)[number];
 
-/** Codes the hub may answer with: the contract's, and the offer mode's (not yet in ERROR_CODES). */
+/** Codes the hub may answer with (ERROR_CODES, `OFFER_EXPIRED` included; kept explicit for clients built against older lists). */
 export type HubErrorCode = ErrorCode | 'OFFER_EXPIRED';
 
 export type DriverClientErrorCode = HubErrorCode | DriverClientOwnErrorCode;
