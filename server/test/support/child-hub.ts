@@ -61,6 +61,8 @@ export function envFrom(config: Config, extra: Record<string, string> = {}): Rec
     DATABASE_URL: config.DATABASE_URL,
     DATA_DIR: config.DATA_DIR,
     REDIS_URL: config.REDIS_URL,
+    REDIS_CLUSTER_NODES: config.REDIS_CLUSTER_NODES?.map((n) => `${n.host}:${n.port}`).join(','),
+    REDIS_CELL_DEGREES: String(config.REDIS_CELL_DEGREES),
     REDIS_PREFIX: config.REDIS_PREFIX,
     ADMIN_TOKEN: config.ADMIN_TOKEN,
     JWT_SECRET: config.JWT_SECRET,
