@@ -15,6 +15,7 @@ import { presenceKeys } from '../../../server/src/presence/presence.store.js';
 import {
   CENTRE,
   Cleanup,
+  clusterEnv,
   createBenchDatabase,
   deletePrefix,
   hubEnv,
@@ -26,6 +27,7 @@ import {
   redisPrefix,
   SHARED_REDIS_URL,
   spawnServer,
+  startBenchCluster,
   WEBHOOK_SECRET,
 } from '../infra.js';
 import { foreignCpuPercent, machineBusyPercent, readCpuTimes, round, sampleProcesses, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
@@ -113,6 +115,8 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
   const concurrency = ctx.num('concurrency', 256, 128);
   const pingHz = ctx.num('ping-hz', 0.5);
   const generators = ctx.num('generators', 2);
+  // --shards N: the hub on a private N-master Redis Cluster instead of the shared single Redis.
+  const shards = ctx.num('shards', 0);
   const cleanup = new Cleanup();
   const profiles: Record<string, ProfileSummary> = {};
   const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
@@ -120,7 +124,13 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
     const db = await createBenchDatabase(cleanup);
     const prefix = redisPrefix();
     cleanup.add(`redis keys ${prefix}`, () => deletePrefix(SHARED_REDIS_URL, prefix));
-    const hub = await spawnServer('hub', cleanup, { name: `assignment-hub-${ctx.runId}`, env: hubEnv(db, prefix, { NODE_ID: 'bench-assign', ...ctx.hubEnv }), logDir: ctx.logDir });
+    const benchCluster = shards > 0 ? await startBenchCluster(cleanup, shards) : null;
+    if (benchCluster) ctx.log(`assignment: the hub on a private ${shards}-master Redis Cluster`);
+    const hub = await spawnServer('hub', cleanup, {
+      name: `assignment-hub-${ctx.runId}`,
+      env: hubEnv(db, prefix, { NODE_ID: 'bench-assign', ...clusterEnv(benchCluster?.seeds ?? null), ...ctx.hubEnv }),
+      logDir: ctx.logDir,
+    });
     const ids = await insertDrivers(db, drivers);
     const tokens = await mintTokens('driver', ids);
     const positions = positionsAround(drivers, 10);
@@ -131,15 +141,16 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
     ctx.log(`status: ${JSON.stringify(await group.all('goAvailable', { concurrency: 50 }))}; positions: ${JSON.stringify(await group.all('placeAll', { concurrency: 100 }))}`);
     const redis = new Redis(SHARED_REDIS_URL);
     cleanup.add('redis client', () => redis.disconnect());
+    const onMapNow = () => (benchCluster ? benchCluster.countCells(prefix) : redis.zcard(presenceKeys(prefix).geo));
     const onMap = await waitFor(
       'every driver in drivers:geo',
       async () => {
-        const n = await redis.zcard(presenceKeys(prefix).geo);
+        const n = await onMapNow();
         return n >= connected.connected ? n : undefined;
       },
       60_000,
       250,
-    ).catch(async () => redis.zcard(presenceKeys(prefix).geo));
+    ).catch(onMapNow);
     ctx.log(`${onMap} drivers in drivers:geo; background pings ${Math.round(connected.connected * pingHz)}/s`);
     await group.setRate(connected.connected * pingHz);
     await sleep(3000);
@@ -259,6 +270,7 @@ export async function assignment(ctx: RunContext): Promise<ScenarioOutput> {
     ];
     return {
       results: {
+        layout: shards > 0 ? `redis cluster, ${shards} masters` : 'single redis',
         drivers: connected.connected,
         connectSeconds: round(connected.seconds, 1),
         backgroundPingsPerSec: Math.round(connected.connected * pingHz),
