@@ -3,6 +3,7 @@ import fc from 'fast-check';
 import type { Cluster } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../src/platform/logger.js';
+import { createRateLimits } from '../src/platform/rate-limits.js';
 import { type ClusterRedisClients, connectRedis, createRedisClusterClients } from '../src/platform/redis.js';
 import { cellIdOf, cellsAround } from '../src/presence/cells.js';
 import { type ClusterPresenceStore, createClusterPresenceStore } from '../src/presence/presence-cluster.store.js';
@@ -174,7 +175,7 @@ describe('presence on a three-master Redis Cluster (store level)', () => {
           }
         });
       }),
-      { numRuns: 12, seed: 2202, endOnFailure: true },
+      { numRuns: 25, seed: 2202, endOnFailure: true },
     );
   }, 120_000);
 
@@ -227,5 +228,22 @@ describe('presence on a three-master Redis Cluster (store level)', () => {
     } while (cursor !== '0');
     expect(new Set(seenGeo)).toEqual(new Set(ids));
     await eventually(async () => (await store.nearest(near(0.15, 0.01), 50_000, 50)).length === 40, 'all found', 5000);
+  });
+
+  it('when two hubs count a cluster-wide rate limit on the Redis Cluster, then the budget holds across them, each key on its own shard', async () => {
+    const prefix = `pc${randomBytes(3).toString('hex')}:`;
+    const limits = [];
+    for (let i = 0; i < 2; i++) {
+      const redis = createRedisClusterClients({ nodes: cluster.ports.map((port) => ({ host: '127.0.0.1', port })), commandTimeoutMs: 2000, logger });
+      clients.push(redis);
+      expect(await connectRedis(redis, 10_000)).toBe(true);
+      limits.push(createRateLimits({ redis: redis.command, breaker: redis.breaker, breakerFor: redis.breakerFor, prefix, rules: { driverAction: { points: 3, seconds: 30 } } }));
+    }
+    const answers: (number | null)[] = [];
+    for (const i of [0, 1, 0, 1]) answers.push(await limits[i].consume('driverAction', 'driver-a'));
+    expect(answers.slice(0, 3)).toEqual([null, null, null]);
+    expect(answers[3]).toBeGreaterThan(0);
+    // Another key, likely on another shard, has its own budget.
+    expect(await limits[1].consume('driverAction', 'driver-b')).toBeNull();
   });
 });

@@ -222,8 +222,9 @@ export class ShardBreakers {
     return this.forNode(this.masterOf(key) ?? 'unknown');
   }
 
+  /** A current master's circuit is open (breakers of nodes no longer in the slot table do not count). */
   anyOpen(): boolean {
-    return [...this.breakers.values()].some((b) => b.state === 'open');
+    return this.masters().some((node) => this.breakers.get(node)?.state === 'open');
   }
 }
 
