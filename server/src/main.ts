@@ -149,7 +149,15 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     trackingUrl: (token) => links.urlFor(token),
   });
 
-  registerStateGauges(metrics, { pendingDeliveries: deliveriesStore.countPending, outboxLag: outboxStore.lag, breaker: redis?.breaker });
+  const clusterRedis = redis?.layout === 'cluster' ? redis : null;
+  const breakerView = clusterRedis
+    ? {
+        get state() {
+          return clusterRedis.breaker.state === 'open' || clusterRedis.shards.anyOpen() ? ('open' as const) : ('closed' as const);
+        },
+      }
+    : redis?.breaker;
+  registerStateGauges(metrics, { pendingDeliveries: deliveriesStore.countPending, outboxLag: outboxStore.lag, breaker: breakerView });
 
   const app = createApp({
     config,
