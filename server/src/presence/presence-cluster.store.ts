@@ -28,13 +28,18 @@ import type { Fix, NearbyDriver, PresenceStore, RebuildEntry } from './presence.
  * the sweep removes any member its record does not place there.
  */
 
-/** Driver records are spread over this many hash slots: one script call per bucket of a batch of fixes. */
-export const DRIVER_BUCKETS = 256;
+/**
+ * Driver records are spread over this many hash slots: a batch of fixes costs one script call per
+ * bucket it touches, so fewer buckets mean fewer calls per batch (the hub's CPU per fix), more
+ * mean a finer spread over many shards (64 slots are about 21 per master of three).
+ */
+export const DRIVER_BUCKETS = 64;
 
 const EXPIRED_SLICE = 1000;
 const FIXES_PER_CALL = 2000;
 
 export interface ClusterPresenceKeys {
+  buckets: number;
   bucketOf(driverId: string): number;
   status(bucket: number): string;
   place(bucket: number): string;
@@ -52,29 +57,32 @@ export interface ClusterPresenceKeys {
 }
 
 /** FNV-1a: a stable, even spread of driver ids over the buckets. */
-function bucketOf(id: string): number {
+function bucketOf(id: string, buckets: number): number {
   let hash = 0x811c9dc5;
   for (let i = 0; i < id.length; i++) {
     hash ^= id.charCodeAt(i);
     hash = Math.imul(hash, 0x01000193);
   }
-  return (hash >>> 0) % DRIVER_BUCKETS;
+  return (hash >>> 0) % buckets;
 }
 
 function escapeGlob(text: string): string {
   return text.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
 }
 
-export function clusterPresenceKeys(prefix: string): ClusterPresenceKeys {
+/** `buckets`: every hub of a deployment must use the same number (the default; others are for measurements). */
+export function clusterPresenceKeys(prefix: string, buckets = DRIVER_BUCKETS): ClusterPresenceKeys {
   const bucket = (b: number) => `${prefix}{d:${b}}`;
   const cellTagStart = `${prefix}{c:`;
+  const bucketOfId = (id: string) => bucketOf(id, buckets);
   return {
-    bucketOf,
+    buckets,
+    bucketOf: bucketOfId,
     status: (b) => `${bucket(b)}:status`,
     place: (b) => `${bucket(b)}:place`,
     fence: (b) => `${bucket(b)}:fence`,
     onlinePrefix: (b) => `${bucket(b)}:online:`,
-    online: (id) => `${bucket(bucketOf(id))}:online:${id}`,
+    online: (id) => `${bucket(bucketOfId(id))}:online:${id}`,
     cellGeo: (cell) => `${cellTagStart}${cell}}:geo`,
     cellVersions: (cell) => `${cellTagStart}${cell}}:ver`,
     cellGeoPattern: `${escapeGlob(cellTagStart)}*}:geo`,
@@ -322,13 +330,15 @@ export interface ClusterPresenceDeps {
    * removals from fenced cells), so a test can reorder the steps of concurrent writers.
    */
   interleave?: (step: 'recorded' | 'fenced', ids: readonly string[]) => Promise<void>;
+  /** Measurements only: another number of driver buckets (all hubs must agree; see DRIVER_BUCKETS). */
+  driverBuckets?: number;
 }
 
 export type ClusterPresenceStore = PresenceStore & { keys: ClusterPresenceKeys; cellOf(point: { lat: number; lng: number }): CellId };
 
 export function createClusterPresenceStore(deps: ClusterPresenceDeps): ClusterPresenceStore {
   const { cluster, shards, heartbeatTtlSeconds: ttl } = deps;
-  const keys = clusterPresenceKeys(deps.prefix);
+  const keys = clusterPresenceKeys(deps.prefix, deps.driverBuckets);
   const cellOf = (point: { lat: number; lng: number }) => cellIdOf(point, deps.cellDegrees);
 
   cluster.defineCommand('hubDriverFixes', { numberOfKeys: 3, lua: DRIVER_FIXES });
@@ -594,7 +604,7 @@ export function createClusterPresenceStore(deps: ClusterPresenceDeps): ClusterPr
       const pairs: [string, string][] = [];
       for (let i = 0; i < flat.length; i += 2) pairs.push([flat[i], flat[i + 1]]);
       if (next !== '0') return [`${b}:${next}`, pairs];
-      return [b + 1 < DRIVER_BUCKETS ? `${b + 1}:0` : '0', pairs];
+      return [b + 1 < keys.buckets ? `${b + 1}:0` : '0', pairs];
     },
 
     /** Cursor: JSON of the master walked, its SCAN cursor, the cell keys still to read and the ZSCAN cursor in the first. */
