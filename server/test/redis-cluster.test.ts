@@ -180,6 +180,27 @@ describe.skipIf(!hasSharedPostgres())('the hub on a three-master Redis Cluster',
     }
   }, 90_000);
 
+  it('when the cluster drifts from PostgreSQL (a lost member, a ghost PostgreSQL calls OFFLINE, a stray in a neighbour cell), then the reconcile and the sweep put it right', async () => {
+    const place = off(border(-1.1), 0.002);
+    const cell = cellIdOf(place, DEGREES);
+    const neighbour = cellIdOf(off(border(-1.1), -0.002), DEGREES);
+    const free = await driver(hubs[0], place, 'Drift free');
+    await eventually(async () => (await setsHolding(free.id, [cell])).length === 1, 'free driver placed');
+    // A lost member: gone from its cell while its record still places it there.
+    await direct.zrem(keys.cellGeo(cell), free.id);
+    // A stray: the same driver written into the neighbour cell, which its record does not name.
+    await direct.geoadd(keys.cellGeo(neighbour), place.lng, place.lat - 0.004, free.id);
+    // A ghost: a driver PostgreSQL calls OFFLINE that the cluster believes free, in the cell.
+    const ghost = (await api<{ id: string }>(hubs[0], 'POST', '/admin/drivers', { name: 'Drift ghost' })).body;
+    const b = keys.bucketOf(ghost.id);
+    await direct.hset(keys.status(b), ghost.id, 'AVAILABLE');
+    await direct.hset(keys.place(b), ghost.id, `${Date.now() * 1000}|${cell}`);
+    await direct.geoadd(keys.cellGeo(cell), place.lng, place.lat, ghost.id);
+    await eventually(async () => (await setsHolding(free.id, [cell, neighbour])).join() === cell, 'the free driver back in its cell only', 15_000);
+    await eventually(async () => (await setsHolding(ghost.id, [cell, neighbour])).length === 0, 'the ghost out of every set', 15_000);
+    expect(await direct.hget(keys.status(b), ghost.id)).toBe('OFFLINE');
+  });
+
   it('when the shard of a cell is killed and restarted empty, then orders there are assigned from PostgreSQL meanwhile and the cell is rebuilt', async () => {
     const place = off(border(-0.8), -0.002);
     const cell = cellIdOf(place, DEGREES);
