@@ -17,7 +17,11 @@ export async function spawnHub(env: Record<string, string | undefined>): Promise
   });
   const logs: string[] = [];
   const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`child hub did not start:\n${logs.join('\n')}`)), 30_000);
+    // A child that never says it listens is killed, not left running after the test.
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`child hub did not start:\n${logs.join('\n')}`));
+    }, 30_000);
     let buffer = '';
     child.stdout!.on('data', (chunk: Buffer) => {
       buffer += chunk.toString();
