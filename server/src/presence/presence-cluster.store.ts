@@ -226,9 +226,10 @@ local puts = cjson.decode(ARGV[1])
 for i = 1, #puts do
   local p = puts[i]
   local seen = tonumber(redis.call('HGET', KEYS[2], p[1]))
-  if not seen or tonumber(p[2]) >= seen then
+  local v = tonumber(p[2])
+  if not seen or v >= seen then
     redis.pcall('GEOADD', KEYS[1], p[3], p[4], p[1])
-    redis.call('HSET', KEYS[2], p[1], p[2])
+    if seen ~= v then redis.call('HSET', KEYS[2], p[1], p[2]) end
   end
 end
 return 1`;
