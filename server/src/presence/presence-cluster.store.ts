@@ -107,23 +107,22 @@ local function newVersion(old)
 end
 local function place(id, target)
   local cur = redis.call('HGET', KEYS[2], id)
+  local fence = redis.call('HGET', KEYS[3], id) or ''
+  -- The common case, a fix inside the cell the driver is in: the record stays as it is.
+  if cur and string.sub(cur, -(#target + 1)) == '|' .. target then return cur .. '|' .. fence end
   local ver, cell = 0, ''
   if cur then
     local sep = string.find(cur, '|', 1, true)
     ver = tonumber(string.sub(cur, 1, sep - 1))
     cell = string.sub(cur, sep + 1)
   end
-  local fence = redis.call('HGET', KEYS[3], id) or ''
-  if cell ~= target or not cur then
-    if cell ~= '' then
-      fence = fence .. cell .. '=' .. fmt(ver) .. ','
-      redis.call('HSET', KEYS[3], id, fence)
-    end
-    ver = newVersion(ver)
-    cell = target
-    redis.call('HSET', KEYS[2], id, fmt(ver) .. '|' .. cell)
+  if cell ~= '' then
+    fence = fence .. cell .. '=' .. fmt(ver) .. ','
+    redis.call('HSET', KEYS[3], id, fence)
   end
-  return fmt(ver) .. '|' .. cell .. '|' .. fence
+  ver = newVersion(ver)
+  redis.call('HSET', KEYS[2], id, fmt(ver) .. '|' .. target)
+  return fmt(ver) .. '|' .. target .. '|' .. fence
 end
 `;
 
