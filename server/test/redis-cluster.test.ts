@@ -27,7 +27,7 @@ const keys = clusterPresenceKeys(PREFIX);
 /** Each test works around a cell border of its own (latitude 40.5 is a row border at 0.25°). */
 const border = (lng: number) => ({ lat: 40.5, lng });
 const off = (p: { lat: number; lng: number }, dLat: number, dLng = 0) => ({ lat: p.lat + dLat, lng: p.lng + dLng });
-const COMMAND_TIMEOUT_MS = 400;
+const COMMAND_TIMEOUT_MS = 800;
 
 type Driver = DriverClient & { id: string };
 
