@@ -30,8 +30,9 @@ import type { Fix, NearbyDriver, PresenceStore, RebuildEntry } from './presence.
 
 /**
  * Driver records are spread over this many hash slots: a batch of fixes costs one script call per
- * bucket it touches, so fewer buckets mean fewer calls per batch (the hub's CPU per fix), more
- * mean a finer spread over many shards (64 slots are about 21 per master of three).
+ * bucket it touches, so fewer buckets mean fewer calls per large batch, more mean a finer spread
+ * over many shards (64 slots are about 21 per master of three). 256 measured no different at
+ * moderate load (docs/scaling.md). Every hub of a deployment must use the same number.
  */
 export const DRIVER_BUCKETS = 64;
 
