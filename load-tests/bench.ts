@@ -1,10 +1,11 @@
 /**
  * The Node benchmark harness: `npm run bench -- <scenario> [--quick] [options]`.
  *
- * Scenarios: ingest, connections, assignment, fanout, recovery, storm, all. Each starts what it measures
- * in child processes (hub, baselines, load generators, prober), is bounded in time, prints
- * progress on stderr, then a JSON result and a short table on stdout; the JSON is also written to
- * load-tests/results/<scenario>-<time>.json. See docs/performance.md for what each measures.
+ * Scenarios: ingest, connections, assignment, fanout, recovery, storm, all; and shards (ingest and
+ * assignment once per Redis layout, `--layouts 0,3`; `--shards N` runs either one on an N-master
+ * Redis Cluster). Each starts what it measures in child processes (hub, baselines, load generators,
+ * prober), is bounded in time, prints progress on stderr, then a JSON result and a short table on
+ * stdout; the JSON is also written to load-tests/results/<scenario>-<time>.json. See docs/performance.md for what each measures.
  *
  * Common options:
  *   --quick                smaller and shorter (smoke run)
@@ -25,9 +26,12 @@ import { connections } from './bench/scenarios/connections.js';
 import { fanout } from './bench/scenarios/fanout.js';
 import { ingest } from './bench/scenarios/ingest.js';
 import { recovery } from './bench/scenarios/recovery.js';
+import { shards } from './bench/scenarios/shards.js';
 import { storm } from './bench/scenarios/storm.js';
 
-const SCENARIOS: Record<string, Scenario> = { ingest, connections, assignment, fanout, recovery, storm };
+const SCENARIOS: Record<string, Scenario> = { ingest, connections, assignment, fanout, recovery, storm, shards };
+/** `all` runs these; `shards` repeats ingest and assignment per Redis layout and is run by name. */
+const ALL = ['ingest', 'connections', 'assignment', 'fanout', 'recovery', 'storm'];
 
 function usage(): never {
   console.error(`usage: npm run bench -- <${[...Object.keys(SCENARIOS), 'all'].join('|')}> [--quick] [--profile] [--env KEY=VALUE ...] [--<knob> N ...]`);
@@ -159,7 +163,7 @@ async function main(): Promise<void> {
     if (eq <= 0) usage();
     hubEnv[pair.slice(0, eq)] = pair.slice(eq + 1);
   }
-  const names = name === 'all' ? Object.keys(SCENARIOS) : [name];
+  const names = name === 'all' ? ALL : [name];
   mkdirSync(RESULTS_DIR, { recursive: true });
 
   const say = (m: string) => console.error(`${new Date().toISOString().slice(11, 23)} ${m}`);

@@ -15,6 +15,7 @@ import { SignJWT } from 'jose';
 import postgres from 'postgres';
 import { openDatabase } from '../../server/src/platform/db.js';
 import { TOKEN_AUDIENCE, TOKEN_ISSUER } from '../../server/src/platform/tokens.js';
+import { clusterPresenceKeys } from '../../server/src/presence/presence-cluster.store.js';
 import type { ServerStats } from './instrument.js';
 import { freePort, RpcChild, sleep, waitFor } from './lib.js';
 import type { LoadgenInit, StormJitter, StormReport } from './loadgen.js';
@@ -172,6 +173,40 @@ export async function startPrivateRedis(cleanup: Cleanup): Promise<PrivateRedis>
   await handle.start();
   cleanup.add('private redis-server', () => handle.kill());
   return handle;
+}
+
+/**
+ * A private Redis Cluster of `shards` masters on free ports (the tests' own helper), for the
+ * cluster runs (`--shards N`); stopped by the cleanup.
+ */
+export async function startBenchCluster(cleanup: Cleanup, shards: number): Promise<{ seeds: string; countCells(prefix: string): Promise<number> }> {
+  const { PrivateRedisCluster } = await import('../../server/test/support/redis-cluster.js');
+  const cluster = await new PrivateRedisCluster().start(shards);
+  cleanup.add('private redis cluster', () => cluster.stop());
+  const client = cluster.client();
+  cleanup.add('redis cluster client', () => client.disconnect());
+  return {
+    seeds: cluster.seeds,
+    /** Members of every region-cell GEO set under the prefix (all shards). */
+    async countCells(prefix: string) {
+      const keys = clusterPresenceKeys(prefix);
+      let total = 0;
+      for (const node of client.nodes('master')) {
+        let cursor = '0';
+        do {
+          const [next, found] = await node.scan(cursor, 'MATCH', keys.cellGeoPattern, 'COUNT', 1000);
+          cursor = next;
+          for (const key of found) total += await node.zcard(key);
+        } while (cursor !== '0');
+      }
+      return total;
+    },
+  };
+}
+
+/** Hub environment for a cluster run: the seeds instead of the shared Redis. */
+export function clusterEnv(seeds: string | null): Record<string, string> {
+  return seeds ? { REDIS_URL: '', REDIS_CLUSTER_NODES: seeds } : {};
 }
 
 // --- Server children -----------------------------------------------------------------------------

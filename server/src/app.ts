@@ -88,6 +88,7 @@ export function createApp(deps: AppDeps): HubApp {
     throttle: createAuthThrottle({
       redis: redis?.command ?? null,
       breaker: redis?.breaker,
+      breakerFor: redis?.breakerFor,
       prefix: config.REDIS_PREFIX,
       failures: config.AUTH_FAILURE_LIMIT,
       windowSeconds: config.AUTH_FAILURE_WINDOW_SECONDS,
@@ -124,6 +125,7 @@ export function createApp(deps: AppDeps): HubApp {
   const limits = createRateLimits({
     redis: redis?.command ?? null,
     breaker: redis?.breaker,
+    breakerFor: redis?.breakerFor,
     prefix: config.REDIS_PREFIX,
     rules: deps.edge?.rateLimits,
   });

@@ -34,7 +34,7 @@ export function clusterProblems(env: Record<string, string | undefined>, count: 
   const problems: string[] = [];
   // Embedded PGlite is a single-process database; without Redis the workers could not see each other's sockets.
   if (!env.DATABASE_URL?.trim()) problems.push('DATABASE_URL: required for more than one worker (the embedded PGlite database is single-process)');
-  if (!env.REDIS_URL?.trim()) problems.push('REDIS_URL: required for more than one worker (the Socket.IO Redis adapter connects them)');
+  if (!env.REDIS_URL?.trim() && !env.REDIS_CLUSTER_NODES?.trim()) problems.push('REDIS_URL: required for more than one worker (the Socket.IO Redis adapter connects them)');
   return problems;
 }
 

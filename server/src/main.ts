@@ -19,7 +19,7 @@ import { HubEvents } from './platform/hub-events.js';
 import { createLoadGauge, neverOverloaded } from './platform/load-gauge.js';
 import { createLogger, type Logger, wantsPrettyLogs } from './platform/logger.js';
 import { createMetrics } from './platform/metrics.js';
-import { connectRedis, createRedisClients, type RedisClients } from './platform/redis.js';
+import { connectRedis, createRedisClients, createRedisClusterClients, type RedisClients } from './platform/redis.js';
 import { logStartupNotes } from './platform/startup-notes.js';
 import { registerStateGauges } from './platform/state-gauges.js';
 import { createTokenService } from './platform/tokens.js';
@@ -27,7 +27,8 @@ import { createDriversStore } from './drivers/drivers.store.js';
 import { createPushService } from './pushes/pushes.service.js';
 import { createPushesStore } from './pushes/pushes.store.js';
 import { createPresenceService } from './presence/presence.service.js';
-import { createNoopPresenceStore, createPresenceStore } from './presence/presence.store.js';
+import { createClusterPresenceStore } from './presence/presence-cluster.store.js';
+import { createNoopPresenceStore, createPresenceStore, type PresenceStore } from './presence/presence.store.js';
 import { createMapRoutes } from './realtime/map.routes.js';
 import { createTrackingLinks } from './tracking/tracking-links.js';
 import { createTrackingService } from './tracking/tracking.service.js';
@@ -62,8 +63,22 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
   let redis: RedisClients | null = null;
   if (config.REDIS_URL) {
     redis = createRedisClients({ url: config.REDIS_URL, commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS, logger });
-    if (!(await connectRedis(redis, 3000))) logger.warn('redis unreachable at start; running degraded until it returns');
+  } else if (config.REDIS_CLUSTER_NODES) {
+    redis = createRedisClusterClients({ nodes: config.REDIS_CLUSTER_NODES, commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS, logger });
   }
+  if (redis && !(await connectRedis(redis, 3000))) logger.warn('redis unreachable at start; running degraded until it returns');
+  const presenceStore = ((): PresenceStore => {
+    if (!redis) return createNoopPresenceStore();
+    const common = { breaker: redis.breaker, prefix: config.REDIS_PREFIX, heartbeatTtlSeconds: config.HEARTBEAT_TTL_SECONDS };
+    if (redis.layout === 'single') return createPresenceStore({ ...common, redis: redis.command });
+    return createClusterPresenceStore({
+      ...common,
+      cluster: redis.command,
+      shards: redis.shards,
+      cellDegrees: config.REDIS_CELL_DEGREES,
+      commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS,
+    });
+  })();
 
   // Unset, PUBLIC_URL names the port the hub listens on, known only once it listens (PORT=0).
   let publicUrl = config.PUBLIC_URL ?? `http://localhost:${config.PORT}`;
@@ -91,9 +106,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
   const presence = createPresenceService({
     load,
     drivers,
-    store: redis
-      ? createPresenceStore({ redis: redis.command, breaker: redis.breaker, prefix: config.REDIS_PREFIX, heartbeatTtlSeconds: config.HEARTBEAT_TTL_SECONDS })
-      : createNoopPresenceStore(),
+    store: presenceStore,
     events,
     logger,
     metrics,
@@ -160,7 +173,15 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     trackingUrl: (token) => links.urlFor(token),
   });
 
-  registerStateGauges(metrics, { pendingDeliveries: deliveriesStore.countPending, outboxLag: outboxStore.lag, breaker: redis?.breaker });
+  const clusterRedis = redis?.layout === 'cluster' ? redis : null;
+  const breakerView = clusterRedis
+    ? {
+        get state() {
+          return clusterRedis.breaker.state === 'open' || clusterRedis.shards.anyOpen() ? ('open' as const) : ('closed' as const);
+        },
+      }
+    : redis?.breaker;
+  registerStateGauges(metrics, { pendingDeliveries: deliveriesStore.countPending, outboxLag: outboxStore.lag, breaker: breakerView });
 
   const app = createApp({
     config,
@@ -243,7 +264,7 @@ async function run(): Promise<void> {
     {
       port: hub.port,
       database: config.DATABASE_URL ? 'postgres' : `embedded PGlite in ${config.DATA_DIR}`,
-      redis: config.REDIS_URL ? 'shared (multi-node)' : 'disabled (single node)',
+      redis: config.REDIS_URL ? 'shared (multi-node)' : config.REDIS_CLUSTER_NODES ? 'redis cluster (multi-node, sharded)' : 'disabled (single node)',
       vendure: config.VENDURE_WEBHOOK_URL ? 'status events sent' : 'status events kept, not sent',
     },
     `dispatch hub listening on ${hub.port}`,

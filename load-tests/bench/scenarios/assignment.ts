@@ -21,6 +21,7 @@ import { presenceKeys } from '../../../server/src/presence/presence.store.js';
 import {
   CENTRE,
   Cleanup,
+  clusterEnv,
   createBenchDatabase,
   deletePrefix,
   hubEnv,
@@ -32,6 +33,7 @@ import {
   redisPrefix,
   SHARED_REDIS_URL,
   spawnServer,
+  startBenchCluster,
   WEBHOOK_SECRET,
 } from '../infra.js';
 import { foreignCpuPercent, machineBusyPercent, readCpuTimes, round, sampleProcesses, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
@@ -142,6 +144,8 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
   const concurrency = ctx.num('concurrency', 256, 128);
   const pingHz = ctx.num('ping-hz', 0.5);
   const generators = ctx.num('generators', 2);
+  // --shards N: the hub on a private N-master Redis Cluster instead of the shared single Redis.
+  const shards = ctx.num('shards', 0);
   const cleanup = new Cleanup();
   const profiles: Record<string, ProfileSummary> = {};
   const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
@@ -149,9 +153,11 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
     const db = await createBenchDatabase(cleanup);
     const prefix = redisPrefix();
     cleanup.add(`redis keys ${prefix}`, () => deletePrefix(SHARED_REDIS_URL, prefix));
+    const benchCluster = shards > 0 ? await startBenchCluster(cleanup, shards) : null;
+    if (benchCluster) ctx.log(`assignment: the hub on a private ${shards}-master Redis Cluster`);
     const hub = await spawnServer('hub', cleanup, {
       name: `${mode}-hub-${ctx.runId}`,
-      env: hubEnv(db, prefix, { NODE_ID: `bench-${mode}`, ...(mode === 'offer' ? { DISPATCH_MODE: 'offer' } : {}), ...ctx.hubEnv }),
+      env: hubEnv(db, prefix, { NODE_ID: `bench-${mode}`, ...(mode === 'offer' ? { DISPATCH_MODE: 'offer' } : {}), ...clusterEnv(benchCluster?.seeds ?? null), ...ctx.hubEnv }),
       logDir: ctx.logDir,
     });
     const ids = await insertDrivers(db, drivers);
@@ -164,15 +170,16 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
     ctx.log(`status: ${JSON.stringify(await group.all('goAvailable', { concurrency: 50 }))}; positions: ${JSON.stringify(await group.all('placeAll', { concurrency: 100 }))}`);
     const redis = new Redis(SHARED_REDIS_URL);
     cleanup.add('redis client', () => redis.disconnect());
+    const onMapNow = () => (benchCluster ? benchCluster.countCells(prefix) : redis.zcard(presenceKeys(prefix).geo));
     const onMap = await waitFor(
       'every driver in drivers:geo',
       async () => {
-        const n = await redis.zcard(presenceKeys(prefix).geo);
+        const n = await onMapNow();
         return n >= connected.connected ? n : undefined;
       },
       60_000,
       250,
-    ).catch(async () => redis.zcard(presenceKeys(prefix).geo));
+    ).catch(onMapNow);
     ctx.log(`${onMap} drivers in drivers:geo; background pings ${Math.round(connected.connected * pingHz)}/s`);
     await group.setRate(connected.connected * pingHz);
     await sleep(3000);
@@ -303,6 +310,7 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
     ];
     return {
       results: {
+        layout: shards > 0 ? `redis cluster, ${shards} masters` : 'single redis',
         drivers: connected.connected,
         connectSeconds: round(connected.seconds, 1),
         backgroundPingsPerSec: Math.round(connected.connected * pingHz),

@@ -11,6 +11,7 @@ import { presenceKeys } from '../../../server/src/presence/presence.store.js';
 import {
   type BenchDatabase,
   Cleanup,
+  clusterEnv,
   createBenchDatabase,
   deletePrefix,
   hubEnv,
@@ -24,6 +25,7 @@ import {
   type ServerKind,
   type ServerProc,
   spawnServer,
+  startBenchCluster,
 } from '../infra.js';
 import { foreignCpuPercent, machineBusyPercent, ratio, readCpuTimes, round, sampleProcesses, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
 import type { ProfileSummary } from '../profile-top.js';
@@ -112,9 +114,12 @@ export async function ingest(ctx: RunContext): Promise<ScenarioOutput> {
   const ramp = ctx.num('ramp', 1) !== 0;
   const overloadSeconds = ctx.num('overload-seconds', 45, 40);
   const overloadRate = ctx.num('overload-rate', 0);
+  // --shards N: the hub on a private N-master Redis Cluster (region cells, sharded adapter) instead
+  // of the shared single Redis; only hub targets then, without the GEOPOS probes.
+  const shards = ctx.num('shards', 0);
   // A target is a server, optionally with the ping protocol: `sio+ack` (a naive app and server,
   // one reply per ping), `hub+seq` (the driver client's numbered fixes, confirmed cumulatively).
-  const kinds = ctx.str('targets', 'ws,sio,hub,sio+ack,hub+seq').split(',');
+  const kinds = ctx.str('targets', shards > 0 ? 'hub' : 'ws,sio,hub,sio+ack,hub+seq').split(',');
 
   const outer = new Cleanup();
   const profiles: Record<string, ProfileSummary> = {};
@@ -127,6 +132,7 @@ export async function ingest(ctx: RunContext): Promise<ScenarioOutput> {
     ctx.log(`ingest: ${sockets} sockets, ${generators} generator processes, database ${db.name}`);
     for (const kind of kinds) {
       results[kind] = await runTarget(ctx, kind, db, ids, tokens, positions, profiles, {
+        shards,
         sockets,
         generators,
         warmupMs,
@@ -197,6 +203,7 @@ export async function ingest(ctx: RunContext): Promise<ScenarioOutput> {
   }
   return {
     results: {
+      layout: shards > 0 ? `redis cluster, ${shards} masters` : 'single redis',
       sockets,
       generators,
       windowMs,
@@ -217,6 +224,8 @@ export async function ingest(ctx: RunContext): Promise<ScenarioOutput> {
 }
 
 interface IngestOptions {
+  /** > 0: the hub runs on a private Redis Cluster of this many masters. */
+  shards: number;
   sockets: number;
   generators: number;
   warmupMs: number;
@@ -249,7 +258,9 @@ async function runTarget(
   const label = target;
   try {
     cleanup.add(`redis keys ${prefix}`, () => deletePrefix(SHARED_REDIS_URL, prefix));
-    const env = kind === 'hub' ? hubEnv(db, prefix, { NODE_ID: 'bench-ingest', ...ctx.hubEnv }) : { REDIS_URL: SHARED_REDIS_URL, REDIS_PREFIX: prefix };
+    const seeds = kind === 'hub' && o.shards > 0 ? (await startBenchCluster(cleanup, o.shards)).seeds : null;
+    if (seeds) ctx.log(`[${label}] on a private ${o.shards}-master Redis Cluster`);
+    const env = kind === 'hub' ? hubEnv(db, prefix, { NODE_ID: 'bench-ingest', ...clusterEnv(seeds), ...ctx.hubEnv }) : { REDIS_URL: SHARED_REDIS_URL, REDIS_PREFIX: prefix };
     const server = await spawnServer(kind, cleanup, { name: `ingest-${kind}-${ctx.runId}`, env, logDir: ctx.logDir });
     const group = await LoadGroup.start(cleanup, o.generators, `ingest-${kind}`);
     await group.init({ mode: kind === 'ws' ? 'ws' : 'sio', url: server.url, waitSession: kind === 'hub', protocol }, tokens.slice(0, o.sockets), positions.slice(0, o.sockets));
@@ -260,7 +271,7 @@ async function runTarget(
     if (kind !== 'ws') ctx.log(`[${label}] first positions: ${JSON.stringify(await group.all('placeAll', { concurrency: 100 }))}`);
 
     let prober = null;
-    if (kind !== 'ws' && kind !== 'sio-bare' && o.probes > 0) {
+    if (kind !== 'ws' && kind !== 'sio-bare' && o.probes > 0 && !seeds) {
       prober = spawnProber(cleanup, `ingest-${kind}-prober`);
       const samples = ids.slice(o.sockets, o.sockets + o.probes).map((id, i) => ({
         url: server.url,

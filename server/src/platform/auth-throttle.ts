@@ -1,11 +1,13 @@
-import type { Redis } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
 import { RateLimiterMemory, RateLimiterRedis, type RateLimiterRes } from 'rate-limiter-flexible';
 import { HubError } from './errors.js';
 import type { CircuitBreaker } from './redis.js';
 
 export interface AuthThrottleOptions {
-  redis: Redis | null;
+  redis: Redis | Cluster | null;
   breaker?: CircuitBreaker;
+  /** The breaker of the shard that holds a Redis key (a cluster has one per master); default `breaker`. */
+  breakerFor?: (redisKey: string) => CircuitBreaker;
   prefix: string;
   /** Failed authentications one address may have per window before it is refused outright. */
   failures: number;
@@ -40,7 +42,8 @@ export function createAuthThrottle(opts: AuthThrottleOptions): AuthThrottle {
   const blockedUntil = new Map<string, number>();
   const maxBlocked = opts.maxBlockedKeys ?? 10_000;
 
-  const limiter = () => (shared && opts.breaker?.state !== 'open' ? shared : memory);
+  const breakerOf = (address: string) => opts.breakerFor?.(`${keyPrefix}:${address}`) ?? opts.breaker;
+  const limiter = (address: string) => (shared && breakerOf(address)?.state !== 'open' ? shared : memory);
   /**
    * Reads of an address's budget in flight: checks of the same address meanwhile share the read.
    * A webhook sender or a fleet behind one NAT sends many requests at once; each costed a Redis
@@ -50,7 +53,7 @@ export function createAuthThrottle(opts: AuthThrottleOptions): AuthThrottle {
   function readBudget(address: string): Promise<RateLimiterRes | null> {
     let read = reading.get(address);
     if (!read) {
-      read = limiter().get(address);
+      read = limiter(address).get(address);
       reading.set(address, read);
       const done = () => reading.delete(address);
       read.then(done, done);
@@ -92,7 +95,7 @@ export function createAuthThrottle(opts: AuthThrottleOptions): AuthThrottle {
     },
     async failed(address) {
       try {
-        remember(address, await limiter().penalty(address, 1));
+        remember(address, await limiter(address).penalty(address, 1));
       } catch {}
     },
   };

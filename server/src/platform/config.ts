@@ -42,6 +42,35 @@ const envSchema = z.object({
   DATABASE_URL: optionalString.pipe(z.string().url().startsWith('postgres').optional()),
   DATA_DIR: z.string().default('./data'),
   REDIS_URL: optionalString.pipe(z.string().url().startsWith('redis').optional()),
+  /**
+   * A Redis Cluster instead of one Redis: a comma-separated seed list of `host:port` (any masters;
+   * the rest is discovered). Selects the cluster layout (region-cell GEO sets, hash-tagged scripts,
+   * the sharded adapter); `REDIS_URL` must then be unset.
+   */
+  REDIS_CLUSTER_NODES: optionalString.pipe(
+    z
+      .string()
+      .transform((v) => v.split(',').map((n) => n.trim()).filter(Boolean))
+      .pipe(
+        z
+          .array(
+            z
+              .string()
+              .regex(/^(?:redis:\/\/)?[^\s:/]+:\d{1,5}$/, 'must be host:port')
+              .transform((n) => {
+                const [host, port] = n.replace(/^redis:\/\//, '').split(':');
+                return { host, port: Number(port) };
+              }),
+          )
+          .min(1),
+      )
+      .optional(),
+  ),
+  /**
+   * Cluster layout: the side of a region cell in degrees of latitude and longitude. Each cell is one
+   * GEO set on one shard; 0.25 (about 28 km north-south) makes a city a few cells.
+   */
+  REDIS_CELL_DEGREES: z.preprocess((v) => (v === undefined || v === '' ? 0.25 : Number(v)), z.number().finite().min(0.01).max(10)),
   REDIS_PREFIX: z.string().max(100).default(''),
   REDIS_COMMAND_TIMEOUT_MS: intFromEnv(500, 10, 60_000),
   ADMIN_TOKEN: optionalString.pipe(secret('the admin bearer token').optional()),
@@ -145,6 +174,12 @@ export function parseConfig(env: Record<string, string | undefined>, generate: (
   const parsed = envSchema.safeParse(env);
   if (!parsed.success) {
     throw new ConfigError(parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`));
+  }
+  if (parsed.data.REDIS_CLUSTER_NODES && parsed.data.REDIS_URL) {
+    throw new ConfigError(['REDIS_CLUSTER_NODES: set either REDIS_URL (one Redis) or REDIS_CLUSTER_NODES (a Redis Cluster), not both']);
+  }
+  if (parsed.data.REDIS_CLUSTER_NODES && /[{}]/.test(parsed.data.REDIS_PREFIX)) {
+    throw new ConfigError(['REDIS_PREFIX: must not contain { or } with REDIS_CLUSTER_NODES (the hub places its own hash tags)']);
   }
   if (parsed.data.VENDURE_WEBHOOK_URL && !parsed.data.VENDURE_WEBHOOK_SECRET) {
     throw new ConfigError(['VENDURE_WEBHOOK_SECRET: required when VENDURE_WEBHOOK_URL is set (events are never sent unsigned)']);

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import type { CircuitBreaker } from './redis.js';
 
@@ -93,7 +93,14 @@ export class WindowCounters {
  * process's memory while Redis is away: a flood is then limited per node instead of per cluster,
  * which is weaker but never lets an outage open the gates or refuse honest drivers.
  */
-export function createRateLimits(opts: { redis: Redis | null; breaker?: CircuitBreaker; prefix: string; rules?: RateLimitRules }): RateLimits {
+export function createRateLimits(opts: {
+  redis: Redis | Cluster | null;
+  breaker?: CircuitBreaker;
+  /** The breaker of the shard that holds a Redis key (a cluster has one per master); default `breaker`. */
+  breakerFor?: (redisKey: string) => CircuitBreaker;
+  prefix: string;
+  rules?: RateLimitRules;
+}): RateLimits {
   const pairs = {} as Record<RateLimitName, Pair>;
   for (const name of Object.keys(DEFAULT_RATE_LIMITS) as RateLimitName[]) {
     const { points, seconds } = opts.rules?.[name] ?? DEFAULT_RATE_LIMITS[name];
@@ -125,8 +132,10 @@ export function createRateLimits(opts: { redis: Redis | null; breaker?: CircuitB
 
   async function consumeShared(name: RateLimitName, key: string): Promise<number | null> {
     const { memory, shared } = pairs[name];
-    // With the circuit open Redis is known to be away: do not wait for a command timeout per event.
-    const limiter = shared && opts.breaker?.state !== 'open' ? shared : memory;
+    // With the circuit open Redis (on a cluster: the shard of this key) is known to be away: do not
+    // wait for a command timeout per event.
+    const breaker = opts.breakerFor?.(`${opts.prefix}rl:${name}:${key}`) ?? opts.breaker;
+    const limiter = shared && breaker?.state !== 'open' ? shared : memory;
     try {
       await limiter.consume(key);
       return null;

@@ -7,8 +7,8 @@ export interface StateGaugeSources {
   pendingDeliveries(): Promise<number>;
   /** Status events not yet delivered to Vendure, and the age of the oldest. */
   outboxLag(): Promise<{ pending: number; oldestSeconds: number }>;
-  /** The Redis circuit breaker; absent when Redis is disabled. */
-  breaker?: CircuitBreaker;
+  /** The Redis circuit breaker (on a cluster: open while any master's is); absent when Redis is disabled. */
+  breaker?: Pick<CircuitBreaker, 'state'>;
 }
 
 /**

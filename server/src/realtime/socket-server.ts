@@ -1,5 +1,5 @@
 import type { Server as HttpServer } from 'node:http';
-import { RedisAdapter, type RedisAdapterOptions } from '@socket.io/redis-adapter';
+import { createShardedAdapter, RedisAdapter, type RedisAdapterOptions } from '@socket.io/redis-adapter';
 import { Server, type ServerOptions, type Socket } from 'socket.io';
 import type { TokenVersionsStore } from '../admin/token-versions.store.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
@@ -103,7 +103,17 @@ export function createSocketServer(http: HttpServer, deps: SocketServerDeps): So
       callback(null, true);
     },
   });
-  if (redis) {
+  if (redis?.layout === 'cluster') {
+    // Sharded pub/sub (Redis 7 SPUBLISH/SSUBSCRIBE): each channel lives on the shard of its slot, so
+    // fan-out grows with the shards instead of every message crossing every node of the cluster.
+    const sharded = createShardedAdapter(redis.publisher, redis.subscriber, { channelPrefix: `${config.REDIS_PREFIX}socket.io`, subscriptionMode: 'dynamic' });
+    io.adapter(function quietShardedAdapter(nsp: unknown) {
+      const adapter = sharded(nsp) as { serverCount(): Promise<number> };
+      const count = adapter.serverCount.bind(adapter);
+      adapter.serverCount = () => count().catch(() => 1);
+      return adapter;
+    } as never);
+  } else if (redis) {
     const options: Partial<RedisAdapterOptions> = { key: `${config.REDIS_PREFIX}socket.io`, requestsTimeout: 3000 };
     // Socket.IO constructs the adapter with `new`, so a function, not an arrow.
     io.adapter(function quietAdapter(nsp: unknown) {

@@ -17,7 +17,11 @@ export async function spawnHub(env: Record<string, string | undefined>): Promise
   });
   const logs: string[] = [];
   const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`child hub did not start:\n${logs.join('\n')}`)), 30_000);
+    // A child that never says it listens is killed, not left running after the test.
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`child hub did not start:\n${logs.join('\n')}`));
+    }, 30_000);
     let buffer = '';
     child.stdout!.on('data', (chunk: Buffer) => {
       buffer += chunk.toString();
@@ -61,6 +65,8 @@ export function envFrom(config: Config, extra: Record<string, string> = {}): Rec
     DATABASE_URL: config.DATABASE_URL,
     DATA_DIR: config.DATA_DIR,
     REDIS_URL: config.REDIS_URL,
+    REDIS_CLUSTER_NODES: config.REDIS_CLUSTER_NODES?.map((n) => `${n.host}:${n.port}`).join(','),
+    REDIS_CELL_DEGREES: String(config.REDIS_CELL_DEGREES),
     REDIS_PREFIX: config.REDIS_PREFIX,
     ADMIN_TOKEN: config.ADMIN_TOKEN,
     JWT_SECRET: config.JWT_SECRET,

@@ -1,6 +1,8 @@
 import { Redis } from 'ioredis';
+import { clusterPresenceKeys } from '../../src/presence/presence-cluster.store.js';
 import { presenceKeys } from '../../src/presence/presence.store.js';
 import { api, createTestDatabase, hasSharedPostgres, type TestDatabase, type TestHub } from './hub.js';
+import { PrivateRedisCluster } from './redis-cluster.js';
 
 /**
  * The two ways the hub runs: several nodes sharing Redis (and PostgreSQL), or a single node with
@@ -9,7 +11,10 @@ import { api, createTestDatabase, hasSharedPostgres, type TestDatabase, type Tes
  */
 export interface HubMode {
   name: string;
+  /** The single-Redis layout (tests that read its keys directly run with it only). */
   redis: boolean;
+  /** The Redis Cluster layout (a three-master cluster of the suite's own, region-cell GEO sets). */
+  cluster?: boolean;
   /** Several hubs (or a test's own connection) may share the database: a PostgreSQL server, not PGlite. */
   sharedDatabase: boolean;
   /** Configuration on top of testConfig's. */
@@ -17,10 +22,59 @@ export interface HubMode {
   database(): Promise<TestDatabase>;
 }
 
+/**
+ * The hub on a Redis Cluster of the suite's own: started with the suite's database (its env is
+ * known only then) and stopped when the database is dropped.
+ */
+function clusterMode(): HubMode {
+  const mode: HubMode = {
+    name: 'on a Redis Cluster',
+    redis: false,
+    cluster: true,
+    sharedDatabase: hasSharedPostgres(),
+    env: {},
+    async database() {
+      const cluster = await new PrivateRedisCluster().start();
+      mode.env = { REDIS_URL: '', REDIS_CLUSTER_NODES: cluster.seeds };
+      const db = await createTestDatabase();
+      return {
+        ...db,
+        async drop() {
+          await db.drop();
+          await cluster.stop();
+        },
+      };
+    },
+  };
+  return mode;
+}
+
 export const HUB_MODES: HubMode[] = [
   { name: 'with Redis', redis: true, sharedDatabase: hasSharedPostgres(), env: {}, database: () => createTestDatabase() },
   { name: 'without Redis, on PGlite', redis: false, sharedDatabase: false, env: { REDIS_URL: '', DATABASE_URL: '' }, database: () => createTestDatabase({ embedded: true }) },
+  clusterMode(),
 ];
+
+/** The picture in the cluster layout: the driver's record in its bucket, the member in the cell the record names. */
+function clusterPictureOf(hub: TestHub): PresencePicture {
+  const nodes = hub.config.REDIS_CLUSTER_NODES!;
+  const cluster = new Redis.Cluster(nodes, { redisOptions: { maxRetriesPerRequest: 1 } });
+  const keys = clusterPresenceKeys(hub.config.REDIS_PREFIX);
+  const cellOf = async (id: string) => (await cluster.hget(keys.place(keys.bucketOf(id)), id))?.split('|')[1] || null;
+  const position = async (id: string) => {
+    const cell = await cellOf(id);
+    if (!cell) return null;
+    const [pos] = await cluster.geopos(keys.cellGeo(cell), id);
+    return pos ? { lng: Number(pos[0]), lat: Number(pos[1]) } : null;
+  };
+  return {
+    status: (id) => cluster.hget(keys.status(keys.bucketOf(id)), id),
+    inGeo: async (id) => (await position(id)) !== null,
+    position,
+    alive: async (id) => (await cluster.exists(keys.online(id))) === 1,
+    close: () => cluster.disconnect(),
+  };
+}
 
 /** The live picture the nearest-driver search reads, whichever store holds it. */
 export interface PresencePicture {
@@ -36,6 +90,7 @@ export interface PresencePicture {
 }
 
 export function pictureOf(hub: TestHub): PresencePicture {
+  if (hub.config.REDIS_CLUSTER_NODES) return clusterPictureOf(hub);
   if (hub.config.REDIS_URL) {
     const redis = new Redis(hub.config.REDIS_URL, { lazyConnect: false, maxRetriesPerRequest: 1 });
     const keys = presenceKeys(hub.config.REDIS_PREFIX);
