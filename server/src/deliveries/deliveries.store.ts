@@ -70,7 +70,9 @@ with input as (
 ), pick as (
   select d.id, i.dist, i.ord
   from input i join drivers d on d.id = i.id
-  where not exists (select 1 from known)
+  -- The candidates by primary key: joined on their own, the planner hashes every driver against them.
+  where d.id = any(array(select id from input))
+    and not exists (select 1 from known)
     and d.status = 'AVAILABLE'
     and d.current_delivery_id is null
     and not exists (select 1 from deliveries a where a.driver_id = d.id and a.status in ${ACTIVE_STATUSES_LIST})

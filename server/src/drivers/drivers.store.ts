@@ -103,9 +103,15 @@ with day as (select date_trunc('day', now() at time zone 'UTC') at time zone 'UT
 select d.id, extract(epoch from now() - coalesce(d.free_since, d.created_at))::float8 as idle,
   (select count(*) from deliveries x, day
     where x.driver_id = d.id and x.created_at >= day.start and x.assigned_at >= day.start)::int as today
-from drivers d where d.id in (select jsonb_array_elements_text($1::jsonb)::uuid)`;
+from drivers d where d.id = any(array(select jsonb_array_elements_text($1::jsonb)::uuid))`;
 
-const TOKEN_VERSIONS = 'select id, token_version as version, session_id from drivers where id in (select jsonb_array_elements_text($1::jsonb)::uuid)';
+/*
+ * Ids arrive as a JSON array and are matched with `= any(array(...))`, never `in (select ...)`: the
+ * planner guesses 100 rows for a set from JSON and hashes the whole drivers table against it (one
+ * sequential scan of every driver per order or handshake batch); an array it guesses at 10 ids
+ * and looks each one up in the primary key.
+ */
+const TOKEN_VERSIONS = 'select id, token_version as version, session_id from drivers where id = any(array(select jsonb_array_elements_text($1::jsonb)::uuid))';
 
 const numberOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
 
@@ -362,7 +368,7 @@ export function createDriversStore(database: Database) {
     async presenceOf(ids: readonly string[]): Promise<DriverPresenceRow[]> {
       if (ids.length === 0) return [];
       return database.rows<DriverPresenceRow>(sql`
-        ${presenceSelect} where d.id in (select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb)::uuid)`);
+        ${presenceSelect} where d.id = any(array(select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb)::uuid))`);
     },
 
     /** Live drivers with ids after `afterId`, in id order: the reconcile walks them a page at a time. */
