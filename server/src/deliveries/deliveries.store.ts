@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { and, asc, desc, eq, inArray, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, inArray, type SQL, sql } from 'drizzle-orm';
 import type { AssignmentPush, DeliveryStatus, DeliveryView, ListDeliveriesQuery, SellerOrderReady } from '#shared/schemas.js';
 import { OUTBOX_INSERT, type OutboxEventType } from '../outbox/outbox.store.js';
 import { PUSH_UPSERT, PUSH_UPSERT_CONFLICT, type PushesStore } from '../pushes/pushes.store.js';
@@ -128,6 +128,14 @@ const TAKEN_FROM_DRIVER = sql`${deliveryEvents.toStatus} = 'PENDING' and ${deliv
 const poolAdmits = (driverId: string) => sql`exists (select 1 from drivers dr where dr.id = ${driverId} and (
   (dr.fleet is not null and dr.fleet = ${deliveries.sellerId})
   or (dr.fleet is null and not exists (select 1 from fleets f where f.id = ${deliveries.sellerId} and f.exclusive))))`;
+
+/** What a driver that came free may take: PENDING, within reach, of its pool, never taken from it. */
+const waitingWithinReachOf = (driverId: string, distance: SQL, radiusMeters: number) => [
+  eq(deliveries.status, 'PENDING'),
+  sql`${distance} <= ${radiusMeters}`,
+  poolAdmits(driverId),
+  sql`not exists (select 1 from ${deliveryEvents} where ${deliveryEvents.deliveryId} = ${deliveries.id} and ${TAKEN_FROM_DRIVER} and ${deliveryEvents.driverId} = ${driverId})`,
+];
 
 export interface TransitionResult {
   delivery: DeliveryRow;
@@ -440,11 +448,8 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
         .from(deliveries)
         .where(
           and(
-            eq(deliveries.status, 'PENDING'),
-            sql`${distance} <= ${radiusMeters}`,
-            poolAdmits(driver.id),
+            ...waitingWithinReachOf(driver.id, distance, radiusMeters),
             sql`not exists (select 1 from offers o where o.delivery_id = ${deliveries.id} and o.driver_id = ${driver.id})`,
-            sql`not exists (select 1 from ${deliveryEvents} where ${deliveryEvents.deliveryId} = ${deliveries.id} and ${TAKEN_FROM_DRIVER} and ${deliveryEvents.driverId} = ${driver.id})`,
           ),
         )
         .orderBy(asc(deliveries.createdAt))
@@ -465,14 +470,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
         const [row] = await tx
           .select({ delivery: deliveries, distance })
           .from(deliveries)
-          .where(
-            and(
-              eq(deliveries.status, 'PENDING'),
-              sql`${distance} <= ${radiusMeters}`,
-              poolAdmits(driver.id),
-              sql`not exists (select 1 from ${deliveryEvents} where ${deliveryEvents.deliveryId} = ${deliveries.id} and ${TAKEN_FROM_DRIVER} and ${deliveryEvents.driverId} = ${driver.id})`,
-            ),
-          )
+          .where(and(...waitingWithinReachOf(driver.id, distance, radiusMeters)))
           .orderBy(asc(deliveries.createdAt))
           .limit(1)
           .for('update', { skipLocked: true });
