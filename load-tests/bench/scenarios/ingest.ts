@@ -112,7 +112,9 @@ export async function ingest(ctx: RunContext): Promise<ScenarioOutput> {
   const probes = ctx.num('probes', 20);
   // --ramp 0 skips the ramp and the latency probes (then --overload-rate says how hard to push).
   const ramp = ctx.num('ramp', 1) !== 0;
-  const overloadSeconds = ctx.num('overload-seconds', 45, 40);
+  // On a cluster the overload step is skipped: it reads the single layout's keys (drivers:status,
+  // drivers:geo) to find live drivers the hub let go, and would count every driver as gone.
+  const overloadSeconds = ctx.num('shards', 0) > 0 ? 0 : ctx.num('overload-seconds', 45, 40);
   const overloadRate = ctx.num('overload-rate', 0);
   // --shards N: the hub on a private N-master Redis Cluster (region cells, sharded adapter) instead
   // of the shared single Redis; only hub targets then, without the GEOPOS probes.
