@@ -439,6 +439,10 @@ async function runStorm(
         counters.connectRateLimited = (counters.connectRateLimited ?? 0) + metricValue(text, 'hub_rate_limited_total', 'event="connect"');
         counters.handshakeRejected = (counters.handshakeRejected ?? 0) + metricValue(text, 'hub_input_rejected_total', 'event="handshake"');
         counters.driversSwept = (counters.driversSwept ?? 0) + metricValue(text, 'hub_drivers_swept_total');
+        // The hub's own time for the webhooks it answered (from the request's arrival), against what the bench saw.
+        counters.webhookHubSecondsSum = (counters.webhookHubSecondsSum ?? 0) + metricValue(text, 'hub_assignment_seconds_sum');
+        counters.webhookHubCount = (counters.webhookHubCount ?? 0) + metricValue(text, 'hub_assignment_seconds_count');
+        counters.webhookHubOver1s = (counters.webhookHubOver1s ?? 0) + metricValue(text, 'hub_assignment_seconds_count') - metricValue(text, 'hub_assignment_seconds_bucket', 'le="1"');
         for (const stage of ['auth', 'door', 'session']) {
           counters[`${stage}SecondsSum`] = (counters[`${stage}SecondsSum`] ?? 0) + metricValue(text, 'hub_handshake_seconds_sum', `stage="${stage}"`);
           counters[`${stage}Count`] = (counters[`${stage}Count`] ?? 0) + metricValue(text, 'hub_handshake_seconds_count', `stage="${stage}"`);
