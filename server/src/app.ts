@@ -62,6 +62,8 @@ export interface HubApp {
   io: Server;
   hono: Hono;
   listen(): Promise<number>;
+  /** The port of the API-only listener (HTTP_PORT), once listening; null without one. */
+  apiPort(): number | null;
   /** Graceful: stop accepting, close sockets, drain background work; bounded by SHUTDOWN_TIMEOUT_MS. */
   close(): Promise<void>;
   health(): Promise<{ body: HealthBody; httpStatus: 200 | 503 }>;
@@ -174,12 +176,20 @@ export function createApp(deps: AppDeps): HubApp {
     return c.json({ error: hubError.toBody() }, hubError.httpStatus as 400);
   });
 
-  const http = createAdaptorServer({ fetch: hono.fetch, overrideGlobalObjects: false }) as HttpServer;
-  // Longer than the idle timeouts of the clients and proxies in front (nginx, load balancers, the
-  // webhook sender's keep-alive pool): the side that closes an idle connection must be the client,
-  // or a request sent as the server closes it dies with ECONNRESET (Node's default is 5 s).
-  http.keepAliveTimeout = 65_000;
-  http.headersTimeout = 66_000;
+  const httpServer = (): HttpServer => {
+    const server = createAdaptorServer({ fetch: hono.fetch, overrideGlobalObjects: false }) as HttpServer;
+    // Longer than the idle timeouts of the clients and proxies in front (nginx, load balancers, the
+    // webhook sender's keep-alive pool): the side that closes an idle connection must be the client,
+    // or a request sent as the server closes it dies with ECONNRESET (Node's default is 5 s).
+    server.keepAliveTimeout = 65_000;
+    server.headersTimeout = 66_000;
+    return server;
+  };
+  const http = httpServer();
+  const apiOnly = config.HTTP_PORT === undefined ? null : httpServer();
+  // No websocket on the API port: an upgrade there is closed at once.
+  apiOnly?.on('upgrade', (_req, socket) => socket.destroy());
+  let apiPort: number | null = null;
   const sockets = createSocketServer(http, { ...deps, limits, auth, refusalLog: throttledLog, tokenRecheckMs: deps.edge?.tokenRecheckMs });
 
   return {
@@ -188,20 +198,30 @@ export function createApp(deps: AppDeps): HubApp {
     hono,
     health,
     recheckSockets: sockets.recheckSockets,
-    listen: () =>
-      new Promise<number>((resolve, reject) => {
-        http.once('error', reject);
-        // A reconnect storm is thousands of connections in a second: with Node's default queue of
-        // 511 the kernel drops the rest, and each dropped SYN costs its app a 1, 3, 7 s retransmit.
-        http.listen({ port: config.PORT, host: config.HOST, backlog: SOCKET_LISTEN_BACKLOG }, () => {
-          http.off('error', reject);
-          resolve((http.address() as AddressInfo).port);
-        });
-      }),
+    async listen() {
+      // A reconnect storm is thousands of connections in a second: with Node's default queue of
+      // 511 the kernel drops the rest, and each dropped SYN costs its app a 1, 3, 7 s retransmit.
+      const port = await listenOn(http, config.PORT, config.HOST, SOCKET_LISTEN_BACKLOG);
+      if (apiOnly) apiPort = await listenOn(apiOnly, config.HTTP_PORT!, config.HOST, 511);
+      return port;
+    },
+    apiPort: () => apiPort,
     async close() {
       const bound = new Promise<void>((resolve) => setTimeout(resolve, config.SHUTDOWN_TIMEOUT_MS).unref());
+      apiOnly?.close();
       await Promise.race([sockets.close(), bound]);
       http.closeAllConnections?.();
+      apiOnly?.closeAllConnections?.();
     },
   };
+}
+
+function listenOn(server: HttpServer, port: number, host: string, backlog: number): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ port, host, backlog }, () => {
+      server.off('error', reject);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
 }

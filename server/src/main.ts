@@ -263,6 +263,7 @@ async function run(): Promise<void> {
   logger.info(
     {
       port: hub.port,
+      ...(hub.app.apiPort() !== null ? { apiPort: hub.app.apiPort() } : {}),
       database: config.DATABASE_URL ? 'postgres' : `embedded PGlite in ${config.DATA_DIR}`,
       redis: config.REDIS_URL ? 'shared (multi-node)' : config.REDIS_CLUSTER_NODES ? 'redis cluster (multi-node, sharded)' : 'disabled (single node)',
       vendure: config.VENDURE_WEBHOOK_URL ? 'status events sent' : 'status events kept, not sent',

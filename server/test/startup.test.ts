@@ -6,7 +6,7 @@ import { verifyWebhook } from '#shared/webhooks.js';
 import { parseConfig } from '../src/platform/config.js';
 import { createLogger, wantsPrettyLogs } from '../src/platform/logger.js';
 import { logStartupNotes, webhookCurlExample } from '../src/platform/startup-notes.js';
-import { createTestDatabase, type TestDatabase, type TestHub, startTestHub, testConfig } from './support/hub.js';
+import { connectDriver, connectError, connectSocket, createDriver, createTestDatabase, order, postWebhook, type TestDatabase, type TestHub, startTestHub, testConfig } from './support/hub.js';
 
 const generate = () => 'generated-0123456789-generated-0123456789';
 
@@ -99,5 +99,48 @@ describe('startup: secrets and logs for the first hour', () => {
       const [id, timestamp, sig, body] = run.stdout.split('\n');
       expect(verifyWebhook([secret], { id, timestamp, signature: `v1,${sig}`, body })).toEqual({ ok: true });
     });
+  });
+});
+
+describe('an API-only port (HTTP_PORT)', () => {
+  let db: TestDatabase;
+  let hub: TestHub;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    hub = await startTestHub(testConfig(db, { HTTP_PORT: '0' }));
+  });
+  afterAll(async () => {
+    await hub?.stop();
+    await db?.drop();
+  });
+
+  it('when HTTP_PORT is set, then the API answers there as on PORT, signed webhooks included, and a websocket upgrade there is closed', async () => {
+    const apiPort = hub.app.apiPort();
+    expect(apiPort).toEqual(expect.any(Number));
+    expect(apiPort).not.toBe(Number(new URL(hub.url).port));
+    const api = { url: `http://127.0.0.1:${apiPort}` };
+    const health = await fetch(`${api.url}/health`);
+    expect(health.status).toBe(200);
+    expect((await health.json()).status).toBe('ok');
+    const placed = await postWebhook(api, '/events/seller-order-ready', order({ pickup: { lat: 1.3, lng: 103.8 } }));
+    expect(placed.status).toBe(202);
+    expect(placed.body).toMatchObject({ status: 'PENDING' });
+    const unsigned = await fetch(`${api.url}/events/seller-order-ready`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+    expect(unsigned.status).toBe(401);
+    // Driver sockets belong on PORT only.
+    const { token } = await createDriver(hub, 'Sockets elsewhere');
+    const refused = connectSocket(api, '/drivers', { token });
+    await expect(connectError(refused)).resolves.toBeDefined();
+    refused.close();
+    const accepted = await connectDriver(hub, token);
+    expect(accepted.socket.connected).toBe(true);
+    accepted.close();
+  });
+
+  it('when HTTP_PORT is unset, then there is no second listener', () => {
+    expect(parseConfig({}, generate).HTTP_PORT).toBeUndefined();
+    expect(parseConfig({ HTTP_PORT: '' }, generate).HTTP_PORT).toBeUndefined();
+    expect(() => parseConfig({ HTTP_PORT: 'eighty' }, generate)).toThrow(/HTTP_PORT/);
   });
 });

@@ -43,7 +43,7 @@ import {
   type ServerProc,
   spawnServer,
 } from '../infra.js';
-import { cpuByGroup, machineBusyPercent, ratio, readCpuTimes, round, sampleProcesses, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
+import { cpuByGroup, freePort, machineBusyPercent, ratio, readCpuTimes, round, sampleProcesses, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
 import type { RunContext, ScenarioOutput, TargetCheck } from '../context.js';
 import { formatProfile, type ProfileSummary, readProfile, summarizeProfile } from '../profile-top.js';
 import { type Posted, postOrder } from './assignment.js';
@@ -152,7 +152,9 @@ export async function storm(ctx: RunContext): Promise<ScenarioOutput> {
   const timeoutSeconds = ctx.num('storm-timeout-s', 120, 60);
   const jitters = ctx.str('jitter', 'none,client').split(',') as StormJitter[];
   const targets = ctx.str('targets', 'sio-bare,hub').split(',') as ServerKind[];
-  const options = { drivers, generators, pingHz, orderRate, calmSeconds, timeoutSeconds };
+  // --api-port 1: the hubs take webhooks on a port of their own (HTTP_PORT), away from the sockets' accept queue.
+  const apiPort = ctx.num('api-port', 0) !== 0;
+  const options = { drivers, generators, pingHz, orderRate, calmSeconds, timeoutSeconds, apiPort };
 
   const results: StormResult[] = [];
   const profiles: Record<string, ProfileSummary> = {};
@@ -227,7 +229,7 @@ async function runStorm(
   ctx: RunContext,
   target: ServerKind,
   jitter: StormJitter,
-  o: { drivers: number; generators: number; pingHz: number; orderRate: number; calmSeconds: number; timeoutSeconds: number },
+  o: { drivers: number; generators: number; pingHz: number; orderRate: number; calmSeconds: number; timeoutSeconds: number; apiPort: boolean },
   profiles: Record<string, ProfileSummary>,
 ): Promise<StormResult> {
   const label = `${target}/${jitter}`;
@@ -239,9 +241,16 @@ async function runStorm(
     cleanup.add(`redis keys ${prefix}`, () => deletePrefix(SHARED_REDIS_URL, prefix));
     const db = hubRun ? await createBenchDatabase(cleanup) : null;
     const nodes: ServerProc[] = [];
+    /** Where each hub takes webhooks: its API-only port with --api-port 1 (HTTP_PORT), else the socket port. */
+    const webhookUrls = new Map<ServerProc, string>();
     for (const name of ['a', 'b', 'c']) {
-      const env = db ? hubEnv(db, prefix, { NODE_ID: `storm-${name}`, ...ctx.hubEnv }) : { REDIS_URL: SHARED_REDIS_URL, REDIS_PREFIX: prefix };
-      nodes.push(await spawnServer(target, cleanup, { name: `storm-${target}-${jitter}-${name}-${ctx.runId}`, env, logDir: ctx.logDir }));
+      const apiPort = db && o.apiPort ? await freePort() : null;
+      const env = db
+        ? hubEnv(db, prefix, { NODE_ID: `storm-${name}`, ...(apiPort ? { HTTP_PORT: String(apiPort) } : {}), ...ctx.hubEnv })
+        : { REDIS_URL: SHARED_REDIS_URL, REDIS_PREFIX: prefix };
+      const node = await spawnServer(target, cleanup, { name: `storm-${target}-${jitter}-${name}-${ctx.runId}`, env, logDir: ctx.logDir });
+      nodes.push(node);
+      webhookUrls.set(node, apiPort ? `http://127.0.0.1:${apiPort}` : node.url);
     }
     const [a, b, c] = nodes;
     const ids = db ? await insertDrivers(db, o.drivers) : Array.from({ length: o.drivers }, () => randomUUID());
@@ -274,7 +283,7 @@ async function runStorm(
           const node = sent % 2 === 0 ? b : c;
           const pickup = positionsAround(1, 8)[0];
           const dropoff = positionsAround(1, 3, { lat: CENTRE.lat + 0.02, lng: CENTRE.lng })[0];
-          const work = postOrder(agent, node.url, `storm-${sent}-${randomUUID().slice(0, 8)}`, pickup, dropoff).then((p) => {
+          const work = postOrder(agent, webhookUrls.get(node)!, `storm-${sent}-${randomUUID().slice(0, 8)}`, pickup, dropoff).then((p) => {
             posted.push(p);
           });
           inflight.add(work);

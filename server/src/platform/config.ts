@@ -38,6 +38,11 @@ const webhookSecret = z
 
 const envSchema = z.object({
   PORT: intFromEnv(3000, 0, 65535),
+  /**
+   * A second port serving the HTTP API and pages only (no Socket.IO): webhooks and admin calls sent
+   * there never wait in the accept queue behind a reconnect storm's websocket connects on PORT.
+   */
+  HTTP_PORT: z.preprocess((v) => (v === undefined || v === '' ? undefined : Number(v)), z.number().int().min(0).max(65535).optional()),
   HOST: z.string().default('0.0.0.0'),
   DATABASE_URL: optionalString.pipe(z.string().url().startsWith('postgres').optional()),
   DATA_DIR: z.string().default('./data'),
