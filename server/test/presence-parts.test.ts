@@ -160,6 +160,19 @@ describe('position pipeline', () => {
     expect(pipeline.drainStored(storedSlotOf(DRIVER)).size).toBe(0);
   });
 
+  it('when a numbered fix is stored twice (its GEO write, then its PostgreSQL flush), then it is confirmed once', async () => {
+    const { pipeline } = pipelineWith(fakeStore().store);
+    pipeline.acceptFixes(DRIVER, [BERLIN], 4);
+    // The GEO write goes out on its own after the tick; the PostgreSQL flush waits for its timer.
+    await new Promise((r) => setTimeout(r, 40));
+    expect(pipeline.drainStored(storedSlotOf(DRIVER))).toEqual(new Map([[DRIVER, 4]]));
+    await pipeline.flushToPostgres();
+    expect(pipeline.drainStored(storedSlotOf(DRIVER)).size).toBe(0);
+    pipeline.acceptFixes(DRIVER, [BERLIN], 5);
+    await flush(pipeline);
+    expect(pipeline.drainStored(storedSlotOf(DRIVER))).toEqual(new Map([[DRIVER, 5]]));
+  });
+
   it('when a flush is asked for while one is running, then it waits for that one and writes the rest after it, in order', async () => {
     const writes: string[] = [];
     let release: () => void = () => {};

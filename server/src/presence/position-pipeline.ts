@@ -114,6 +114,11 @@ export function createPositionPipeline(deps: PositionPipelineDeps): PositionPipe
    * slice of a second, so the confirmations of thousands of drivers do not all leave at once.
    */
   const stored = Array.from({ length: STORED_SLOTS }, () => new Map<string, number>());
+  /**
+   * The highest number already handed out for confirmation per driver: a fix stored twice (its GEO
+   * write, then its PostgreSQL flush) is confirmed once, not again a moment later.
+   */
+  const confirmedUpTo = new Map<string, number>();
 
   async function flushToRedis(): Promise<void> {
     if (toRedis.size === 0) return;
@@ -171,7 +176,7 @@ export function createPositionPipeline(deps: PositionPipelineDeps): PositionPipe
 
   function markStored(batch: readonly DriverPosition[]): void {
     for (const p of batch) {
-      if (p.seq === undefined) continue;
+      if (p.seq === undefined || p.seq <= (confirmedUpTo.get(p.id) ?? -1)) continue;
       const bucket = stored[storedSlotOf(p.id)];
       if (p.seq > (bucket.get(p.id) ?? -1)) bucket.set(p.id, p.seq);
     }
@@ -233,6 +238,7 @@ export function createPositionPipeline(deps: PositionPipelineDeps): PositionPipe
     drainStored(slot) {
       const drained = stored[slot];
       stored[slot] = new Map();
+      for (const [driverId, upTo] of drained) confirmedUpTo.set(driverId, upTo);
       return drained;
     },
 
@@ -262,10 +268,12 @@ export function createPositionPipeline(deps: PositionPipelineDeps): PositionPipe
       beatAt.delete(driverId);
       beatWrittenAt.delete(driverId);
       toRedis.delete(driverId);
+      confirmedUpTo.delete(driverId);
     },
 
     restartConfirmations(driverId) {
       stored[storedSlotOf(driverId)].delete(driverId);
+      confirmedUpTo.delete(driverId);
     },
 
     takeKeptAlive() {
