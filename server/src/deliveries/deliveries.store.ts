@@ -450,6 +450,9 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
           and(
             ...waitingWithinReachOf(driver.id, distance, radiusMeters),
             sql`not exists (select 1 from offers o where o.delivery_id = ${deliveries.id} and o.driver_id = ${driver.id})`,
+            // A delivery never offered yet and only just created is its webhook's to place, by the
+            // ranking: taken here it would go to whichever driver happened to come free nearby.
+            sql`(${deliveries.createdAt} < now() - interval '2 seconds' or exists (select 1 from offers o where o.delivery_id = ${deliveries.id}))`,
           ),
         )
         .orderBy(asc(deliveries.createdAt))
