@@ -52,7 +52,17 @@ export class PrivateRedisCluster {
     const taken = new Set<number>();
     for (let i = 0; i < masters; i++) this.ports.push(await clusterPort(taken));
     for (let i = 0; i < masters; i++) await this.startNode(i);
-    await run('redis-cli', ['--cluster', 'create', ...this.ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes']);
+    if (masters >= 3) {
+      await run('redis-cli', ['--cluster', 'create', ...this.ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes']);
+    } else {
+      // `--cluster create` wants three masters at least: fewer get their slots and each other by hand.
+      for (const [i, port] of this.ports.entries()) {
+        const first = Math.floor((16384 * i) / masters);
+        const last = Math.floor((16384 * (i + 1)) / masters) - 1;
+        await run('redis-cli', ['-p', String(port), 'cluster', 'addslotsrange', String(first), String(last)]);
+        if (i > 0) await run('redis-cli', ['-p', String(this.ports[0]), 'cluster', 'meet', '127.0.0.1', String(port)]);
+      }
+    }
     await this.waitOk();
     return this;
   }
