@@ -26,10 +26,11 @@ import { connections } from './bench/scenarios/connections.js';
 import { fanout } from './bench/scenarios/fanout.js';
 import { ingest } from './bench/scenarios/ingest.js';
 import { recovery } from './bench/scenarios/recovery.js';
+import { handshakes } from './bench/scenarios/handshakes.js';
 import { shards } from './bench/scenarios/shards.js';
 import { storm } from './bench/scenarios/storm.js';
 
-const SCENARIOS: Record<string, Scenario> = { ingest, connections, assignment, fanout, recovery, storm, shards };
+const SCENARIOS: Record<string, Scenario> = { ingest, connections, assignment, fanout, recovery, storm, shards, handshakes };
 /** `all` runs these; `shards` repeats ingest and assignment per Redis layout and is run by name. */
 const ALL = ['ingest', 'connections', 'assignment', 'fanout', 'recovery', 'storm'];
 

@@ -124,4 +124,26 @@ describe('batch window', () => {
     await settling;
     expect(settled).toBe(true);
   });
+
+  it('when a batch held several items, then the next window is maxWindowMs, and windowMs again once an item came alone', async () => {
+    const launchedAt: number[] = [];
+    const window = createBatchWindow<number, number>({
+      windowMs: 5,
+      maxWindowMs: 60,
+      maxBatch: 100,
+      run: async (items) => {
+        launchedAt.push(performance.now());
+        return items;
+      },
+    });
+    // After a burst the next item waits the busy window for company.
+    await Promise.all(Array.from({ length: 20 }, (_, i) => window.add(i)));
+    const added = performance.now();
+    await window.add(100);
+    expect(launchedAt[1] - added).toBeGreaterThanOrEqual(55);
+    // That batch held one item: the window is back to 5 ms.
+    const alone = performance.now();
+    await window.add(101);
+    expect(launchedAt[2] - alone).toBeLessThan(40);
+  });
 });

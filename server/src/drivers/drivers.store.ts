@@ -74,7 +74,7 @@ const CONNECT_MANY = `
 with input as (
   select (e->>0)::uuid as id, e->>1 as session_id from jsonb_array_elements($1::jsonb) as e
 ), locked as materialized (
-  select d.id from drivers d join input i on i.id = d.id order by d.id for update of d
+  select d.id from drivers d where d.id = any(array(select id from input)) order by d.id for update of d
 ), seen as (
   insert into driver_positions (driver_id, last_seen_at)
   select id, now() from locked order by id
@@ -87,8 +87,8 @@ with input as (
       else drivers.session_id end,
     status = case when drivers.current_delivery_id is not null then 'BUSY' when drivers.on_duty then 'AVAILABLE' else 'OFFLINE' end,
     updated_at = now()
-  from input i join locked l on l.id = i.id
-  where drivers.id = i.id
+  from input i
+  where drivers.id = any(array(select id from locked)) and i.id = drivers.id
   returning drivers.id, drivers.status, drivers.current_delivery_id, drivers.session_id
 )
 select c.id, c.status, s.lat, s.lng, c.current_delivery_id as "currentDeliveryId", c.session_id as "sessionId"
@@ -316,7 +316,7 @@ export function createDriversStore(database: Database) {
     /** Connected but quiet drivers stay alive in PostgreSQL too (the sweeper's source of truth). */
     async touch(ids: readonly string[]): Promise<void> {
       if (ids.length === 0) return;
-      await db.execute(heardFrom(sql`drivers d join jsonb_array_elements_text(${sortedJson(ids)}::jsonb) as v(id) on d.id = v.id::uuid`));
+      await db.execute(heardFrom(sql`drivers d where d.id = any(array(select jsonb_array_elements_text(${sortedJson(ids)}::jsonb)::uuid)) order by d.id`));
     },
 
     /** Takes drivers whose heartbeat went silent offline; safe when several nodes run it at once. */

@@ -1,7 +1,7 @@
 import type { DriverSession } from '#shared/events.js';
 import type { DriverStatus } from '#shared/schemas.js';
 import type { DriverPresenceRow, DriversStore } from '../drivers/drivers.store.js';
-import { createBatchWindow } from '../platform/batch-window.js';
+import { BUSY_WINDOW_MS, createBatchWindow } from '../platform/batch-window.js';
 import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { HeartbeatChange, KnownStatuses, PositionPipeline } from './position-pipeline.js';
@@ -122,6 +122,7 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
 
   const connecting = createBatchWindow<Connecting, DriverSession | null | HubError>({
     windowMs: deps.connectWindowMs ?? CONNECT_WINDOW_MS,
+    maxWindowMs: Math.max(deps.connectWindowMs ?? CONNECT_WINDOW_MS, BUSY_WINDOW_MS),
     maxBatch: CONNECTS_PER_BATCH,
     concurrency: 2,
     run: connectBatch,
