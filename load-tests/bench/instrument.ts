@@ -81,9 +81,37 @@ function pgMessages(state: { skip: number }, buf: Buffer): void {
     // The startup message has no type byte: its first byte is 0 (a length).
     if (type === 0 || length < 4) return;
     if (type === 0x53 /* Sync */ || type === 0x51 /* Query */) wire.pgStatements += 1;
+    if (countStatements && i + 1 + length <= buf.length) countStatement(type, buf, i + 5, i + 1 + length);
     i += 1 + length;
   }
   state.skip = Math.max(0, i - buf.length);
+}
+
+/** Executions by statement (its text's first words), from Parse (name -> text), Bind (name) and Query messages. */
+const pgByStatement: Record<string, number> = {};
+let countStatements = false;
+const statementText = new Map<string, string>();
+const shortText = (text: string) => text.replace(/\s+/g, ' ').trim().slice(0, 90);
+function countStatement(type: number, buf: Buffer, start: number, end: number): void {
+  const cstring = (from: number) => {
+    const zero = buf.indexOf(0, from);
+    return zero < 0 || zero > end ? null : { text: buf.toString('utf8', from, zero), next: zero + 1 };
+  };
+  if (type === 0x50 /* Parse */) {
+    const name = cstring(start);
+    const query = name && cstring(name.next);
+    if (name && query) statementText.set(name.text, shortText(query.text));
+  } else if (type === 0x42 /* Bind */) {
+    const portal = cstring(start);
+    const name = portal && cstring(portal.next);
+    if (name) {
+      const text = statementText.get(name.text) ?? `(statement ${name.text})`;
+      pgByStatement[text] = (pgByStatement[text] ?? 0) + 1;
+    }
+  } else if (type === 0x51 /* Query */) {
+    const query = cstring(start);
+    if (query) pgByStatement[shortText(query.text)] = (pgByStatement[shortText(query.text)] ?? 0) + 1;
+  }
 }
 
 function redisCommands(buf: Buffer): void {
@@ -151,11 +179,14 @@ serveRpc({
   },
   stats: () => stats(),
   /** Starts counting PostgreSQL and Redis round trips on the wire (see countWire); answers the totals so far. */
-  countWire: (ports: { pg: number; redis: number }) => {
+  countWire: (ports: { pg: number; redis: number; statements?: boolean }) => {
     countWire(ports);
+    if (ports.statements) countStatements = true;
     return { ...wire };
   },
   wire: () => ({ ...wire }),
+  /** Executions so far by statement text (see countWire). */
+  pgByStatement: () => ({ ...pgByStatement }),
   /** Starts a new measurement window for lag and CPU. */
   reset: () => {
     histogram.reset();

@@ -86,6 +86,7 @@ interface StormResult {
     p99Ratio: number | null;
   };
   hubCounters?: Record<string, number>;
+  statementsDuringStorm?: Record<string, number>;
   storesDuringStorm?: StoreSamples;
 }
 
@@ -154,7 +155,9 @@ export async function storm(ctx: RunContext): Promise<ScenarioOutput> {
   const targets = ctx.str('targets', 'sio-bare,hub').split(',') as ServerKind[];
   // --api-port 1: the hubs take webhooks on a port of their own (HTTP_PORT), away from the sockets' accept queue.
   const apiPort = ctx.num('api-port', 0) !== 0;
-  const options = { drivers, generators, pingHz, orderRate, calmSeconds, timeoutSeconds, apiPort };
+  // --statements 1: which statements the survivors ran during the storm (parses every PostgreSQL message they send: costs them CPU).
+  const statements = ctx.num('statements', 0) !== 0;
+  const options = { drivers, generators, pingHz, orderRate, calmSeconds, timeoutSeconds, apiPort, statements };
 
   const results: StormResult[] = [];
   const profiles: Record<string, ProfileSummary> = {};
@@ -229,7 +232,7 @@ async function runStorm(
   ctx: RunContext,
   target: ServerKind,
   jitter: StormJitter,
-  o: { drivers: number; generators: number; pingHz: number; orderRate: number; calmSeconds: number; timeoutSeconds: number; apiPort: boolean },
+  o: { drivers: number; generators: number; pingHz: number; orderRate: number; calmSeconds: number; timeoutSeconds: number; apiPort: boolean; statements: boolean },
   profiles: Record<string, ProfileSummary>,
 ): Promise<StormResult> {
   const label = `${target}/${jitter}`;
@@ -297,7 +300,7 @@ async function runStorm(
     const wirePorts = { pg: portOf(PG_ADMIN_URL, 5432), redis: portOf(SHARED_REDIS_URL, 6379) };
     const survivors = [b, c];
     const readWire = async (): Promise<Wire> => {
-      const all = await Promise.all(survivors.map((s) => s.rpc.call<Wire>(hubRun ? 'countWire' : 'wire', wirePorts)));
+      const all = await Promise.all(survivors.map((s) => s.rpc.call<Wire>(hubRun ? 'countWire' : 'wire', { ...wirePorts, statements: o.statements })));
       const sum = { pgStatements: 0, pgWrites: 0, redisCommands: 0, redisWrites: 0 };
       for (const w of all) for (const k of WIRE_KEYS) sum[k] += w[k];
       return sum;
@@ -310,6 +313,12 @@ async function runStorm(
       postgres: (_: number, comm: string) => comm.startsWith('postgres'),
       redis: (_: number, comm: string) => comm.startsWith('redis-server'),
     };
+    const readStatements = async (): Promise<Record<string, number>> => {
+      const sum: Record<string, number> = {};
+      if (!hubRun || !o.statements) return sum;
+      for (const s of survivors) for (const [k, v] of Object.entries(await s.rpc.call<Record<string, number>>('pgByStatement'))) sum[k] = (sum[k] ?? 0) + v;
+      return sum;
+    };
     const calmWire = await readWire();
     const calmProcs = sampleProcesses();
     const calmStartedAt = wallMs();
@@ -319,6 +328,7 @@ async function runStorm(
     await group.stormArm(jitter, survivors.map((s) => s.url), 30_000);
     await Promise.all(survivors.map((s) => s.reset()));
     const killWire = await readWire();
+    const killStatements = await readStatements();
     const killProcs = sampleProcesses();
     const calmCpu = cpuByGroup(calmProcs, killProcs, groups);
     const cpuAtKill = readCpuTimes();
@@ -356,6 +366,7 @@ async function runStorm(
       ctx.log(`CPU profile of ${b.name} during the storm written to ${profilePath}\n${formatProfile(summary, 20)}`);
     }
     const endWire = await readWire();
+    const endStatements = await readStatements();
     const busy = machineBusyPercent(cpuAtKill, readCpuTimes());
     const stormCpu = cpuByGroup(killProcs, sampleProcesses(), groups);
     const lost = Math.max(0, report.waiting, initial.connected - report.back);
@@ -458,6 +469,14 @@ async function runStorm(
         }
       }
       result.hubCounters = counters;
+      // Which statements the survivors ran during the storm, most frequent first: what a handshake costs PostgreSQL.
+      result.statementsDuringStorm = Object.fromEntries(
+        Object.entries(endStatements)
+          .map(([k, v]) => [k, v - (killStatements[k] ?? 0)] as const)
+          .filter(([, n]) => n > 0)
+          .sort((a, b) => b[1] - a[1])
+          .slice(0, 15),
+      );
       result.storesDuringStorm = stores ?? undefined;
       if (notAssignable && Object.keys(notAssignable).length > 0) (result as unknown as Record<string, unknown>).notAssignableAtEnd = notAssignable;
     }

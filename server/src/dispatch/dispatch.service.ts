@@ -1,7 +1,7 @@
 import type { OrderReadyReply, SellerOrderReady } from '#shared/schemas.js';
 import type { Candidate, CandidateExplanation, DeliveriesStore, DeliveryRow } from '../deliveries/deliveries.store.js';
 import type { DeliveryAnnouncer } from '../deliveries/delivery-announcer.js';
-import { createBatchWindow } from '../platform/batch-window.js';
+import { BUSY_WINDOW_MS, createBatchWindow } from '../platform/batch-window.js';
 import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
@@ -228,6 +228,8 @@ export function createDispatchService(deps: DispatchDeps) {
    */
   const freed = createBatchWindow<{ driverId: string; position: { lat: number; lng: number } }, void>({
     windowMs: FREED_WINDOW_MS,
+    // A reconnect storm is a stream of drivers coming free: one look for waiting deliveries per busy window, not per few drivers.
+    maxWindowMs: BUSY_WINDOW_MS * 5,
     maxBatch: 1000,
     run: async (items) => {
       let waiting = await deliveries.anyPending();

@@ -15,6 +15,7 @@ import type { RateLimits } from '../platform/rate-limits.js';
 import type { RedisClients } from '../platform/redis.js';
 import { handshakeError } from '../platform/socket-edge.js';
 import type { TokenService } from '../platform/tokens.js';
+import { createTurnPacer } from '../platform/turn-pacer.js';
 import type { PresenceService } from '../presence/presence.service.js';
 import type { PushService } from '../pushes/pushes.service.js';
 import { attachDispatchNamespace, type DispatchNamespace } from './dispatch.socket.js';
@@ -26,6 +27,13 @@ import { attachDriversNamespace, type DriversNamespace, sessionIdOf } from './dr
  */
 /** Pending connections the kernel holds for the hub's port (capped by net.core.somaxconn, 4096 on current Linux). */
 export const SOCKET_LISTEN_BACKLOG = 8192;
+
+/**
+ * Websocket upgrades a node starts per turn of its event loop; the rest wait for the next turns.
+ * At roughly half a millisecond each, 32 keep a turn near 15 ms: a reconnect storm's burst of
+ * thousands then interleaves with webhooks, pings and the bookkeeping of handshakes already in.
+ */
+export const HANDSHAKES_PER_TURN = 32;
 
 export const SOCKET_ENGINE_OPTIONS = {
   transports: ['websocket'],
@@ -89,6 +97,7 @@ export interface SocketServer {
 /** The Socket.IO server on the hub's HTTP server: the adapter, handshake auth, both namespaces, the token recheck. */
 export function createSocketServer(http: HttpServer, deps: SocketServerDeps): SocketServer {
   const { config, logger, metrics, redis, auth } = deps;
+  const upgrades = createTurnPacer(HANDSHAKES_PER_TURN);
   const io = new Server(http, {
     ...SOCKET_ENGINE_OPTIONS,
     transports: [...SOCKET_ENGINE_OPTIONS.transports],
@@ -100,7 +109,7 @@ export function createSocketServer(http: HttpServer, deps: SocketServerDeps): So
         logger.info({ origin }, 'socket handshake refused: origin not allowed');
         return callback('origin not allowed', false);
       }
-      callback(null, true);
+      upgrades.admit(() => callback(null, true));
     },
   });
   if (redis?.layout === 'cluster') {
