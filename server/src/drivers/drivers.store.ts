@@ -319,11 +319,17 @@ export function createDriversStore(database: Database) {
       await db.execute(heardFrom(sql`drivers d where d.id = any(array(select jsonb_array_elements_text(${sortedJson(ids)}::jsonb)::uuid)) order by d.id`));
     },
 
-    /** Takes drivers whose heartbeat went silent offline; safe when several nodes run it at once. */
+    /**
+     * Takes drivers whose heartbeat went silent offline; safe when several nodes run it at once.
+     * The heartbeat is read in the sweep's snapshot, so a connect committing meanwhile is not seen
+     * there; the row's own `updated_at`, which the connect sets and which PostgreSQL checks again on
+     * the row it waited for, keeps that driver (it is swept a heartbeat later if it is silent then).
+     */
     async sweepSilent(ttlSeconds: number): Promise<DriverPresenceRow[]> {
       return database.rows<DriverPresenceRow>(sql`
         update drivers set status = 'OFFLINE', session_id = null, updated_at = now()
         where status <> 'OFFLINE'
+          and drivers.updated_at < now() - make_interval(secs => ${ttlSeconds})
           and not exists (select 1 from driver_positions p
             where p.driver_id = drivers.id and p.last_seen_at >= now() - make_interval(secs => ${ttlSeconds}))
         returning id, status, ${positionOf('lat')} as lat, ${positionOf('lng')} as lng`);

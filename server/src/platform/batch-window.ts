@@ -102,3 +102,10 @@ export function createBatchWindow<I, R>(opts: BatchWindowOptions<I, R>): BatchWi
  * PostgreSQL statements per handshake from 0.8 to 0.4 and PostgreSQL's CPU per handshake by half.
  */
 export const BUSY_WINDOW_MS = 10;
+
+/**
+ * The most handshakes one batch of their bookkeeping carries: all of a batch's sockets go on in
+ * one turn of the event loop when its round trip answers, so this bounds that turn (about 20 ms
+ * at 64) while a storm still shares each round trip among dozens.
+ */
+export const HANDSHAKES_PER_BATCH = 64;

@@ -1,7 +1,7 @@
 import type { DriverSession } from '#shared/events.js';
 import type { DriverStatus } from '#shared/schemas.js';
 import type { DriverPresenceRow, DriversStore } from '../drivers/drivers.store.js';
-import { BUSY_WINDOW_MS, createBatchWindow } from '../platform/batch-window.js';
+import { BUSY_WINDOW_MS, createBatchWindow, HANDSHAKES_PER_BATCH } from '../platform/batch-window.js';
 import { HubError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { HeartbeatChange, KnownStatuses, PositionPipeline } from './position-pipeline.js';
@@ -53,7 +53,7 @@ export interface DriverSessionsDeps {
  * driver; alone, a connect waits this long plus its round trips.
  */
 export const CONNECT_WINDOW_MS = 2;
-const CONNECTS_PER_BATCH = 200;
+const CONNECTS_PER_BATCH = HANDSHAKES_PER_BATCH;
 
 interface Connecting {
   driverId: string;

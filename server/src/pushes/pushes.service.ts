@@ -1,7 +1,7 @@
 import { pushAckReply } from '#shared/schemas.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
-import { BUSY_WINDOW_MS, createBatchWindow } from '../platform/batch-window.js';
+import { BUSY_WINDOW_MS, createBatchWindow, HANDSHAKES_PER_BATCH } from '../platform/batch-window.js';
 import type { Metrics } from '../platform/metrics.js';
 import { createLogThrottle } from '../platform/log-throttle.js';
 import type { PushKind } from '../platform/schema.js';
@@ -180,7 +180,7 @@ export function createPushService(deps: PushDeps) {
     return items.map(({ driverId }) => open.filter((p) => p.driverId === driverId).length);
   }
 
-  const reconnects = createBatchWindow({ windowMs: RECONNECT_WINDOW_MS, maxWindowMs: BUSY_WINDOW_MS, maxBatch: 200, concurrency: 2, run: connectedBatch });
+  const reconnects = createBatchWindow({ windowMs: RECONNECT_WINDOW_MS, maxWindowMs: BUSY_WINDOW_MS, maxBatch: HANDSHAKES_PER_BATCH, concurrency: 2, run: connectedBatch });
 
   /** A driver's socket connected here (see connectedBatch); answers how many open pushes it had. */
   function connected(driverId: string, activeDelivery: { deliveryId: string } | null): Promise<number> {

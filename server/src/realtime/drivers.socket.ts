@@ -3,7 +3,7 @@ import type { DriverClientEvents, DriverServerEvents, SocketData } from '#shared
 import { deliveryUpdatePayload, driverStatusPayload, type LocationFix, locationPayload, offerAcceptPayload, offerDeclinePayload } from '#shared/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { AuthGate } from '../platform/auth-throttle.js';
-import { BUSY_WINDOW_MS, createBatchWindow } from '../platform/batch-window.js';
+import { BUSY_WINDOW_MS, createBatchWindow, HANDSHAKES_PER_BATCH } from '../platform/batch-window.js';
 import { HubError, overloadedError, rateLimitedError } from '../platform/errors.js';
 import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
@@ -175,7 +175,7 @@ export function attachDriversNamespace(
       return current === item.tokenVersion ? { kind: 'admitted' } : { kind: 'refused', message: 'token revoked' };
     });
   }
-  const door = createBatchWindow({ windowMs: DOOR_WINDOW_MS, maxWindowMs: BUSY_WINDOW_MS, maxBatch: 200, concurrency: 2, run: judgeAtDoor });
+  const door = createBatchWindow({ windowMs: DOOR_WINDOW_MS, maxWindowMs: BUSY_WINDOW_MS, maxBatch: HANDSHAKES_PER_BATCH, concurrency: 2, run: judgeAtDoor });
 
   nsp.use(async (socket, next) => {
     const driverId = socket.data.subject;

@@ -30,10 +30,10 @@ export const SOCKET_LISTEN_BACKLOG = 8192;
 
 /**
  * Websocket upgrades a node starts per turn of its event loop; the rest wait for the next turns.
- * At roughly half a millisecond each, 32 keep a turn near 15 ms: a reconnect storm's burst of
+ * At roughly half a millisecond each, 16 keep a turn near 8 ms: a reconnect storm's burst of
  * thousands then interleaves with webhooks, pings and the bookkeeping of handshakes already in.
  */
-export const HANDSHAKES_PER_TURN = 32;
+export const HANDSHAKES_PER_TURN = 16;
 
 export const SOCKET_ENGINE_OPTIONS = {
   transports: ['websocket'],

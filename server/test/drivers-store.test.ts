@@ -1,0 +1,58 @@
+import postgres from 'postgres';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createDriversStore, type DriversStore } from '../src/drivers/drivers.store.js';
+import { type Database, openDatabase } from '../src/platform/db.js';
+import { createTestDatabase, hasSharedPostgres, type TestDatabase } from './support/hub.js';
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe.skipIf(!hasSharedPostgres())('drivers in PostgreSQL: the heartbeat sweep against connects', () => {
+  let db: TestDatabase;
+  let database: Database;
+  let drivers: DriversStore;
+  let sql: postgres.Sql;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    database = openDatabase({ url: db.url, dataDir: db.dataDir, poolSize: 4 });
+    await database.migrate();
+    drivers = createDriversStore(database);
+    sql = postgres(db.url!, { max: 2, onnotice: () => {} });
+  });
+  afterAll(async () => {
+    await database?.close();
+    await sql?.end();
+    await db?.drop();
+  });
+
+  it('when a sweep runs while a driver is connecting, then the driver the connect just heard from is not taken offline', async () => {
+    const driver = await drivers.create({ name: 'Late but alive' });
+    // On duty, silent for a minute: the sweep's candidate.
+    await sql`update drivers set status = 'AVAILABLE', on_duty = true, session_id = '000000000000001.old', updated_at = now() - interval '1 minute' where id = ${driver.id}`;
+    await sql`insert into driver_positions (driver_id, last_seen_at) values (${driver.id}, now() - interval '1 minute')`;
+
+    // The connect holds the driver's row (as CONNECT_MANY does inside its statement) while the sweep starts.
+    const connected = sql.begin(async (tx) => {
+      await tx`select id from drivers where id = ${driver.id} for update`;
+      await tx`update driver_positions set last_seen_at = now() where driver_id = ${driver.id}`;
+      await tx`update drivers set session_id = '000000000000002.new', status = 'AVAILABLE', updated_at = now() where id = ${driver.id}`;
+      await sleep(300);
+    });
+    await sleep(100);
+    const sweep = drivers.sweepSilent(30);
+    await connected;
+    const swept = await sweep;
+
+    expect(swept.map((row) => row.id)).not.toContain(driver.id);
+    const [row] = await sql<{ status: string; session_id: string | null }[]>`select status, session_id from drivers where id = ${driver.id}`;
+    expect(row).toEqual({ status: 'AVAILABLE', session_id: '000000000000002.new' });
+  });
+
+  it('when a driver stays silent past the heartbeat, then the sweep takes it offline', async () => {
+    const driver = await drivers.create({ name: 'Gone quiet' });
+    await sql`update drivers set status = 'AVAILABLE', on_duty = true, session_id = '000000000000001.x', updated_at = now() - interval '1 minute' where id = ${driver.id}`;
+    await sql`insert into driver_positions (driver_id, last_seen_at) values (${driver.id}, now() - interval '1 minute')`;
+    const swept = await drivers.sweepSilent(30);
+    expect(swept.map((row) => row.id)).toContain(driver.id);
+  });
+});
