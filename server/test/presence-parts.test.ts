@@ -447,62 +447,73 @@ describe('driver sessions', () => {
     return { sessions, steps, failed };
   }
 
+  const written = (row: HeldPresenceRow, tokenVersion = 0) => ({ tokenVersion, row });
+  /** connectMany as PostgreSQL answers it: per existing driver, the newest entry whose token version is current is written. */
+  const judged =
+    (current: Record<string, number>, log?: { driverId: string; sessionId: string; tokenVersion: number }[][]) =>
+    async (entries: readonly { driverId: string; sessionId: string; tokenVersion: number }[]) => {
+      log?.push([...entries]);
+      const out = new Map<string, { tokenVersion: number; row: HeldPresenceRow | null }>();
+      for (const [driverId, tokenVersion] of Object.entries(current)) {
+        const mine = entries.filter((e) => e.driverId === driverId);
+        if (mine.length === 0) continue;
+        const newest = mine.filter((e) => e.tokenVersion === tokenVersion).sort((a, b) => (a.sessionId < b.sessionId ? 1 : -1))[0];
+        out.set(driverId, { tokenVersion, row: newest ? { ...held(newest.sessionId), id: driverId } : null });
+      }
+      return out;
+    };
+
   it('when a newer connection already speaks for the driver, then connect answers null and announces nothing', async () => {
-    const { sessions, steps } = sessionsWith({ connectMany: async () => new Map([[DRIVER, held('000000000000002.b')]]) });
-    expect(await sessions.connect(DRIVER, '000000000000001.a')).toBeNull();
+    const { sessions, steps } = sessionsWith({ connectMany: async () => new Map([[DRIVER, written(held('000000000000002.b'))]]) });
+    expect(await sessions.connect(DRIVER, '000000000000001.a', 0)).toBeNull();
     expect(steps).toEqual([]);
   });
 
   it('when a driver holding a delivery connects, then the session carries it, the heartbeat is refreshed and the map hears the status', async () => {
-    const { sessions, steps } = sessionsWith({ connectMany: async ([entry]) => new Map([[DRIVER, held(entry.sessionId, 'BUSY', 'd1')]]) });
-    const session = await sessions.connect(DRIVER, '000000000000001.a');
+    const { sessions, steps } = sessionsWith({ connectMany: async ([entry]) => new Map([[DRIVER, written(held(entry.sessionId, 'BUSY', 'd1'))]]) });
+    const session = await sessions.connect(DRIVER, '000000000000001.a', 0);
     expect(session).toMatchObject({ driverId: DRIVER, status: 'BUSY', activeDelivery: { deliveryId: 'd1' } });
     expect(steps).toEqual(['heartbeat refresh', 'event BUSY', 'confirmations']);
     expect([...sessions.localDrivers()]).toEqual([DRIVER]);
   });
 
   it('when several drivers connect at once, then one connect write and one batch of status writes serve them all, each with its own session', async () => {
-    const writes: { driverId: string; sessionId: string }[][] = [];
+    const writes: { driverId: string; sessionId: string; tokenVersion: number }[][] = [];
     const { store, named } = fakeStore();
-    const { sessions } = sessionsWith(
-      {
-        connectMany: async (entries) => {
-          writes.push([...entries]);
-          return new Map(entries.map((e) => [e.driverId, { ...held(e.sessionId), id: e.driverId }]));
-        },
-      },
-      store,
-    );
-    const answers = await Promise.all([sessions.connect(DRIVER, '000000000000001.a'), sessions.connect(OTHER, '000000000000001.b')]);
+    const { sessions } = sessionsWith({ connectMany: judged({ [DRIVER]: 0, [OTHER]: 0 }, writes) }, store);
+    const answers = await Promise.all([sessions.connect(DRIVER, '000000000000001.a', 0), sessions.connect(OTHER, '000000000000001.b', 0)]);
     expect(writes).toHaveLength(1);
     expect(answers.map((a) => a?.driverId)).toEqual([DRIVER, OTHER]);
     expect(named('setStatus').map(([id]) => id)).toEqual([DRIVER, OTHER]);
   });
 
-  it('when two connections of one driver arrive in one batch, then only the newer is written and the older answers superseded', async () => {
-    const writes: { driverId: string; sessionId: string }[][] = [];
-    const { sessions } = sessionsWith({
-      connectMany: async (entries) => {
-        writes.push([...entries]);
-        return new Map(entries.map((e) => [e.driverId, held(e.sessionId)]));
-      },
-    });
-    const [older, newer] = await Promise.all([sessions.connect(DRIVER, '000000000000001.a'), sessions.connect(DRIVER, '000000000000002.b')]);
-    expect(writes).toEqual([[{ driverId: DRIVER, sessionId: '000000000000002.b' }]]);
+  it('when two connections of one driver arrive in one batch, then they share one statement and the older answers superseded', async () => {
+    const writes: { driverId: string; sessionId: string; tokenVersion: number }[][] = [];
+    const { sessions, steps } = sessionsWith({ connectMany: judged({ [DRIVER]: 0 }, writes) });
+    const [older, newer] = await Promise.all([sessions.connect(DRIVER, '000000000000001.a', 0), sessions.connect(DRIVER, '000000000000002.b', 0)]);
+    expect(writes).toHaveLength(1);
     expect(older).toBeNull();
     expect(newer).toMatchObject({ driverId: DRIVER, status: 'AVAILABLE' });
+    expect(steps.filter((step) => step.startsWith('event'))).toEqual(['event AVAILABLE']);
+  });
+
+  it('when a revoked token and a current one of the same driver arrive in one batch, then the revoked one is refused TOKEN_INVALID and the current one connects, though older', async () => {
+    const { sessions } = sessionsWith({ connectMany: judged({ [DRIVER]: 3 }) });
+    const [current, revoked] = await Promise.allSettled([sessions.connect(DRIVER, '000000000000001.a', 3), sessions.connect(DRIVER, '000000000000002.b', 2)]);
+    expect(current.status === 'fulfilled' && current.value?.driverId).toBe(DRIVER);
+    expect(revoked.status === 'rejected' && (revoked.reason as { code?: string; message?: string }).code).toBe('TOKEN_INVALID');
   });
 
   it('when a driver of a batch no longer exists, then its connect fails NOT_FOUND and the others still connect', async () => {
-    const { sessions } = sessionsWith({ connectMany: async (entries) => new Map(entries.filter((e) => e.driverId === OTHER).map((e) => [OTHER, { ...held(e.sessionId), id: OTHER }])) });
-    const [gone, there] = await Promise.allSettled([sessions.connect(DRIVER, '000000000000001.a'), sessions.connect(OTHER, '000000000000001.b')]);
+    const { sessions } = sessionsWith({ connectMany: judged({ [OTHER]: 0 }) });
+    const [gone, there] = await Promise.allSettled([sessions.connect(DRIVER, '000000000000001.a', 0), sessions.connect(OTHER, '000000000000001.b', 0)]);
     expect(gone.status === 'rejected' && (gone.reason as { code?: string }).code).toBe('NOT_FOUND');
     expect(there.status === 'fulfilled' && there.value?.driverId).toBe(OTHER);
   });
 
   it('when an older connection closes after a newer one connected on this node, then the driver keeps its status and its fixes', async () => {
-    const { sessions, steps } = sessionsWith({ connectMany: async ([entry]) => new Map([[DRIVER, held(entry.sessionId)]]), disconnect: async () => held('x', 'OFFLINE') });
-    await sessions.connect(DRIVER, '000000000000002.b');
+    const { sessions, steps } = sessionsWith({ connectMany: async ([entry]) => new Map([[DRIVER, written(held(entry.sessionId))]]), disconnect: async () => held('x', 'OFFLINE') });
+    await sessions.connect(DRIVER, '000000000000002.b', 0);
     steps.length = 0;
     await sessions.disconnect(DRIVER, '000000000000001.a');
     expect(steps).toEqual([]);

@@ -29,6 +29,12 @@ export interface HeldPresenceRow extends DriverPresenceRow {
   sessionId: string | null;
 }
 
+/** A handshake's connect as PostgreSQL judged it: the driver's token version, and its row when a connection of it was written. */
+export interface ConnectOutcome {
+  tokenVersion: number;
+  row: HeldPresenceRow | null;
+}
+
 const POSITIONS_PER_STATEMENT = 2000;
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -67,32 +73,39 @@ const heardFrom = (from: SQL) => sql`
 const presenceSelect = sql`select d.id, d.status, p.lat, p.lng from drivers d left join driver_positions p on p.driver_id = d.id`;
 
 /**
- * CONNECT_MANY: $1 [[driverId, sessionId], ...], one entry per driver. Each driver is heard from and
- * its row changed in the same statement, so a sweep can never see one without the other.
+ * CONNECT_MANY: $1 [[driverId, sessionId, tokenVersion], ...], the handshakes at the door. Per
+ * driver, the newest connection whose token carries the driver's current version is written (a
+ * revoked token writes nothing); it is heard from and its row changed in the same statement, so a
+ * sweep can never see one without the other. Every driver that exists answers its token version,
+ * and its row after the write when one was made.
  */
 const CONNECT_MANY = `
 with input as (
-  select (e->>0)::uuid as id, e->>1 as session_id from jsonb_array_elements($1::jsonb) as e
+  select (e->>0)::uuid as id, e->>1 as session_id, (e->>2)::int as version from jsonb_array_elements($1::jsonb) as e
 ), locked as materialized (
-  select d.id from drivers d where d.id = any(array(select id from input)) order by d.id for update of d
+  select d.id, d.token_version from drivers d where d.id = any(array(select id from input)) order by d.id for update of d
+), chosen as materialized (
+  select distinct on (i.id) i.id, i.session_id from input i join locked l on l.id = i.id and l.token_version = i.version
+  order by i.id, i.session_id collate "C" desc
 ), seen as (
   insert into driver_positions (driver_id, last_seen_at)
-  select id, now() from locked order by id
+  select id, now() from chosen order by id
   on conflict (driver_id) do update set last_seen_at = excluded.last_seen_at
   returning driver_id, lat, lng
 ), changed as (
   update drivers set
     session_id = case
-      when drivers.session_id is null or drivers.session_id !~ '^[0-9]{15}[.]' or drivers.session_id collate "C" < i.session_id collate "C" then i.session_id
+      when drivers.session_id is null or drivers.session_id !~ '^[0-9]{15}[.]' or drivers.session_id collate "C" < c.session_id collate "C" then c.session_id
       else drivers.session_id end,
     status = case when drivers.current_delivery_id is not null then 'BUSY' when drivers.on_duty then 'AVAILABLE' else 'OFFLINE' end,
     updated_at = now()
-  from input i
-  where drivers.id = any(array(select id from locked)) and i.id = drivers.id
+  from chosen c
+  where drivers.id = any(array(select id from chosen)) and c.id = drivers.id
   returning drivers.id, drivers.status, drivers.current_delivery_id, drivers.session_id
 )
-select c.id, c.status, s.lat, s.lng, c.current_delivery_id as "currentDeliveryId", c.session_id as "sessionId"
-from changed c left join seen s on s.driver_id = c.id`;
+select l.id, l.token_version as "tokenVersion", c.id is not null as written, c.status, s.lat, s.lng,
+  c.current_delivery_id as "currentDeliveryId", c.session_id as "sessionId"
+from locked l left join changed c on c.id = l.id left join seen s on s.driver_id = l.id`;
 
 /**
  * The fairness facts of candidates ($1: a JSON array of ids): a prepared statement, as it runs
@@ -222,21 +235,27 @@ export function createDriversStore(database: Database) {
     },
 
     /**
-     * Sockets now speak for their drivers, unless newer ones already do: session ids order by
+     * Handshakes at the door: sockets now speak for their drivers, unless newer ones already do or
+     * their token was revoked (its version is no longer the driver's). Session ids order by
      * handshake time as plain bytes (collate "C", as JavaScript compares them), and one from before
-     * that ordering is older than any. One statement for many drivers (a reconnect storm is
-     * thousands of these a second); give each driver once, with its newest session. Answers, per
-     * driver that exists, the session that speaks for it afterwards. Status comes back from duty
-     * and deliveries, not from the app.
+     * that ordering is older than any. One statement for many handshakes (a reconnect storm is
+     * thousands a second). Answers, per driver that exists, its token version and, when a
+     * connection of it was written, the session that speaks for it afterwards. Status comes back
+     * from duty and deliveries, not from the app.
      */
-    async connectMany(entries: readonly { driverId: string; sessionId: string }[]): Promise<Map<string, HeldPresenceRow>> {
+    async connectMany(entries: readonly { driverId: string; sessionId: string; tokenVersion: number }[]): Promise<Map<string, ConnectOutcome>> {
       const valid = entries.filter((e) => UUID.test(e.driverId));
       if (valid.length === 0) return new Map();
-      const input = JSON.stringify(valid.map((e) => [e.driverId, e.sessionId]));
+      const input = JSON.stringify(valid.map((e) => [e.driverId, e.sessionId, e.tokenVersion]));
       // Rows are locked in id order, so two batches never wait on each other crosswise; a deadlock
       // with another writer changed nothing and is run again.
-      const rows = await retryOnConflict(() => database.query<HeldPresenceRow>(CONNECT_MANY, [input]));
-      return new Map(rows.map((row) => [row.id, { ...row, lat: numberOrNull(row.lat), lng: numberOrNull(row.lng) }]));
+      const rows = await retryOnConflict(() => database.query<HeldPresenceRow & { tokenVersion: number; written: boolean }>(CONNECT_MANY, [input]));
+      return new Map(
+        rows.map(({ tokenVersion, written, ...row }) => [
+          row.id,
+          { tokenVersion, row: written ? { ...row, lat: numberOrNull(row.lat), lng: numberOrNull(row.lng) } : null },
+        ]),
+      );
     },
 
     /** Only the socket that still speaks for the driver may take it offline. */

@@ -14,11 +14,13 @@ import type { RedisRepair } from './redis-repair.js';
  */
 export interface DriverSessions {
   /**
-   * A driver socket connected: it now speaks for the driver, status following duty and deliveries.
-   * `sessionId` orders the driver's connections (newest greatest); null when a newer one already
-   * speaks for the driver in PostgreSQL, and this one is to be closed.
+   * A driver's handshake at the door, its token carrying `tokenVersion`: from now on it speaks for
+   * the driver, status following duty and deliveries. `sessionId` orders the driver's connections
+   * (newest greatest); null when a newer one already speaks for the driver in PostgreSQL, and this
+   * one is to be closed. Throws TOKEN_INVALID when the driver's tokens moved on past this one,
+   * NOT_FOUND when there is no such driver.
    */
-  connect(driverId: string, sessionId: string): Promise<DriverSession | null>;
+  connect(driverId: string, sessionId: string, tokenVersion: number): Promise<DriverSession | null>;
   disconnect(driverId: string, sessionId: string): Promise<void>;
   setDuty(driverId: string, status: 'AVAILABLE' | 'OFFLINE'): Promise<DriverStatus>;
   /** After a delivery ended: the driver's new status goes to Redis and the map. */
@@ -58,6 +60,7 @@ const CONNECTS_PER_BATCH = HANDSHAKES_PER_BATCH;
 interface Connecting {
   driverId: string;
   sessionId: string;
+  tokenVersion: number;
 }
 
 export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
@@ -84,22 +87,24 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
   }
 
   /**
-   * One batch of connects: a statement for every connect write, one for the deliveries that hold
-   * any of the drivers, one Redis round trip for their statuses. Two connects of one driver in a
-   * batch are one write, with the newer session: the older one answers as superseded, as it would
-   * had the newer been written after it.
+   * One batch of connects: one statement for every connect write (the token versions checked in
+   * it), one for the deliveries that hold any of the drivers, one Redis round trip for their
+   * statuses. Two connects of one driver in a batch are one write, with the newer session: the
+   * older one answers as superseded, as it would had the newer been written after it.
    */
   async function connectBatch(items: readonly Connecting[]): Promise<(DriverSession | null | HubError)[]> {
-    const newest = new Map<string, string>();
-    for (const { driverId, sessionId } of items) {
-      const seen = newest.get(driverId);
-      if (seen === undefined || seen < sessionId) newest.set(driverId, sessionId);
-    }
     // The deliveries are read after the connect write, and only for drivers whose row says one holds
     // them: the write waited for any claim in flight, so this read sees what that claim committed.
     // An assignment committed later reaches the socket as a push (it already joined its room).
-    const rows = await drivers.connectMany([...newest].map(([driverId, sessionId]) => ({ driverId, sessionId })));
-    const winners = [...rows.values()].filter((row) => row.sessionId === newest.get(row.id));
+    const outcomes = await drivers.connectMany(items);
+    /** Per driver, the newest connection whose token is current: the one the statement wrote. */
+    const newest = new Map<string, string>();
+    for (const { driverId, sessionId, tokenVersion } of items) {
+      if (outcomes.get(driverId)?.tokenVersion !== tokenVersion) continue;
+      const seen = newest.get(driverId);
+      if (seen === undefined || seen < sessionId) newest.set(driverId, sessionId);
+    }
+    const winners = [...outcomes.values()].flatMap(({ row }) => (row && row.sessionId === newest.get(row.id) ? [row] : []));
     const holding = winners.filter((row) => row.currentDeliveryId !== null).map((row) => row.id);
     const active = holding.length > 0 ? await deps.activeAssignments(holding) : new Map<string, never>();
     // A driver held by no active delivery is held by an offer (offer mode): its session carries it.
@@ -112,11 +117,12 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
     }
     await publishStatuses(winners, 'refresh');
     for (const row of winners) positions.restartConfirmations(row.id);
-    return items.map(({ driverId, sessionId }) => {
-      const row = rows.get(driverId);
-      if (!row) return new HubError('NOT_FOUND', 'driver not found');
-      if (row.sessionId !== sessionId) return null;
-      return { driverId, status: row.status, activeDelivery: active.get(driverId) ?? null, offer: offers.get(driverId) ?? null, locationConfirmation: 'cumulative' as const };
+    return items.map(({ driverId, sessionId, tokenVersion }) => {
+      const outcome = outcomes.get(driverId);
+      if (!outcome) return new HubError('NOT_FOUND', 'driver not found');
+      if (outcome.tokenVersion !== tokenVersion) return new HubError('TOKEN_INVALID', 'token revoked');
+      if (outcome.row?.sessionId !== sessionId) return null;
+      return { driverId, status: outcome.row.status, activeDelivery: active.get(driverId) ?? null, offer: offers.get(driverId) ?? null, locationConfirmation: 'cumulative' as const };
     });
   }
 
@@ -129,8 +135,8 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
   });
 
   return {
-    async connect(driverId, sessionId) {
-      const outcome = await connecting.add({ driverId, sessionId });
+    async connect(driverId, sessionId, tokenVersion) {
+      const outcome = await connecting.add({ driverId, sessionId, tokenVersion });
       if (outcome instanceof HubError) throw outcome;
       return outcome;
     },

@@ -1,5 +1,5 @@
 import type { Namespace, Socket } from 'socket.io';
-import type { DriverClientEvents, DriverServerEvents, SocketData } from '#shared/events.js';
+import type { DriverClientEvents, DriverServerEvents, DriverSession, SocketData } from '#shared/events.js';
 import { deliveryUpdatePayload, driverStatusPayload, type LocationFix, locationPayload, offerAcceptPayload, offerDeclinePayload } from '#shared/schemas.js';
 import type { DeliveriesService } from '../deliveries/deliveries.service.js';
 import type { AuthGate } from '../platform/auth-throttle.js';
@@ -12,7 +12,6 @@ import { createLogThrottle } from '../platform/log-throttle.js';
 import type { RateLimits } from '../platform/rate-limits.js';
 import { parsePayload } from '../platform/payload.js';
 import { eventListener, handshakeError, otherEventsRefuser } from '../platform/socket-edge.js';
-import type { DriversStore } from '../drivers/drivers.store.js';
 import type { PushKind } from '../platform/schema.js';
 import { isAcknowledgement, type PushService, type PushTransport } from '../pushes/pushes.service.js';
 import { STORED_SLOTS } from '../presence/position-pipeline.js';
@@ -25,14 +24,10 @@ interface DriversInterServer {
   'driver:takeovers': (pairs: [string, string][]) => void;
 }
 
-/** What the door answers a driver's handshake: admitted, or refused with the reason. */
-type DoorVerdict =
-  | { kind: 'admitted' }
-  | { kind: 'rate-limited'; retryAfterMs: number }
-  | { kind: 'refused'; message: string }
-  | { kind: 'unavailable' };
+/** How long a driver's newest connection seen in a takeover is remembered (see `newestSeen`). */
+const TAKEOVER_MEMORY_MS = 120_000;
 
-/** Handshakes gather this long at the door, so a reconnect storm costs one token lookup per batch. */
+/** Handshakes gather this long at the door, so a reconnect storm's connect budgets cost one Redis round trip per batch. */
 const DOOR_WINDOW_MS = 2;
 
 export type DriversNamespace = Namespace<DriverClientEvents, DriverServerEvents, DriversInterServer, SocketData>;
@@ -60,7 +55,6 @@ export function attachDriversNamespace(
   deps: {
     presence: PresenceService;
     pushes: PushService;
-    drivers: DriversStore;
     deliveries: DeliveriesService;
     events: HubEvents;
     logger: Logger;
@@ -156,42 +150,64 @@ export function attachDriversNamespace(
   });
 
   /**
-   * The door, for many handshakes at once: each driver's connect budget first (per driver, not per
-   * address: the newest connection wins anyway, so this only caps how often it may win), so a storm
-   * with valid tokens costs Redis calls, sent together in one round trip, before any database work;
-   * then one lookup of the token versions of those let through: a revoked token (the driver's
-   * version moved on) or a removed driver is refused here.
+   * The door, for many handshakes at once, first: each driver's connect budget (per driver, not per
+   * address: the newest connection wins anyway, so this only caps how often it may win), checked
+   * in Redis in one round trip for the batch, before any database work. Null: let through.
    */
-  async function judgeAtDoor(items: readonly { driverId: string; tokenVersion: number }[]): Promise<DoorVerdict[]> {
-    const limited = await Promise.all(items.map((item) => Promise.resolve(limits.consume('driverConnect', item.driverId)).catch(() => null)));
-    const admitted = [...new Set(items.filter((_, i) => limited[i] === null).map((item) => item.driverId))];
-    const versions = admitted.length > 0 ? await deps.drivers.tokenVersions(admitted).catch(() => null) : new Map<string, number>();
-    return items.map((item, i): DoorVerdict => {
-      const retryAfterMs = limited[i];
-      if (retryAfterMs !== null) return { kind: 'rate-limited', retryAfterMs };
-      if (!versions) return { kind: 'unavailable' };
-      const current = versions.get(item.driverId);
-      if (current === undefined) return { kind: 'refused', message: 'no such driver' };
-      return current === item.tokenVersion ? { kind: 'admitted' } : { kind: 'refused', message: 'token revoked' };
-    });
-  }
-  const door = createBatchWindow({ windowMs: DOOR_WINDOW_MS, maxWindowMs: BUSY_WINDOW_MS, maxBatch: HANDSHAKES_PER_BATCH, concurrency: 2, run: judgeAtDoor });
+  const door = createBatchWindow({
+    windowMs: DOOR_WINDOW_MS,
+    maxWindowMs: BUSY_WINDOW_MS,
+    maxBatch: HANDSHAKES_PER_BATCH,
+    concurrency: 2,
+    run: (driverIds: string[]) => Promise.all(driverIds.map((driverId) => Promise.resolve(limits.consume('driverConnect', driverId)).catch(() => null))),
+  });
 
+  /** Sessions written at the door for sockets not connected yet (null: a newer connection speaks for the driver). */
+  const admitted = new WeakMap<DriverSocket, { session: DriverSession | null; abandoned: () => void }>();
+
+  /**
+   * Then the connect write itself, at the door: PostgreSQL checks the token's version (a revoked
+   * token is refused here, before the socket connects) and makes this connection the one that
+   * speaks for the driver, in one statement for many handshakes.
+   */
   nsp.use(async (socket, next) => {
     const driverId = socket.data.subject;
-    const stopTimer = metrics.handshakeSeconds.startTimer({ stage: 'door' });
-    const verdict = await door.add({ driverId, tokenVersion: socket.data.tokenVersion ?? 0 }).catch((): DoorVerdict => ({ kind: 'unavailable' }));
-    stopTimer();
-    if (verdict.kind === 'admitted') return next();
-    if (verdict.kind === 'rate-limited') {
+    const stopDoor = metrics.handshakeSeconds.startTimer({ stage: 'door' });
+    const retryAfterMs = await door.add(driverId).catch(() => null);
+    stopDoor();
+    if (retryAfterMs !== null) {
       metrics.rateLimited.inc({ event: 'connect' });
-      const skipped = connectLog.take(driverId, verdict.retryAfterMs);
-      if (skipped !== null) deps.logger.warn({ driver: driverId, retryAfterMs: verdict.retryAfterMs, refusedSinceLastLine: skipped }, 'driver handshake rate limited');
-      return next(handshakeError(rateLimitedError('connections for this driver', verdict.retryAfterMs)));
+      const skipped = connectLog.take(driverId, retryAfterMs);
+      if (skipped !== null) deps.logger.warn({ driver: driverId, retryAfterMs, refusedSinceLastLine: skipped }, 'driver handshake rate limited');
+      return next(handshakeError(rateLimitedError('connections for this driver', retryAfterMs)));
     }
-    if (verdict.kind === 'unavailable') return next(handshakeError(new HubError('SERVICE_UNAVAILABLE', 'try again shortly')));
-    await deps.auth.failed('handshake', deps.auth.handshakeAddress(socket.handshake));
-    next(handshakeError(new HubError('TOKEN_INVALID', verdict.message)));
+    const sessionId = sessionIdOf(socket);
+    const stopSession = metrics.handshakeSeconds.startTimer({ stage: 'session' });
+    let session: DriverSession | null;
+    try {
+      session = await presence.connect(driverId, sessionId, socket.data.tokenVersion ?? 0);
+    } catch (err) {
+      stopSession();
+      const code = err instanceof HubError ? err.code : null;
+      if (code === 'NOT_FOUND' || code === 'TOKEN_INVALID') {
+        await deps.auth.failed('handshake', deps.auth.handshakeAddress(socket.handshake));
+        return next(handshakeError(new HubError('TOKEN_INVALID', code === 'NOT_FOUND' ? 'no such driver' : 'token revoked')));
+      }
+      deps.logger.warn({ driver: driverId, err: (err as Error).message }, 'driver session could not start');
+      return next(handshakeError(new HubError('SERVICE_UNAVAILABLE', 'try again shortly')));
+    }
+    stopSession();
+    // An app gone before its connection opens gets no `disconnect`: the session written for it ends here.
+    const abandoned = () => {
+      presence.disconnect(driverId, sessionId).catch((err) => deps.logger.warn({ driver: driverId, err: (err as Error).message }, 'disconnect bookkeeping failed'));
+    };
+    if (socket.conn.readyState !== 'open') {
+      abandoned();
+      return next(handshakeError(new HubError('SERVICE_UNAVAILABLE', 'connection closed')));
+    }
+    socket.conn.once('close', abandoned);
+    admitted.set(socket, { session, abandoned });
+    next();
   });
 
   // One listener per event for the whole namespace; each reads its socket from `this`.
@@ -235,23 +251,36 @@ export function attachDriversNamespace(
     await deliveries.declineOffer(socket.data.subject, parsePayload(offerDeclinePayload, payload, 'offer decline'));
     return {};
   });
-  /** Connect bookkeeping still running per socket: its disconnect bookkeeping waits for it. */
-  const connecting = new WeakMap<DriverSocket, Promise<void>>();
-
   function onDisconnect(this: DriverSocket, reason: string): void {
     const fields = { socket: this.id, driver: this.data.subject };
     metrics.socketsConnected.dec({ namespace: '/drivers' });
-    // After this socket's own connect write, never before it: a connect landing late would leave a
-    // closed socket speaking for the driver.
-    const sessionId = sessionIdOf(this);
-    (connecting.get(this) ?? Promise.resolve())
-      .then(() => presence.disconnect(this.data.subject, sessionId))
-      .catch((err) => deps.logger.warn({ ...fields, err: (err as Error).message }, 'disconnect bookkeeping failed'));
+    // The connect write was made at the door, before the socket connected: this one comes after it.
+    presence.disconnect(this.data.subject, sessionIdOf(this)).catch((err) => deps.logger.warn({ ...fields, err: (err as Error).message }, 'disconnect bookkeeping failed'));
     deps.logger.debug({ ...fields, reason }, 'driver disconnected');
+  }
+
+  /**
+   * The newest connection each driver's takeovers named lately, here or on another node. A
+   * connection written at the door joins its room only once it connects: a newer connection's
+   * takeover that arrived in between finds no socket to close, so the connection looks here.
+   */
+  const newestSeen = new Map<string, { sessionId: string; at: number }>();
+  function remember(driverId: string, sessionId: string): void {
+    const now = Date.now();
+    const seen = newestSeen.get(driverId);
+    if (seen && seen.sessionId >= sessionId) return;
+    newestSeen.delete(driverId);
+    newestSeen.set(driverId, { sessionId, at: now });
+    // Oldest first in insertion order: forget those past the memory.
+    for (const [id, entry] of newestSeen) {
+      if (now - entry.at < TAKEOVER_MEMORY_MS) break;
+      newestSeen.delete(id);
+    }
   }
 
   /** Closes this node's connections of the driver that are older than `sessionId`. */
   function closeOlder(driverId: string, sessionId: string): void {
+    remember(driverId, sessionId);
     const room = nsp.adapter.rooms.get(driverRoom(driverId));
     if (!room) return;
     for (const id of [...room]) {
@@ -286,41 +315,36 @@ export function attachDriversNamespace(
 
   /**
    * One connection speaks for a driver: the newest by handshake time, however many arrive at once
-   * on however many nodes. PostgreSQL is the judge: the connect write keeps the newest session id
-   * it has seen and answers it. A connection that finds a newer one there closes itself; one that
-   * finds itself closes every older one, on every node. For any two, the later write sees the
-   * earlier, so the older of them is closed by one rule or the other (the takeover leaves after
-   * the write, and the older one joined its room before its own write).
+   * on however many nodes. PostgreSQL is the judge: the connect write at the door keeps the newest
+   * session id it has seen and answers it. A connection that found a newer one there closes itself;
+   * one that found itself closes every older one, on every node. For any two, the later write sees
+   * the earlier, so the older of them is closed by one rule or the other: the takeover leaves after
+   * the newer one's write, and finds the older one in its room or, if that has not connected yet,
+   * is remembered (`newestSeen`) and found by it when it connects.
    */
-  async function startSession(socket: DriverSocket, driverId: string): Promise<void> {
+  function startSession(socket: DriverSocket, driverId: string, session: DriverSession | null): void {
     const sessionId = sessionIdOf(socket);
-    try {
-      const stopTimer = metrics.handshakeSeconds.startTimer({ stage: 'session' });
-      const session = await presence.connect(driverId, sessionId);
-      stopTimer();
-      if (!session) {
-        deps.logger.debug({ socket: socket.id, driver: driverId }, 'driver connection superseded by a newer one');
-        socket.disconnect(true);
-        return;
-      }
-      closeOlder(driverId, sessionId);
-      announceTakeover(driverId, sessionId);
-      if (!socket.connected) return;
-      socket.emit('session', session);
-      // Its job again, and whatever the app has not acknowledged (a cancel that crossed the disconnect).
-      deps.pushes.connected(driverId, session.activeDelivery).catch((err) => deps.logger.warn({ driver: driverId, err: (err as Error).message }, 'open pushes not re-sent on connect'));
-      deps.logger.debug({ socket: socket.id, driver: driverId, status: session.status }, 'driver connected');
-    } catch (err) {
-      const code = err instanceof HubError ? err.code : 'SERVICE_UNAVAILABLE';
-      deps.logger.warn({ socket: socket.id, driver: driverId, code, err: (err as Error).message }, 'driver session could not start');
+    const newer = newestSeen.get(driverId);
+    if (!session || (newer !== undefined && newer.sessionId > sessionId)) {
+      deps.logger.debug({ socket: socket.id, driver: driverId }, 'driver connection superseded by a newer one');
       socket.disconnect(true);
+      return;
     }
+    closeOlder(driverId, sessionId);
+    announceTakeover(driverId, sessionId);
+    socket.emit('session', session);
+    // Its job again, and whatever the app has not acknowledged (a cancel that crossed the disconnect).
+    deps.pushes.connected(driverId, session.activeDelivery).catch((err) => deps.logger.warn({ driver: driverId, err: (err as Error).message }, 'open pushes not re-sent on connect'));
+    deps.logger.debug({ socket: socket.id, driver: driverId, status: session.status }, 'driver connected');
   }
 
   nsp.on('connection', (socket) => {
     const driverId = socket.data.subject;
     metrics.socketsConnected.inc({ namespace: '/drivers' });
-    // Handlers are registered before any await so no early event is lost.
+    const door = admitted.get(socket);
+    admitted.delete(socket);
+    if (door) socket.conn.off('close', door.abandoned);
+    // Handlers are registered before anything else so no early event is lost.
     socket.onAny(refuseOthers);
     socket.on('location', onLocation);
     socket.on('status', onStatus);
@@ -328,11 +352,13 @@ export function attachDriversNamespace(
     socket.on('offer:accept', onOfferAccept);
     socket.on('offer:decline', onOfferDecline);
     socket.on('disconnect', onDisconnect);
-    // Joined before the connect write: a newer connection's takeover, sent after its own write, finds it.
     socket.join(driverRoom(driverId));
-    const started = startSession(socket, driverId);
-    connecting.set(socket, started);
-    void started.finally(() => connecting.delete(socket));
+    if (!door) {
+      // Every driver socket passes the door; one that did not has no session to speak with.
+      socket.disconnect(true);
+      return;
+    }
+    startSession(socket, driverId, door.session);
   });
 
   return {

@@ -163,7 +163,6 @@ export function createSocketServer(http: HttpServer, deps: SocketServerDeps): So
     storedTickMs: config.LOCATION_CONFIRM_MS,
     presence: deps.presence,
     pushes: deps.pushes,
-    drivers: deps.drivers,
     deliveries: deps.deliveries,
     events: deps.events,
     logger,
