@@ -1,7 +1,8 @@
 /**
  * The Node benchmark harness: `npm run bench -- <scenario> [--quick] [options]`.
  *
- * Scenarios: ingest, connections, assignment, fanout, recovery, storm, all; and shards (ingest and
+ * Scenarios: ingest, connections, assignment, fanout, recovery, storm, all; handshakes (CPU per
+ * reconnect, hub vs bare Socket.IO); and shards (ingest and
  * assignment once per Redis layout, `--layouts 0,3`; `--shards N` runs either one on an N-master
  * Redis Cluster). Each starts what it measures in child processes (hub, baselines, load generators,
  * prober), is bounded in time, prints progress on stderr, then a JSON result and a short table on
