@@ -95,16 +95,14 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
   async function connectBatch(items: readonly Connecting[]): Promise<(DriverSession | null | HubError)[]> {
     // The deliveries are read after the connect write, and only for drivers whose row says one holds
     // them: the write waited for any claim in flight, so this read sees what that claim committed.
-    // An assignment committed later reaches the socket as a push (it already joined its room).
+    // An assignment committed later reaches the socket as a push: through its room once it
+    // connected, or from the open pushes read when it connects.
     const outcomes = await drivers.connectMany(items);
-    /** Per driver, the newest connection whose token is current: the one the statement wrote. */
-    const newest = new Map<string, string>();
-    for (const { driverId, sessionId, tokenVersion } of items) {
-      if (outcomes.get(driverId)?.tokenVersion !== tokenVersion) continue;
-      const seen = newest.get(driverId);
-      if (seen === undefined || seen < sessionId) newest.set(driverId, sessionId);
-    }
-    const winners = [...outcomes.values()].flatMap(({ row }) => (row && row.sessionId === newest.get(row.id) ? [row] : []));
+    // The statement wrote each driver's newest connection with a current token; where the row now
+    // names one of this batch's sessions, that connection speaks for the driver (else a newer one
+    // from elsewhere does).
+    const ours = new Set(items.map((item) => item.sessionId));
+    const winners = [...outcomes.values()].flatMap(({ row }) => (row?.sessionId && ours.has(row.sessionId) ? [row] : []));
     const holding = winners.filter((row) => row.currentDeliveryId !== null).map((row) => row.id);
     const active = holding.length > 0 ? await deps.activeAssignments(holding) : new Map<string, never>();
     // A driver held by no active delivery is held by an offer (offer mode): its session carries it.

@@ -191,7 +191,7 @@ export function attachDriversNamespace(
       const code = err instanceof HubError ? err.code : null;
       if (code === 'NOT_FOUND' || code === 'TOKEN_INVALID') {
         await deps.auth.failed('handshake', deps.auth.handshakeAddress(socket.handshake));
-        return next(handshakeError(new HubError('TOKEN_INVALID', code === 'NOT_FOUND' ? 'no such driver' : 'token revoked')));
+        return next(handshakeError(code === 'TOKEN_INVALID' ? (err as HubError) : new HubError('TOKEN_INVALID', 'no such driver')));
       }
       deps.logger.warn({ driver: driverId, err: (err as Error).message }, 'driver session could not start');
       return next(handshakeError(new HubError('SERVICE_UNAVAILABLE', 'try again shortly')));
