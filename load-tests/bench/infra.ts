@@ -212,6 +212,13 @@ export function clusterEnv(seeds: string | null): Record<string, string> {
 // --- Server children -----------------------------------------------------------------------------
 
 /** hub; Socket.IO + GEOADD baseline; bare Socket.IO (no Redis); raw ws baseline. */
+/** Round trips a hub sent to PostgreSQL and Redis, counted on its wire (instrument.ts `countWire`). */
+export const WIRE_KEYS = ['pgStatements', 'pgWrites', 'redisCommands', 'redisWrites'] as const;
+export type Wire = Record<(typeof WIRE_KEYS)[number], number>;
+
+/** The ports a hub's writes to PostgreSQL and Redis go to, so `countWire` can tell them apart. */
+export const WIRE_PORTS = { pg: Number(new URL(PG_ADMIN_URL).port || 5432), redis: Number(new URL(SHARED_REDIS_URL).port || 6379) };
+
 export type ServerKind = 'hub' | 'sio' | 'sio-bare' | 'ws';
 
 export interface ServerProc {

@@ -14,12 +14,13 @@ import {
   insertDrivers,
   LoadGroup,
   mintTokens,
-  PG_ADMIN_URL,
   positionsAround,
   redisPrefix,
   SHARED_REDIS_URL,
   type ServerKind,
   spawnServer,
+  type Wire,
+  WIRE_PORTS,
 } from '../infra.js';
 import { cpuByGroup, ratio, round, sampleProcesses, sleep, summarize, table } from '../lib.js';
 import { profiled, type RunContext, type ScenarioOutput, type TargetCheck } from '../context.js';
@@ -33,8 +34,6 @@ interface Round {
   /** Hub: PostgreSQL statements and Redis commands sent, and socket writes to each, per handshake. */
   wirePerHandshake?: Record<string, number>;
 }
-
-type Wire = Record<'pgStatements' | 'pgWrites' | 'redisCommands' | 'redisWrites', number>;
 
 export async function handshakes(ctx: RunContext): Promise<ScenarioOutput> {
   const drivers = ctx.num('drivers', 6_000, 2_000);
@@ -67,8 +66,7 @@ export async function handshakes(ctx: RunContext): Promise<ScenarioOutput> {
         for (let r = 0; r <= rounds; r++) {
           const group = await LoadGroup.start(cleanup, generators, `handshakes-${target}-${r}`);
           await group.init({ mode: 'sio', url: server.url, waitSession: hub }, tokens, positions);
-          const wirePorts = { pg: Number(new URL(PG_ADMIN_URL).port || 5432), redis: Number(new URL(SHARED_REDIS_URL).port || 6379) };
-          const wireBefore = hub ? await server.rpc.call<Wire>('countWire', wirePorts) : null;
+          const wireBefore = hub ? await server.rpc.call<Wire>('countWire', WIRE_PORTS) : null;
           const before = sampleProcesses();
           const c = await (r === rounds ? profiled(ctx, server, `handshakes-${target}`, () => group.connect(concurrency), profiles) : group.connect(concurrency));
           const after = sampleProcesses();

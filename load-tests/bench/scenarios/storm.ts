@@ -42,20 +42,15 @@ import {
   type ServerKind,
   type ServerProc,
   spawnServer,
+  type Wire,
+  WIRE_KEYS,
+  WIRE_PORTS,
 } from '../infra.js';
 import { cpuByGroup, freePort, machineBusyPercent, ratio, readCpuTimes, round, sampleProcesses, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
 import type { RunContext, ScenarioOutput, TargetCheck } from '../context.js';
 import { formatProfile, type ProfileSummary, readProfile, summarizeProfile } from '../profile-top.js';
 import { type Posted, postOrder } from './assignment.js';
 
-interface Wire {
-  pgStatements: number;
-  pgWrites: number;
-  redisCommands: number;
-  redisWrites: number;
-}
-
-const WIRE_KEYS = ['pgStatements', 'pgWrites', 'redisCommands', 'redisWrites'] as const;
 
 interface StormResult {
   target: string;
@@ -136,7 +131,6 @@ function sampleStores(database: string, appName: string): { stop(): Promise<Stor
   };
 }
 
-const portOf = (url: string, fallback: number) => Number(new URL(url).port || fallback);
 
 function outcomesOf(posted: readonly Posted[]): Record<string, number> {
   const out: Record<string, number> = {};
@@ -297,10 +291,9 @@ async function runStorm(
       }
     })();
 
-    const wirePorts = { pg: portOf(PG_ADMIN_URL, 5432), redis: portOf(SHARED_REDIS_URL, 6379) };
     const survivors = [b, c];
     const readWire = async (): Promise<Wire> => {
-      const all = await Promise.all(survivors.map((s) => s.rpc.call<Wire>(hubRun ? 'countWire' : 'wire', { ...wirePorts, statements: o.statements })));
+      const all = await Promise.all(survivors.map((s) => s.rpc.call<Wire>(hubRun ? 'countWire' : 'wire', { ...WIRE_PORTS, statements: o.statements })));
       const sum = { pgStatements: 0, pgWrites: 0, redisCommands: 0, redisWrites: 0 };
       for (const w of all) for (const k of WIRE_KEYS) sum[k] += w[k];
       return sum;

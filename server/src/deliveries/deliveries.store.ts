@@ -192,14 +192,15 @@ export function toDeliveryView(row: DeliveryRow): DeliveryView {
   };
 }
 
-export function toAssignmentPush(row: DeliveryRow): AssignmentPush {
+/** What every push about a job tells the app of it: which order, where from, where to. */
+export function jobFields(row: DeliveryRow): Pick<AssignmentPush, 'deliveryId' | 'sellerOrderId' | 'orderCode' | 'pickup' | 'dropoff'> {
   const view = toDeliveryView(row);
+  return { deliveryId: row.id, sellerOrderId: row.sellerOrderId, orderCode: row.orderCode, pickup: view.pickup, dropoff: view.dropoff };
+}
+
+export function toAssignmentPush(row: DeliveryRow): AssignmentPush {
   return {
-    deliveryId: row.id,
-    sellerOrderId: row.sellerOrderId,
-    orderCode: row.orderCode,
-    pickup: view.pickup,
-    dropoff: view.dropoff,
+    ...jobFields(row),
     assignedAt: (row.assignedAt ?? row.updatedAt).toISOString(),
     status: row.status === 'PICKED_UP' ? 'PICKED_UP' : 'ASSIGNED',
   };

@@ -1,7 +1,7 @@
 import { and, asc, eq, sql } from 'drizzle-orm';
 import type { OfferPush } from '#shared/schemas.js';
 import type { Candidate, CandidateExplanation, DeliveryRow, OutboxWriter } from '../deliveries/deliveries.store.js';
-import { statusEvent, toDeliveryView } from '../deliveries/deliveries.store.js';
+import { jobFields, statusEvent } from '../deliveries/deliveries.store.js';
 import type { DriverPresenceRow, DriversStore } from '../drivers/drivers.store.js';
 import type { Database, DbOrTx, Tx } from '../platform/db.js';
 import { deliveries, deliveryEvents, fleets, type OfferStatus, offers } from '../platform/schema.js';
@@ -10,13 +10,8 @@ import type { PushesStore } from '../pushes/pushes.store.js';
 export type OfferRow = typeof offers.$inferSelect;
 
 export function toOfferPush(delivery: DeliveryRow, offer: Pick<OfferRow, 'distanceMeters' | 'expiresAt'>): OfferPush {
-  const view = toDeliveryView(delivery);
   return {
-    deliveryId: delivery.id,
-    sellerOrderId: delivery.sellerOrderId,
-    orderCode: delivery.orderCode,
-    pickup: view.pickup,
-    dropoff: view.dropoff,
+    ...jobFields(delivery),
     distanceMeters: Math.round(offer.distanceMeters ?? 0),
     expiresAt: offer.expiresAt.toISOString(),
   };
