@@ -35,10 +35,41 @@ import {
   spawnServer,
   startBenchCluster,
   WEBHOOK_SECRET,
+  type Wire,
+  WIRE_KEYS,
+  WIRE_PORTS,
 } from '../infra.js';
 import { foreignCpuPercent, machineBusyPercent, readCpuTimes, round, sampleProcesses, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
 import type { ProfileSummary } from '../profile-top.js';
 import { profiled, type RunContext, type ScenarioOutput, type TargetCheck } from '../context.js';
+
+interface WireWindow {
+  wire: Wire;
+  statements: Record<string, number>;
+  seconds: number;
+}
+
+function wireDelta(from: Wire, to: Wire): Wire {
+  return Object.fromEntries(WIRE_KEYS.map((k) => [k, to[k] - from[k]])) as unknown as Wire;
+}
+
+function statementDelta(from: Record<string, number>, to: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(to).map(([k, v]) => [k, v - (from[k] ?? 0)]).filter(([, v]) => (v as number) > 0));
+}
+
+/** Round trips per order: the fixed phase's counts less what the background pings alone sent in as long. */
+function perOrderWire(idle: WireWindow, busy: WireWindow, orders: number) {
+  const scale = busy.seconds / idle.seconds;
+  const net = (busyCount: number, idleCount: number) => round((busyCount - idleCount * scale) / orders, 2) ?? 0;
+  const statements = Object.entries(busy.statements)
+    .map(([text, n]) => [text, net(n, idle.statements[text] ?? 0)] as const)
+    .filter(([, n]) => n >= 0.05)
+    .sort((a, b) => b[1] - a[1]);
+  return {
+    ...(Object.fromEntries(WIRE_KEYS.map((k) => [k, net(busy.wire[k], idle.wire[k])])) as unknown as Wire),
+    ...(statements.length > 0 ? { statements: Object.fromEntries(statements) } : {}),
+  };
+}
 
 export interface Posted {
   sellerOrderId: string;
@@ -146,6 +177,11 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
   const generators = ctx.num('generators', 2);
   // --shards N: the hub on a private N-master Redis Cluster instead of the shared single Redis.
   const shards = ctx.num('shards', 0);
+  // --wire 1: PostgreSQL statements and Redis commands per order in the fixed phase, net of the
+  // background pings (counting every write costs the hub a little CPU, so it is off by default);
+  // --statements 1 adds which statements they were.
+  const statements = ctx.num('statements', 0) !== 0;
+  const countingWire = statements || ctx.num('wire', 0) !== 0;
   const cleanup = new Cleanup();
   const profiles: Record<string, ProfileSummary> = {};
   const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
@@ -184,9 +220,15 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
     await group.setRate(connected.connected * pingHz);
     await sleep(3000);
     // The hub's CPU with the background pings alone, so the share the orders add can be told apart.
+    const readWire = () => hub.rpc.call<Wire>('countWire', { ...WIRE_PORTS, statements });
+    const readStatements = () => hub.rpc.call<Record<string, number>>('pgByStatement');
+    const idleWireFrom = countingWire ? await readWire() : null;
+    const idleStatementsFrom = statements ? await readStatements() : {};
+    const idleStarted = performance.now();
     await hub.reset();
     await sleep(3000);
     const idleCpuPercent = (await hub.stats()).cpuPercent;
+    const idleWire = idleWireFrom ? { wire: wireDelta(idleWireFrom, await readWire()), statements: statementDelta(idleStatementsFrom, await readStatements()), seconds: (performance.now() - idleStarted) / 1000 } : null;
     ctx.log(`hub CPU with background pings only: ${round(idleCpuPercent, 0)}%`);
 
     const randomOrder = (): [[number, number], [number, number]] => [positionsAround(1, 8)[0], positionsAround(1, 3, { lat: CENTRE.lat + 0.02, lng: CENTRE.lng })[0]];
@@ -235,8 +277,16 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
     await hub.reset();
     const fixedCpu = readCpuTimes();
     const fixedProcs = sampleProcesses();
+    const fixedWireFrom = countingWire ? await readWire() : null;
+    const fixedStatementsFrom = statements ? await readStatements() : {};
+    const fixedStarted = performance.now();
     const fixedPosted = await openLoop('fixed', seconds);
     const fixedStats = await hub.stats();
+    const perOrder =
+      idleWire && fixedWireFrom
+        ? perOrderWire(idleWire, { wire: wireDelta(fixedWireFrom, await readWire()), statements: statementDelta(fixedStatementsFrom, await readStatements()), seconds: (performance.now() - fixedStarted) / 1000 }, fixedPosted.length)
+        : null;
+    if (perOrder) ctx.log(`fixed rate, per order net of the background pings: ${JSON.stringify(perOrder)}`);
     await collectPushes(fixedPosted.filter((p) => p.outcome === served(mode)).length);
     const fixed = { ...analyse(fixedPosted, pushes, seconds, mode), machineBusyPercent: machineBusyPercent(fixedCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(fixedProcs, sampleProcesses()), hubLagP99Ms: round(fixedStats.lagP99Ms), hubCpuPercent: round(fixedStats.cpuPercent, 0), hubSysPercent: round(fixedStats.sysPercent, 0) };
     ctx.log(`fixed rate: ${JSON.stringify(fixed)}`);
@@ -320,6 +370,7 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
         hubIdleCpuPercent: round(idleCpuPercent, 0),
         hubCpuMsPerAssignment,
         assignmentsPerHubCoreEstimate: perCoreEstimate,
+        ...(perOrder ? { wirePerOrder: perOrder } : {}),
       },
       checks,
       table: table(rows),
