@@ -2,8 +2,10 @@ import { randomUUID } from 'node:crypto';
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { signWebhook } from '#shared/webhooks.js';
+import { Redis } from 'ioredis';
+import { createAuthThrottle } from '../src/platform/auth-throttle.js';
 import { addressKey, createClientAddress } from '../src/platform/client-address.js';
-import { TcpProxy } from './support/faults.js';
+import { PrivateRedis, TcpProxy } from './support/faults.js';
 import {
   ADMIN_TOKEN,
   connectError,
@@ -218,5 +220,35 @@ describe('failed authentication while Redis is away', () => {
     expect((await connectError(connectSocket(hub, '/drivers', { token: 'x' }, { localAddress: attacker }))).data.code).toBe('RATE_LIMITED');
     const created = await httpFrom('127.0.0.10', hub, 'POST', '/admin/drivers', { ...bearer(ADMIN_TOKEN), 'content-type': 'application/json' }, '{"name":"Still works"}');
     expect(created.status).toBe(201);
+  });
+});
+
+describe('budget reads shared between nodes', () => {
+  // A Redis of its own: the test counts the reads it receives.
+  let server: PrivateRedis;
+  let redis: Redis;
+  beforeAll(async () => {
+    server = new PrivateRedis();
+    await server.start();
+    redis = new Redis(server.url, { maxRetriesPerRequest: 1 });
+  });
+  afterAll(async () => {
+    await redis?.quit();
+    await server?.kill();
+  });
+
+  it('when an address is clean, then its reads are reused briefly, and failures spent on another node block it here within that time', async () => {
+    const prefix = `test:${randomUUID()}:`;
+    const here = createAuthThrottle({ redis, prefix, failures: 3, windowSeconds: 60 });
+    const elsewhere = createAuthThrottle({ redis, prefix, failures: 3, windowSeconds: 60 });
+    const address = '192.0.2.44';
+    const before = Number((await redis.info('commandstats')).match(/cmdstat_get:calls=(\d+)/)?.[1] ?? 0);
+    for (let i = 0; i < 20; i++) await here.check(address);
+    const reads = Number((await redis.info('commandstats')).match(/cmdstat_get:calls=(\d+)/)?.[1] ?? 0) - before;
+    expect(reads).toBeLessThanOrEqual(2);
+
+    for (let i = 0; i < 3; i++) await elsewhere.failed(address);
+    await expect(elsewhere.check(address)).rejects.toMatchObject({ code: 'RATE_LIMITED' });
+    await eventually(async () => (await here.check(address).then(() => 'open', () => 'blocked')) === 'blocked', 'blocked on the other node', 500);
   });
 });

@@ -20,12 +20,13 @@ function fakeStore(maxResends: number) {
     tick: (ms) => {
       now += ms;
     },
-    acknowledge: async (key) => {
-      const row = rows.get(k(key));
-      if (!row || row.acknowledged) return null;
-      row.acknowledged = true;
-      return { acknowledgedAt: new Date(now) };
-    },
+    acknowledgeMany: async (keys) =>
+      keys.map((key) => {
+        const row = rows.get(k(key));
+        if (!row || row.acknowledged) return null;
+        row.acknowledged = true;
+        return { acknowledgedAt: new Date(now) };
+      }),
     due: async (afterMs) => [...rows.values()].filter((r) => !r.acknowledged && !r.flagged && r.sentAt <= now - afterMs),
     openFor: async (driverId) => [...rows.values()].filter((r) => !r.acknowledged && r.driverId === driverId),
     openForMany: async (driverIds) => [...rows.values()].filter((r) => !r.acknowledged && driverIds.includes(r.driverId)),
@@ -71,7 +72,8 @@ function service(store: PushStore, maxResends = 3) {
   return { pushes, events, metrics };
 }
 
-const settle = () => new Promise((r) => setTimeout(r, 0));
+/** Acknowledgements gather a few milliseconds before they are written together. */
+const settle = () => new Promise((r) => setTimeout(r, 20));
 
 describe('push re-sends', () => {
   it('when an app answers { ok: true }, then only that counts as an acknowledgement', () => {

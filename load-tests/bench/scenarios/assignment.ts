@@ -226,10 +226,11 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
     const idleStatementsFrom = statements ? await readStatements() : {};
     const idleStarted = performance.now();
     await hub.reset();
-    await sleep(3000);
-    const idleCpuPercent = (await hub.stats()).cpuPercent;
+    await profiled(ctx, hub, `${mode}-idle`, () => sleep(3000), profiles);
+    const idleStats = await hub.stats();
+    const idleCpuPercent = idleStats.cpuPercent;
     const idleWire = idleWireFrom ? { wire: wireDelta(idleWireFrom, await readWire()), statements: statementDelta(idleStatementsFrom, await readStatements()), seconds: (performance.now() - idleStarted) / 1000 } : null;
-    ctx.log(`hub CPU with background pings only: ${round(idleCpuPercent, 0)}%`);
+    ctx.log(`hub CPU with background pings only: ${round(idleCpuPercent, 0)}%, GC ${JSON.stringify(idleStats.gc)} over ${round(idleStats.windowMs / 1000, 1)} s, heap ${round(idleStats.heapUsedBytes / 2 ** 20, 0)} MB`);
 
     const randomOrder = (): [[number, number], [number, number]] => [positionsAround(1, 8)[0], positionsAround(1, 3, { lat: CENTRE.lat + 0.02, lng: CENTRE.lng })[0]];
     const pushes = new Map<string, number>();
@@ -280,7 +281,7 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
     const fixedWireFrom = countingWire ? await readWire() : null;
     const fixedStatementsFrom = statements ? await readStatements() : {};
     const fixedStarted = performance.now();
-    const fixedPosted = await openLoop('fixed', seconds);
+    const fixedPosted = await profiled(ctx, hub, `${mode}-fixed`, () => openLoop('fixed', seconds), profiles);
     const fixedStats = await hub.stats();
     const perOrder =
       idleWire && fixedWireFrom
@@ -288,7 +289,7 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
         : null;
     if (perOrder) ctx.log(`fixed rate, per order net of the background pings: ${JSON.stringify(perOrder)}`);
     await collectPushes(fixedPosted.filter((p) => p.outcome === served(mode)).length);
-    const fixed = { ...analyse(fixedPosted, pushes, seconds, mode), machineBusyPercent: machineBusyPercent(fixedCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(fixedProcs, sampleProcesses()), hubLagP99Ms: round(fixedStats.lagP99Ms), hubCpuPercent: round(fixedStats.cpuPercent, 0), hubSysPercent: round(fixedStats.sysPercent, 0) };
+    const fixed = { ...analyse(fixedPosted, pushes, seconds, mode), machineBusyPercent: machineBusyPercent(fixedCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(fixedProcs, sampleProcesses()), hubLagP99Ms: round(fixedStats.lagP99Ms), hubCpuPercent: round(fixedStats.cpuPercent, 0), hubSysPercent: round(fixedStats.sysPercent, 0), hubGc: fixedStats.gc, hubHeapUsedMb: round(fixedStats.heapUsedBytes / 2 ** 20, 0) };
     ctx.log(`fixed rate: ${JSON.stringify(fixed)}`);
     await sleep(2000);
 
@@ -320,7 +321,7 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
     const maxSeconds = (performance.now() - maxStarted) / 1000;
     const maxStats = await hub.stats();
     await collectPushes(pushes.size + maxPosted.filter((p) => p.outcome === served(mode)).length);
-    const max = { ...analyse(maxPosted, pushes, maxSeconds, mode), concurrency, machineBusyPercent: machineBusyPercent(maxCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(maxProcs, sampleProcesses()), hubLagP99Ms: round(maxStats.lagP99Ms), hubCpuPercent: round(maxStats.cpuPercent, 0), hubSysPercent: round(maxStats.sysPercent, 0) };
+    const max = { ...analyse(maxPosted, pushes, maxSeconds, mode), concurrency, machineBusyPercent: machineBusyPercent(maxCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(maxProcs, sampleProcesses()), hubLagP99Ms: round(maxStats.lagP99Ms), hubCpuPercent: round(maxStats.cpuPercent, 0), hubSysPercent: round(maxStats.sysPercent, 0), hubGc: maxStats.gc, hubHeapUsedMb: round(maxStats.heapUsedBytes / 2 ** 20, 0) };
     /** Hub CPU time each assignment costs on top of the background pings: what one core would sustain. */
     const hubCpuMsPerAssignment = max.assignedPerSec ? round(((maxStats.cpuPercent - idleCpuPercent) * 10) / max.assignedPerSec, 2) : null;
     const perCoreEstimate = hubCpuMsPerAssignment ? Math.round(1000 / hubCpuMsPerAssignment) : null;

@@ -3,6 +3,9 @@ import { RateLimiterMemory, RateLimiterRedis, type RateLimiterRes } from 'rate-l
 import { HubError } from './errors.js';
 import type { CircuitBreaker } from './redis.js';
 
+/** How long a read that found an address's budget untouched answers for it (see `cleanUntil`). */
+const CLEAN_READ_MS = 100;
+
 export interface AuthThrottleOptions {
   redis: Redis | Cluster | null;
   breaker?: CircuitBreaker;
@@ -50,13 +53,31 @@ export function createAuthThrottle(opts: AuthThrottleOptions): AuthThrottle {
    * transaction (and a reconnect storm from one address, thousands).
    */
   const reading = new Map<string, Promise<RateLimiterRes | null>>();
+  /**
+   * Addresses whose budget was untouched when last read, until when that read still answers: a
+   * webhook sender's steady stream costs one Redis read per CLEAN_READ_MS, not one per request.
+   * An address with any failure on record is read every time, so a block made on another node
+   * holds here at once; a first failure elsewhere is seen here within CLEAN_READ_MS.
+   */
+  const cleanUntil = new Map<string, number>();
   function readBudget(address: string): Promise<RateLimiterRes | null> {
+    const clean = cleanUntil.get(address);
+    if (clean !== undefined) {
+      if (clean > performance.now()) return Promise.resolve(null);
+      cleanUntil.delete(address);
+    }
     let read = reading.get(address);
     if (!read) {
       read = limiter(address).get(address);
       reading.set(address, read);
       const done = () => reading.delete(address);
-      read.then(done, done);
+      read.then((res) => {
+        done();
+        if (res !== null && res.consumedPoints > 0) return;
+        // A cache only: full (a storm of handshakes from as many addresses), it starts over.
+        if (cleanUntil.size >= maxBlocked) cleanUntil.clear();
+        cleanUntil.set(address, performance.now() + CLEAN_READ_MS);
+      }, done);
     }
     return read;
   }
@@ -94,6 +115,7 @@ export function createAuthThrottle(opts: AuthThrottleOptions): AuthThrottle {
       if (waitMs !== null) throw refuse(waitMs);
     },
     async failed(address) {
+      cleanUntil.delete(address);
       try {
         remember(address, await limiter(address).penalty(address, 1));
       } catch {}

@@ -45,13 +45,21 @@ export async function readCapped(body: ReadableStream<Uint8Array>, maxBytes: num
 export function bodyLimit(maxBytes: number): MiddlewareHandler {
   return async (c, next) => {
     const raw = c.req.raw;
-    if (!raw.body) return next();
     const declared = raw.headers.get('content-length');
-    if (declared !== null && !raw.headers.has('transfer-encoding')) {
+    const chunked = raw.headers.has('transfer-encoding');
+    // From a socket, HTTP/1.1 framing says whether there is a body: neither header, none. Asking
+    // the request for its `body` would make @hono/node-server build a full web Request with a
+    // stream for every call (the webhook's largest cost after the database); the route's own
+    // arrayBuffer() then reads the socket directly.
+    const fromSocket = (c.env as { incoming?: unknown } | undefined)?.incoming !== undefined;
+    if (fromSocket ? declared === null && !chunked : !raw.body) return next();
+    if (declared !== null && !chunked) {
       if (Number(declared) > maxBytes) throw tooLarge(maxBytes);
       return next();
     }
-    const bytes = await readCapped(raw.body, maxBytes);
+    const body = raw.body;
+    if (!body) return next();
+    const bytes = await readCapped(body, maxBytes);
     c.req.raw = new Request(raw.url, { method: raw.method, headers: raw.headers, body: bytes.byteLength > 0 ? bytes : null, signal: raw.signal });
     return next();
   };

@@ -24,7 +24,7 @@ export interface PushTransport {
 }
 
 export interface PushStore {
-  acknowledge: PushesStore['acknowledge'];
+  acknowledgeMany: PushesStore['acknowledgeMany'];
   due: PushesStore['due'];
   openFor: PushesStore['openFor'];
   openForMany: PushesStore['openForMany'];
@@ -49,6 +49,9 @@ export interface PushDeps {
 /** Reconnects gather this long to share one read of their open pushes. */
 const RECONNECT_WINDOW_MS = 2;
 
+/** Acknowledgements gather this long to share one write (every assignment is answered). */
+const ACK_WINDOW_MS = 2;
+
 /** The app's acknowledgement: `{ ok: true }` by the contract's own schema, nothing else. */
 export function isAcknowledgement(reply: unknown): boolean {
   const parsed = pushAckReply.safeParse(reply);
@@ -72,6 +75,7 @@ export function createPushService(deps: PushDeps) {
   let timer: NodeJS.Timeout | undefined;
   let passing: Promise<void> | null = null;
   const inflight = new Set<Promise<unknown>>();
+  const acknowledgements = createBatchWindow({ windowMs: ACK_WINDOW_MS, maxWindowMs: BUSY_WINDOW_MS, maxBatch: 500, run: (keys: PushKey[]) => store.acknowledgeMany(keys) });
 
   function track<T>(work: Promise<T>): Promise<T> {
     inflight.add(work);
@@ -87,7 +91,7 @@ export function createPushService(deps: PushDeps) {
       if (skipped !== null) log.info({ driver: key.driverId, delivery: key.deliveryId, kind: key.kind, refusedSinceLastLine: skipped }, 'push answered without { ok: true }; it will be sent again');
       return;
     }
-    const recorded = await store.acknowledge(key);
+    const recorded = await acknowledgements.add(key);
     if (!recorded) return;
     metrics.pushesAcknowledged.inc({ kind: key.kind });
     events.emit('push:acknowledged', { ...key, at: recorded.acknowledgedAt.toISOString() });
@@ -206,6 +210,7 @@ export function createPushService(deps: PushDeps) {
     async stop(): Promise<void> {
       clearInterval(timer);
       await reconnects.settle();
+      await acknowledgements.settle();
       await passing;
       await Promise.allSettled([...inflight]);
     },

@@ -1,5 +1,5 @@
 import { sql } from 'drizzle-orm';
-import type { Database, DbOrTx } from '../platform/db.js';
+import { type Database, type DbOrTx, retryOnConflict } from '../platform/db.js';
 import type { PushKind } from '../platform/schema.js';
 
 export interface PushKey {
@@ -23,6 +23,29 @@ export const PUSH_UPSERT_CONFLICT = `on conflict (delivery_id, driver_id, kind) 
 
 const OPEN = sql`acknowledged_at is null and closed_at is null`;
 
+/**
+ * ACKNOWLEDGE_MANY: $1 [[deliveryId, driverId, kind], ...], sorted. Pushes are found by their
+ * delivery ids through an array (a primary-key lookup; a join on the JSON set would hash the
+ * whole table), then matched on the full key.
+ */
+const ACKNOWLEDGE_MANY = `
+with keys as materialized (
+  select (e->>0)::uuid as delivery_id, (e->>1)::uuid as driver_id, e->>2 as kind from jsonb_array_elements($1::jsonb) as e
+), acked as (
+  update pushes p set acknowledged_at = now()
+  from keys k
+  where p.delivery_id = any(array(select delivery_id from keys))
+    and p.delivery_id = k.delivery_id and p.driver_id = k.driver_id and p.kind = k.kind
+    and p.acknowledged_at is null and p.closed_at is null
+  returning p.delivery_id, p.driver_id, p.kind, p.acknowledged_at
+), on_delivery as (
+  update deliveries d set acknowledged_at = a.acknowledged_at
+  from acked a
+  where d.id = any(array(select delivery_id from acked where kind = 'assignment'))
+    and d.id = a.delivery_id and a.kind = 'assignment' and d.driver_id = a.driver_id
+)
+select delivery_id as "deliveryId", driver_id as "driverId", kind, acknowledged_at as "acknowledgedAt" from acked`;
+
 const openPushColumns = sql`delivery_id as "deliveryId", driver_id as "driverId", kind, payload, resends`;
 
 export function createPushesStore(database: Database) {
@@ -43,22 +66,28 @@ export function createPushesStore(database: Database) {
     },
 
     /**
-     * The app confirmed a push. Only an open push counts: a second acknowledgement, or one for a
-     * push no longer current, changes nothing. Answers whether this call recorded it, and for an
-     * assignment, when (also written on the delivery).
+     * Apps confirmed pushes: one statement for many acknowledgements (every assignment is
+     * answered, so one round trip per order otherwise). Only an open push counts: a second
+     * acknowledgement, or one for a push no longer current, changes nothing. Answers, per key in
+     * order, when this call recorded it (null: not recorded); an assignment's is also written on
+     * the delivery. A key given twice is recorded for its first place only.
      */
-    async acknowledge(key: PushKey): Promise<{ acknowledgedAt: Date } | null> {
-      const [row] = await database.rows<{ acknowledged_at: Date | string }>(sql`
-        with acked as (
-          update pushes set acknowledged_at = now()
-          where delivery_id = ${key.deliveryId} and driver_id = ${key.driverId} and kind = ${key.kind} and ${OPEN}
-          returning delivery_id, driver_id, kind, acknowledged_at
-        ), on_delivery as (
-          update deliveries set acknowledged_at = acked.acknowledged_at
-          from acked where deliveries.id = acked.delivery_id and acked.kind = 'assignment' and deliveries.driver_id = acked.driver_id
-        )
-        select acknowledged_at from acked`);
-      return row ? { acknowledgedAt: new Date(row.acknowledged_at) } : null;
+    async acknowledgeMany(keys: readonly PushKey[]): Promise<({ acknowledgedAt: Date } | null)[]> {
+      if (keys.length === 0) return [];
+      const keyOf = (k: PushKey) => `${k.deliveryId}/${k.driverId}/${k.kind}`;
+      const unique = [...new Map(keys.map((k) => [keyOf(k), k])).values()].sort((a, b) => (keyOf(a) < keyOf(b) ? -1 : 1));
+      // Sorted, so two batches never lock the same rows in opposite orders; one that lost a deadlock changed nothing.
+      const rows = await retryOnConflict(() =>
+        database.query<{ deliveryId: string; driverId: string; kind: PushKind; acknowledgedAt: Date | string }>(ACKNOWLEDGE_MANY, [
+          JSON.stringify(unique.map((k) => [k.deliveryId, k.driverId, k.kind])),
+        ]),
+      );
+      const recorded = new Map(rows.map((r) => [keyOf(r), new Date(r.acknowledgedAt)]));
+      return keys.map((k) => {
+        const at = recorded.get(keyOf(k));
+        recorded.delete(keyOf(k));
+        return at ? { acknowledgedAt: at } : null;
+      });
     },
 
     /**
@@ -102,7 +131,8 @@ export function createPushesStore(database: Database) {
         update pushes p set resends = p.resends + 1, last_sent_at = now(),
           unacknowledged_at = case when p.resends + 1 >= ${maxResends} then coalesce(p.unacknowledged_at, now()) end
         from jsonb_to_recordset(${JSON.stringify(keys)}::jsonb) as k("deliveryId" uuid, "driverId" uuid, kind text)
-        where p.delivery_id = k."deliveryId" and p.driver_id = k."driverId" and p.kind = k.kind and p.acknowledged_at is null and p.closed_at is null
+        where p.delivery_id = any(array(select (jsonb_array_elements(${JSON.stringify(keys)}::jsonb)->>'deliveryId')::uuid))
+          and p.delivery_id = k."deliveryId" and p.driver_id = k."driverId" and p.kind = k.kind and p.acknowledged_at is null and p.closed_at is null
         returning p.delivery_id as "deliveryId", p.driver_id as "driverId", p.kind, p.resends = ${maxResends} as flagged`);
       return rows.filter((r) => r.flagged).map(({ deliveryId, driverId, kind }) => ({ deliveryId, driverId, kind }));
     },

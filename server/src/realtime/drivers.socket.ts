@@ -111,7 +111,13 @@ export function attachDriversNamespace(
     return send;
   }
   const transport: PushTransport = {
-    broadcast: (driverId, kind, payload, timeoutMs) => withAck(nsp.to(driverRoom(driverId)) as unknown as Broadcast, kind, payload, timeoutMs),
+    // A driver whose socket is on this node (every driver, on a single node) gets the push straight
+    // from it: the adapter's broadcast with acknowledgement costs a Redis round trip to count the
+    // nodes and a publish every node reads and answers. Should a newer connection of the driver be
+    // on another node in the milliseconds before its takeover closes this one, that node's re-send
+    // pass delivers the push.
+    broadcast: (driverId, kind, payload, timeoutMs) =>
+      transport.isLocal(driverId) ? transport.sendLocal(driverId, kind, payload, timeoutMs) : withAck(nsp.to(driverRoom(driverId)) as unknown as Broadcast, kind, payload, timeoutMs),
     sendLocal: async (driverId, kind, payload, timeoutMs) => {
       const sockets = localSockets(driverId);
       if (sockets.length === 0) return null;
