@@ -5,7 +5,7 @@ import { OUTBOX_INSERT, type OutboxEventType } from '../outbox/outbox.store.js';
 import { PUSH_UPSERT, PUSH_UPSERT_CONFLICT, type PushesStore } from '../pushes/pushes.store.js';
 import { type Database, type DbOrTx, isRetryableConflict, retryOnConflict, rowMapper, type Tx, uniqueViolation } from '../platform/db.js';
 import { ACTIVE_STATUSES_LIST, ACTIVE_STATUSES_SQL, deliveries, deliveryEvents, fleets } from '../platform/schema.js';
-import { type DriverPresenceRow, type DriversStore, haversineSql } from '../drivers/drivers.store.js';
+import { type DriverPresenceRow, type DriversStore, fairnessFactsOf, haversineSql } from '../drivers/drivers.store.js';
 
 export type DeliveryRow = typeof deliveries.$inferSelect;
 export type Candidate = { driverId: string; distanceMeters: number };
@@ -53,8 +53,9 @@ const CANDIDATES_PARAM = 12;
 /**
  * $1 id, $2 sellerOrderId, $3 orderCode, $4 sellerId, $5-$7 pickup lat/lng/address, $8-$10 dropoff,
  * $11 customer (json), $12 notes, $13 candidates (json [{id, dist, ord, fleet, pooled, terms}], best first), $14 now,
- * $15 the assigned event's payload without its driverId, $16 the assignment push for the driver's app. Returns the new row with fresh = true,
- * or the existing one with fresh = false.
+ * $15 the assigned event's payload without its driverId, $16 the assignment push for the driver's app,
+ * $17 whether the candidates inside the fairness band are ranked here by their facts (two or more
+ * share a band). Returns the new row with fresh = true, or the existing one with fresh = false.
  *
  * The claim locks the candidate rows in order (FOR UPDATE under LIMIT): a row another statement
  * holds is waited for and then re-checked on its new version (status and current_delivery_id), so
@@ -65,11 +66,21 @@ const CREATE_AND_ASSIGN = `
 with input as (
   select c.id, c.dist, c.ord, c.fleet, c.pooled, c.terms
   from jsonb_to_recordset($13::jsonb) as c(id uuid, dist float8, ord int, fleet text, pooled boolean, terms jsonb)
+), facts as (${fairnessFactsOf(`select id from input where $17::boolean and (terms->>'withinBand')::boolean`)}
+), ranked as (
+  -- With $17, the score of dispatch/scoring.ts on the facts just read: pool, inside the band
+  -- first, then longest idle, fewest deliveries today, nearest (unknown facts rank last); else
+  -- the order the candidates came in.
+  select i.*, f.idle, f.today, (row_number() over (order by
+      case when $17::boolean then null else i.ord end,
+      i.terms->>'pool' = 'shared', coalesce((i.terms->>'withinBand')::boolean, true) desc,
+      f.idle desc nulls last, f.today asc nulls last, i.dist, i.ord))::int - 1 as place
+  from input i left join facts f on f.id = i.id
 ), known as (
   select * from deliveries where seller_order_id = $2::text
 ), pick as (
-  select d.id, i.dist, i.ord
-  from input i join drivers d on d.id = i.id
+  select d.id, i.dist, i.place as ord
+  from ranked i join drivers d on d.id = i.id
   -- The candidates by primary key: joined on their own, the planner hashes every driver against them.
   where d.id = any(array(select id from input))
     and not exists (select 1 from known)
@@ -78,7 +89,7 @@ with input as (
     and not exists (select 1 from deliveries a where a.driver_id = d.id and a.status in ${ACTIVE_STATUSES_LIST})
     and (not coalesce(i.pooled, false) or (d.fleet is not distinct from i.fleet
       and (i.fleet is not null or not exists (select 1 from fleets f where f.id = $4::text and f.exclusive))))
-  order by i.ord
+  order by i.place
   limit 1
   for update of d
 ), claimed as (
@@ -93,8 +104,10 @@ with input as (
     $5::float8, $6::float8, $7::text, $8::float8, $9::float8, $10::text, $11::jsonb, $12::text,
     c.dist,
     (select jsonb_agg(coalesce(i.terms, '{}'::jsonb) || jsonb_build_object('driverId', i.id, 'distanceMeters', i.dist, 'outcome',
-        case when i.ord = c.ord then 'chosen' when c.ord is null or i.ord < c.ord then 'taken' else 'not-tried' end) order by i.ord)
-      from input i),
+        case when i.place = c.ord then 'chosen' when c.ord is null or i.place < c.ord then 'taken' else 'not-tried' end)
+        || case when $17::boolean then jsonb_build_object('rank', i.place + 1, 'idleSeconds', i.idle, 'deliveriesToday', i.today) else '{}'::jsonb end
+        order by i.place)
+      from ranked i),
     case when c.id is null then null else $14::timestamptz end, $14::timestamptz, $14::timestamptz
   from (select 1) as one left join claimed c on true
   where not exists (select 1 from known)
@@ -358,7 +371,13 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
      * written and it is returned. A twin that commits after this statement's snapshot makes the
      * insert fail on the unique key, which rolls the claim back; the twin's row is returned then.
      */
-    async createAndAssign(order: SellerOrderReady, candidates: readonly Candidate[], explain?: CandidateExplanation): Promise<CreateOutcome> {
+    async createAndAssign(
+      order: SellerOrderReady,
+      candidates: readonly Candidate[],
+      explain?: CandidateExplanation,
+      /** `band`: the candidates inside the fairness band are ranked by the claim, on facts it reads itself. */
+      ranking: 'as-given' | 'band' = 'as-given',
+    ): Promise<CreateOutcome> {
       const id = randomUUID();
       const now = new Date().toISOString();
       const assignedEvent = statusEvent(
@@ -388,6 +407,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
         now,
         JSON.stringify(assignedEvent.payload),
         JSON.stringify({ deliveryId: id, sellerOrderId: order.sellerOrderId, orderCode: order.orderCode, pickup: order.pickup, dropoff: order.dropoff, assignedAt: now, status: 'ASSIGNED' } satisfies AssignmentPush),
+        ranking === 'band' && explain !== undefined,
       ];
       const run = (withCandidates: unknown[]) => database.query<Record<string, unknown> & { fresh: boolean }>(CREATE_AND_ASSIGN, withCandidates);
       try {

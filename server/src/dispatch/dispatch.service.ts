@@ -107,7 +107,9 @@ export function createDispatchService(deps: DispatchDeps) {
     count: number,
     passOver: ReadonlySet<string> | undefined,
     sellerId: string | null | undefined,
-  ): Promise<{ source: 'redis' | 'postgres'; candidates: Candidate[]; explain: CandidateExplanation | undefined }> {
+    /** `claim`: the facts are left to the webhook's claim, which reads them and ranks the band itself. */
+    facts: 'read' | 'claim' = 'read',
+  ): Promise<{ source: 'redis' | 'postgres'; candidates: Candidate[]; explain: CandidateExplanation | undefined; bandRankedByClaim: boolean }> {
     const pools = deps.pools?.poolsFor(sellerId) ?? [undefined];
     const found: { candidate: Candidate; input: CandidateInput }[] = [];
     let source: 'redis' | 'postgres' = 'redis';
@@ -117,14 +119,15 @@ export function createDispatchService(deps: DispatchDeps) {
       const fleet = pool?.fleet ?? null;
       for (const candidate of result.candidates) found.push({ candidate, input: { driverId: candidate.driverId, distanceMeters: candidate.distanceMeters, pool: fleet === null ? 'shared' : 'fleet', fleet } });
     }
-    if (found.length === 0) return { source, candidates: [], explain: undefined };
+    if (found.length === 0) return { source, candidates: [], explain: undefined, bandRankedByClaim: false };
     const inputs = found.map((f) => f.input);
     const contenders = inFairnessBand(inputs, band);
-    const facts = deps.scoreFacts && contenders.length > 1 ? await deps.scoreFacts(contenders.map((c) => c.driverId)) : new Map<string, ScoreFacts>();
-    const scored = rankCandidates(inputs, facts, band);
+    const compare = deps.scoreFacts !== undefined && contenders.length > 1;
+    const known = compare && facts === 'read' ? await deps.scoreFacts!(contenders.map((c) => c.driverId)) : new Map<string, ScoreFacts>();
+    const scored = rankCandidates(inputs, known, band);
     const byId = new Map(found.map((f) => [f.candidate.driverId, f.candidate]));
     const terms = new Map<string, ScoredCandidate>(scored.map((c) => [c.driverId, c]));
-    return { source, candidates: scored.map((c) => byId.get(c.driverId)!), explain: { pooled: deps.pools !== undefined, terms } };
+    return { source, candidates: scored.map((c) => byId.get(c.driverId)!), explain: { pooled: deps.pools !== undefined, terms }, bandRankedByClaim: compare && facts === 'claim' };
   }
 
   /** Offer mode: the next driver gets the delivery's offer (never one asked before); null when nobody could be reserved. */
@@ -253,8 +256,9 @@ export function createDispatchService(deps: DispatchDeps) {
     async orderReady(order: SellerOrderReady): Promise<OrderReadyReply> {
       if (offerMode) return orderReadyOffered(order);
       const started = performance.now();
-      const { source, candidates, explain } = await rankedCandidates(order.pickup, CANDIDATES, undefined, order.sellerId);
-      const outcome = explain ? await deliveries.createAndAssign(order, candidates, explain) : await deliveries.createAndAssign(order, candidates);
+      // The fairness facts are read by the claim itself: one round trip to PostgreSQL per order, not two.
+      const { source, candidates, explain, bandRankedByClaim } = await rankedCandidates(order.pickup, CANDIDATES, undefined, order.sellerId, 'claim');
+      const outcome = explain ? await deliveries.createAndAssign(order, candidates, explain, bandRankedByClaim ? 'band' : 'as-given') : await deliveries.createAndAssign(order, candidates);
       if (!outcome.created) return answerRetry(outcome.delivery, order);
       let { delivery, chosen } = outcome;
       if (!chosen && candidates.length >= CANDIDATES) {

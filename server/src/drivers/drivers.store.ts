@@ -108,15 +108,21 @@ select l.id, l.token_version as "tokenVersion", c.id is not null as written, c.s
 from locked l left join changed c on c.id = l.id left join seen s on s.driver_id = l.id`;
 
 /**
- * The fairness facts of candidates ($1: a JSON array of ids): a prepared statement, as it runs
- * with the webhook whenever two or more candidates share the fairness band.
+ * The fairness facts of the drivers `ids` names (a query for their ids): seconds since each last
+ * came free (or was created), and its deliveries created and assigned since midnight UTC. Read on
+ * its own (SCORE_FACTS) and inside the webhook's claim, which ranks by them without a round trip
+ * of its own (deliveries.store.ts).
  */
-const SCORE_FACTS = `
-with day as (select date_trunc('day', now() at time zone 'UTC') at time zone 'UTC' as start)
-select d.id, extract(epoch from now() - coalesce(d.free_since, d.created_at))::float8 as idle,
-  (select count(*) from deliveries x, day
-    where x.driver_id = d.id and x.created_at >= day.start and x.assigned_at >= day.start)::int as today
-from drivers d where d.id = any(array(select jsonb_array_elements_text($1::jsonb)::uuid))`;
+export const fairnessFactsOf = (ids: string) => `
+select d.id, greatest(0, extract(epoch from now() - coalesce(d.free_since, d.created_at)))::float8 as idle,
+  (select count(*) from deliveries x
+    where x.driver_id = d.id
+      and x.created_at >= date_trunc('day', now() at time zone 'UTC') at time zone 'UTC'
+      and x.assigned_at >= date_trunc('day', now() at time zone 'UTC') at time zone 'UTC')::int as today
+from drivers d where d.id = any(array(${ids}))`;
+
+/** The fairness facts of candidates ($1: a JSON array of ids), a prepared statement. */
+const SCORE_FACTS = fairnessFactsOf('select jsonb_array_elements_text($1::jsonb)::uuid');
 
 /*
  * Ids arrive as a JSON array and are matched with `= any(array(...))`, never `in (select ...)`: the

@@ -49,8 +49,11 @@ export interface PushDeps {
 /** Reconnects gather this long to share one read of their open pushes. */
 const RECONNECT_WINDOW_MS = 2;
 
-/** Acknowledgements gather this long to share one write (every assignment is answered). */
-const ACK_WINDOW_MS = 2;
+/**
+ * Acknowledgements gather this long to share one write: every assignment is answered, and nobody
+ * waits on the record (the app has its answer; dispatchers see it a few milliseconds later).
+ */
+const ACK_WINDOW_MS = 10;
 
 /** The app's acknowledgement: `{ ok: true }` by the contract's own schema, nothing else. */
 export function isAcknowledgement(reply: unknown): boolean {
@@ -75,7 +78,7 @@ export function createPushService(deps: PushDeps) {
   let timer: NodeJS.Timeout | undefined;
   let passing: Promise<void> | null = null;
   const inflight = new Set<Promise<unknown>>();
-  const acknowledgements = createBatchWindow({ windowMs: ACK_WINDOW_MS, maxWindowMs: BUSY_WINDOW_MS, maxBatch: 500, run: (keys: PushKey[]) => store.acknowledgeMany(keys) });
+  const acknowledgements = createBatchWindow({ windowMs: ACK_WINDOW_MS, maxBatch: 500, run: (keys: PushKey[]) => store.acknowledgeMany(keys) });
 
   function track<T>(work: Promise<T>): Promise<T> {
     inflight.add(work);
