@@ -156,6 +156,8 @@ export function attachDispatchNamespace(
   // Local only: the sender's batch never comes back to it (the Redis adapter drops requests
   // carrying its own uid), and other nodes' dispatchers get it from their own node.
   function emitLocally(batch: DispatchEvent[]): void {
+    // Socket.IO encodes a broadcast before it looks for recipients: with no dispatcher here, skip it.
+    if (nsp.sockets.size === 0) return;
     for (const e of batch) {
       if (e.event === 'driver:status') nsp.local.emit('driver:status', e.payload);
       else if (e.event === 'delivery:updated') nsp.local.emit('delivery:updated', e.payload);
