@@ -62,11 +62,15 @@ export function rankCandidates(
   fairnessBandMeters: number,
 ): ScoredCandidate[] {
   const nearest = nearestByPool(candidates);
-  const scored = candidates.map((c) => {
+  // Built field by field: a spread of the input here cost more than the rest of the ranking together.
+  const scored = candidates.map((c): ScoredCandidate => {
     const beyond = c.distanceMeters - nearest.get(c.pool)!;
     const known = facts.get(c.driverId);
     return {
-      ...c,
+      driverId: c.driverId,
+      distanceMeters: c.distanceMeters,
+      pool: c.pool,
+      fleet: c.fleet,
       idleSeconds: known?.idleSeconds ?? null,
       deliveriesToday: known?.deliveriesToday ?? null,
       rank: 0,
