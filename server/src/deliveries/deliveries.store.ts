@@ -79,7 +79,7 @@ with input as (
 ), known as (
   select * from deliveries where seller_order_id = $2::text
 ), pick as (
-  select d.id, i.dist, i.place as ord
+  select d.id, i.dist, i.place
   from ranked i join drivers d on d.id = i.id
   -- The candidates by primary key: joined on their own, the planner hashes every driver against them.
   where d.id = any(array(select id from input))
@@ -95,7 +95,7 @@ with input as (
 ), claimed as (
   update drivers set status = 'BUSY', current_delivery_id = $1::uuid, updated_at = $14::timestamptz
   from pick where drivers.id = pick.id
-  returning drivers.id, pick.dist, pick.ord
+  returning drivers.id, pick.dist, pick.place
 ), created as (
   insert into deliveries (id, seller_order_id, order_code, seller_id, status, driver_id,
     pickup_lat, pickup_lng, pickup_address, dropoff_lat, dropoff_lng, dropoff_address, customer, notes,
@@ -104,7 +104,7 @@ with input as (
     $5::float8, $6::float8, $7::text, $8::float8, $9::float8, $10::text, $11::jsonb, $12::text,
     c.dist,
     (select jsonb_agg(coalesce(i.terms, '{}'::jsonb) || jsonb_build_object('driverId', i.id, 'distanceMeters', i.dist, 'outcome',
-        case when i.place = c.ord then 'chosen' when c.ord is null or i.place < c.ord then 'taken' else 'not-tried' end)
+        case when i.place = c.place then 'chosen' when c.place is null or i.place < c.place then 'taken' else 'not-tried' end)
         || case when $17::boolean then jsonb_build_object('rank', i.place + 1, 'idleSeconds', i.idle, 'deliveriesToday', i.today) else '{}'::jsonb end
         order by i.place)
       from ranked i),

@@ -392,7 +392,7 @@ export function createDriversStore(database: Database) {
     async scoreFacts(ids: readonly string[]): Promise<Map<string, { idleSeconds: number; deliveriesToday: number }>> {
       if (ids.length === 0) return new Map();
       const rows = await database.query<{ id: string; idle: number; today: number }>(SCORE_FACTS, [JSON.stringify(ids)]);
-      return new Map(rows.map((r) => [r.id, { idleSeconds: Math.max(0, Number(r.idle)), deliveriesToday: Number(r.today) }]));
+      return new Map(rows.map((r) => [r.id, { idleSeconds: Number(r.idle), deliveriesToday: Number(r.today) }]));
     },
 
     /** Current presence of the given drivers (missing ids are not returned). */
