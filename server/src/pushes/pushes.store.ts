@@ -127,11 +127,16 @@ export function createPushesStore(database: Database) {
      */
     async markResent(keys: readonly PushKey[], maxResends: number): Promise<PushKey[]> {
       if (keys.length === 0) return [];
+      // Only the keys go over the wire (an open push carries its payload), once.
+      const json = JSON.stringify(keys.map(({ deliveryId, driverId, kind }) => ({ deliveryId, driverId, kind })));
       const rows = await database.rows<PushKey & { flagged: boolean }>(sql`
+        with k as materialized (
+          select * from jsonb_to_recordset(${json}::jsonb) as k("deliveryId" uuid, "driverId" uuid, kind text)
+        )
         update pushes p set resends = p.resends + 1, last_sent_at = now(),
           unacknowledged_at = case when p.resends + 1 >= ${maxResends} then coalesce(p.unacknowledged_at, now()) end
-        from jsonb_to_recordset(${JSON.stringify(keys)}::jsonb) as k("deliveryId" uuid, "driverId" uuid, kind text)
-        where p.delivery_id = any(array(select (jsonb_array_elements(${JSON.stringify(keys)}::jsonb)->>'deliveryId')::uuid))
+        from k
+        where p.delivery_id = any(array(select "deliveryId" from k))
           and p.delivery_id = k."deliveryId" and p.driver_id = k."driverId" and p.kind = k.kind and p.acknowledged_at is null and p.closed_at is null
         returning p.delivery_id as "deliveryId", p.driver_id as "driverId", p.kind, p.resends = ${maxResends} as flagged`);
       return rows.filter((r) => r.flagged).map(({ deliveryId, driverId, kind }) => ({ deliveryId, driverId, kind }));
