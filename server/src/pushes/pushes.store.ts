@@ -24,17 +24,22 @@ export const PUSH_UPSERT_CONFLICT = `on conflict (delivery_id, driver_id, kind) 
 const OPEN = sql`acknowledged_at is null and closed_at is null`;
 
 /**
- * ACKNOWLEDGE_MANY: $1 [[deliveryId, driverId, kind], ...], sorted. Pushes are found by their
- * delivery ids through an array (a primary-key lookup; a join on the JSON set would hash the
- * whole table), then matched on the full key.
+ * ACKNOWLEDGE_MANY: $1 [[deliveryId, driverId, kind], ...], sorted. The deliveries are locked
+ * first, in id order, as every transition locks its delivery before it touches the delivery's
+ * pushes: locking the push first deadlocked against a cancel arriving with the acknowledgement,
+ * and PostgreSQL could abort the cancel. Pushes are found by their delivery ids through an array
+ * (a primary-key lookup; a join on the JSON set would hash the whole table), then matched on the
+ * full key.
  */
 const ACKNOWLEDGE_MANY = `
 with keys as materialized (
   select (e->>0)::uuid as delivery_id, (e->>1)::uuid as driver_id, e->>2 as kind from jsonb_array_elements($1::jsonb) as e
+), locked as materialized (
+  select d.id from deliveries d where d.id = any(array(select delivery_id from keys)) order by d.id for update
 ), acked as (
   update pushes p set acknowledged_at = now()
-  from keys k
-  where p.delivery_id = any(array(select delivery_id from keys))
+  from keys k join locked l on l.id = k.delivery_id
+  where p.delivery_id = any(array(select id from locked))
     and p.delivery_id = k.delivery_id and p.driver_id = k.driver_id and p.kind = k.kind
     and p.acknowledged_at is null and p.closed_at is null
   returning p.delivery_id, p.driver_id, p.kind, p.acknowledged_at
