@@ -26,7 +26,12 @@ export class HubError extends Error {
     message: string,
     readonly details?: unknown,
   ) {
+    // A HubError is an answer, not a bug: nobody reads its stack, and capturing one costs more
+    // than the rest of a refused ping (shed positions are refused by the thousand under overload).
+    const stackTraceLimit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(message);
+    Error.stackTraceLimit = stackTraceLimit;
     this.name = 'HubError';
   }
 
