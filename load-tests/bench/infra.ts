@@ -273,10 +273,16 @@ export function hubEnv(db: BenchDatabase, prefix: string, extra: Record<string, 
     ADMIN_TOKEN,
     JWT_SECRET,
     WEBHOOK_SECRET,
-    LOG_LEVEL: 'info',
+    LOG_LEVEL: process.env.XP_LOG_LEVEL ?? 'info',
     ...extra,
   };
 }
+
+/**
+ * The V8 flags `npm start` and the Docker image give the hub, given to every server the bench
+ * starts: the hub is measured as it runs, and the bare baselines get the same collector.
+ */
+const SERVER_NODE_FLAGS = ['--max-semi-space-size=64'];
 
 export async function spawnServer(kind: ServerKind, cleanup: Cleanup, opts: SpawnOptions): Promise<ServerProc> {
   const port = await freePort();
@@ -284,7 +290,8 @@ export async function spawnServer(kind: ServerKind, cleanup: Cleanup, opts: Spaw
   mkdirSync(opts.logDir, { recursive: true });
   const logPath = join(opts.logDir, `${opts.name}.log`);
   const logFd = openSync(logPath, 'a');
-  const execArgv = ['--import', 'tsx', '--import', pathToFileURL(here('./instrument.ts')).href, '--expose-gc'];
+  const execArgv = [...SERVER_NODE_FLAGS, '--import', 'tsx', '--import', pathToFileURL(here('./instrument.ts')).href, '--expose-gc'];
+  if (process.env.XP_HUB_FLAGS) execArgv.push(...process.env.XP_HUB_FLAGS.split(' '));
   if (opts.profileDir) {
     mkdirSync(opts.profileDir, { recursive: true });
     execArgv.push('--cpu-prof', '--cpu-prof-dir', opts.profileDir, '--cpu-prof-name', `${opts.name}-${Date.now()}.cpuprofile`);
