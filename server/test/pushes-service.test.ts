@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { HubEvents } from '../src/platform/hub-events.js';
 import { createLogger } from '../src/platform/logger.js';
 import { createMetrics } from '../src/platform/metrics.js';
-import { createPushService, isAcknowledgement, type PushStore, type PushTransport } from '../src/pushes/pushes.service.js';
+import { ACK_WINDOW_MS, createPushService, isAcknowledgement, type PushStore, type PushTransport } from '../src/pushes/pushes.service.js';
 import type { OpenPush, PushKey } from '../src/pushes/pushes.store.js';
 
 const DRIVER = '11111111-1111-4111-8111-111111111111';
@@ -73,7 +73,8 @@ function service(store: PushStore, maxResends = 3) {
 }
 
 /** Acknowledgements gather a few milliseconds before they are written together. */
-const settle = () => new Promise((r) => setTimeout(r, 20));
+// Long enough for the acknowledgement window to close and its batch to be written.
+const settle = () => new Promise((r) => setTimeout(r, ACK_WINDOW_MS + 20));
 
 describe('push re-sends', () => {
   it('when an app answers { ok: true }, then only that counts as an acknowledgement', () => {

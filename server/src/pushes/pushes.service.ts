@@ -53,7 +53,7 @@ const RECONNECT_WINDOW_MS = 2;
  * Acknowledgements gather this long to share one write: every assignment is answered, and nobody
  * waits on the record (the app has its answer; dispatchers see it a few milliseconds later).
  */
-const ACK_WINDOW_MS = 10;
+export const ACK_WINDOW_MS = 50;
 
 /** The app's acknowledgement: `{ ok: true }` by the contract's own schema, nothing else. */
 export function isAcknowledgement(reply: unknown): boolean {
