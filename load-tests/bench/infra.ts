@@ -273,7 +273,7 @@ export function hubEnv(db: BenchDatabase, prefix: string, extra: Record<string, 
     ADMIN_TOKEN,
     JWT_SECRET,
     WEBHOOK_SECRET,
-    LOG_LEVEL: process.env.XP_LOG_LEVEL ?? 'info',
+    LOG_LEVEL: 'info',
     ...extra,
   };
 }
@@ -291,7 +291,6 @@ export async function spawnServer(kind: ServerKind, cleanup: Cleanup, opts: Spaw
   const logPath = join(opts.logDir, `${opts.name}.log`);
   const logFd = openSync(logPath, 'a');
   const execArgv = [...SERVER_NODE_FLAGS, '--import', 'tsx', '--import', pathToFileURL(here('./instrument.ts')).href, '--expose-gc'];
-  if (process.env.XP_HUB_FLAGS) execArgv.push(...process.env.XP_HUB_FLAGS.split(' '));
   if (opts.profileDir) {
     mkdirSync(opts.profileDir, { recursive: true });
     execArgv.push('--cpu-prof', '--cpu-prof-dir', opts.profileDir, '--cpu-prof-name', `${opts.name}-${Date.now()}.cpuprofile`);
