@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -196,6 +197,54 @@ describe('dispatcher map page (headless Chromium)', () => {
       await eventually(async () => (await item.getAttribute('data-status')) === 'PICKED_UP', 'the delivery shown PICKED_UP');
       expect((await driver.emitAck('delivery:update', { deliveryId, status: 'DELIVERED' })).ok).toBe(true);
       await eventually(async () => (await item.getAttribute('data-status')) === 'DELIVERED', 'the delivery shown DELIVERED');
+      await eventually(async () => (await driverRow(page, driverId))?.status === 'AVAILABLE', 'the driver back to AVAILABLE');
+      expect(errors).toEqual([]);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it.skipIf(!hasChromium)('when a move written before a claim arrives after it, then the map keeps the driver BUSY and takes only the position', async () => {
+    // The page's socket goes through a pass-through proxy, so a `drivers:moved` batch can be
+    // delivered late on purpose: a fix written while the driver was AVAILABLE, leaving the hub's
+    // map tick after the claim's `driver:status` BUSY (the order two ticks can produce).
+    const page = await browser!.newPage();
+    let toPage: ((frame: string) => void) | null = null;
+    await page.routeWebSocket(/socket\.io/, (ws) => {
+      const server = ws.connectToServer();
+      toPage = (frame) => ws.send(frame);
+      server.onMessage((message) => ws.send(message));
+      ws.onMessage((message) => server.send(message));
+    });
+    const errors: string[] = [];
+    page.on('pageerror', (err) => errors.push(err.message));
+    await page.goto(`${hub.url}/map#token=${encodeURIComponent(dispatcherToken)}`);
+    try {
+      await eventually(() => page.evaluate(() => (window as any).hubMap?.connected === true), 'the page to connect');
+      const o = order({ pickup: { lat: centre.lat + 0.0001, lng: centre.lng + 0.0001 }, dropoff: { lat: centre.lat + 0.01, lng: centre.lng } });
+      const res = await postWebhook(hub, '/events/seller-order-ready', o);
+      expect(res.status).toBe(200);
+      const { deliveryId, driverId } = res.body;
+      await eventually(async () => (await driverRow(page, driverId))?.status === 'BUSY', 'the assigned driver shown BUSY');
+
+      const late = { id: driverId, lat: centre.lat + 0.0042, lng: centre.lng + 0.0042, status: 'AVAILABLE', ts: Date.now() - 100 };
+      toPage!(`42/dispatch,${JSON.stringify(['drivers:moved', [late]])}`);
+      const row = await eventually(async () => {
+        const r = await driverRow(page, driverId);
+        return r && close(r.lat, late.lat) ? r : undefined;
+      }, 'the late position shown');
+      expect(row.status).toBe('BUSY');
+      expect(await page.evaluate((id) => (window as any).hubMap.markers.get(id).options.color, driverId)).toBe('#f07c00');
+
+      // A driver the page has never seen still enters with the move's status.
+      const stranger = { id: randomUUID(), lat: centre.lat - 0.003, lng: centre.lng, status: 'AVAILABLE', ts: Date.now() };
+      toPage!(`42/dispatch,${JSON.stringify(['drivers:moved', [stranger]])}`);
+      await eventually(async () => (await driverRow(page, stranger.id))?.status === 'AVAILABLE', 'a new driver introduced by a move');
+
+      // The driver finishes the job, so the tests after this one find it AVAILABLE again.
+      const driver = drivers.find((d) => d.id === driverId)!;
+      expect((await driver.emitAck('delivery:update', { deliveryId, status: 'PICKED_UP' })).ok).toBe(true);
+      expect((await driver.emitAck('delivery:update', { deliveryId, status: 'DELIVERED' })).ok).toBe(true);
       await eventually(async () => (await driverRow(page, driverId))?.status === 'AVAILABLE', 'the driver back to AVAILABLE');
       expect(errors).toEqual([]);
     } finally {
