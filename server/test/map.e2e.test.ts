@@ -233,7 +233,7 @@ describe('dispatcher map page (headless Chromium)', () => {
         const r = await driverRow(page, driverId);
         return r && close(r.lat, late.lat) ? r : undefined;
       }, 'the late position shown');
-      expect(row.status).toBe('BUSY');
+      expect(row?.status).toBe('BUSY');
       expect(await page.evaluate((id) => (window as any).hubMap.markers.get(id).options.color, driverId)).toBe('#f07c00');
 
       // A driver the page has never seen still enters with the move's status.
