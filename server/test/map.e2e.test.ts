@@ -128,12 +128,22 @@ describe('dispatcher map page (headless Chromium)', () => {
     await db?.drop();
   });
 
-  async function openMap(token: string): Promise<{ page: Page; errors: string[] }> {
+  /** `beforeLoad` runs on the new page before it loads the map (to route its socket, say). */
+  async function openMap(token: string, beforeLoad?: (page: Page) => Promise<void>): Promise<{ page: Page; errors: string[] }> {
     const page = await browser!.newPage();
     const errors: string[] = [];
     page.on('pageerror', (err) => errors.push(err.message));
+    await beforeLoad?.(page);
     await page.goto(`${hub.url}/map#token=${encodeURIComponent(token)}`);
     return { page, errors };
+  }
+
+  /** An order whose pickup is next to the drivers: one of them is assigned. */
+  async function orderNearCentre() {
+    const o = order({ pickup: { lat: centre.lat + 0.0001, lng: centre.lng + 0.0001 }, dropoff: { lat: centre.lat + 0.01, lng: centre.lng } });
+    const res = await postWebhook(hub, '/events/seller-order-ready', o);
+    expect(res.status).toBe(200);
+    return { o, deliveryId: res.body.deliveryId as string, driverId: res.body.driverId as string };
   }
 
   it.skipIf(!hasChromium)('when simulated drivers move, then their markers move on the page', async () => {
@@ -182,10 +192,7 @@ describe('dispatcher map page (headless Chromium)', () => {
     const { page, errors } = await openMap(dispatcherToken);
     try {
       await eventually(() => page.evaluate(() => (window as any).hubMap?.connected === true), 'the page to connect');
-      const o = order({ pickup: { lat: centre.lat + 0.0001, lng: centre.lng + 0.0001 }, dropoff: { lat: centre.lat + 0.01, lng: centre.lng } });
-      const res = await postWebhook(hub, '/events/seller-order-ready', o);
-      expect(res.status).toBe(200);
-      const { deliveryId, driverId } = res.body;
+      const { o, deliveryId, driverId } = await orderNearCentre();
       const item = page.locator(`#deliveries li[data-delivery-id="${deliveryId}"]`);
       await eventually(async () => (await item.getAttribute('data-status')) === 'ASSIGNED', 'the delivery listed as ASSIGNED');
       expect(await item.textContent()).toContain(o.orderCode);
@@ -208,23 +215,18 @@ describe('dispatcher map page (headless Chromium)', () => {
     // The page's socket goes through a pass-through proxy, so a `drivers:moved` batch can be
     // delivered late on purpose: a fix written while the driver was AVAILABLE, leaving the hub's
     // map tick after the claim's `driver:status` BUSY (the order two ticks can produce).
-    const page = await browser!.newPage();
     let toPage: ((frame: string) => void) | null = null;
-    await page.routeWebSocket(/socket\.io/, (ws) => {
-      const server = ws.connectToServer();
-      toPage = (frame) => ws.send(frame);
-      server.onMessage((message) => ws.send(message));
-      ws.onMessage((message) => server.send(message));
-    });
-    const errors: string[] = [];
-    page.on('pageerror', (err) => errors.push(err.message));
-    await page.goto(`${hub.url}/map#token=${encodeURIComponent(dispatcherToken)}`);
+    const { page, errors } = await openMap(dispatcherToken, (p) =>
+      p.routeWebSocket(/socket\.io/, (ws) => {
+        const server = ws.connectToServer();
+        toPage = (frame) => ws.send(frame);
+        server.onMessage((message) => ws.send(message));
+        ws.onMessage((message) => server.send(message));
+      }),
+    );
     try {
       await eventually(() => page.evaluate(() => (window as any).hubMap?.connected === true), 'the page to connect');
-      const o = order({ pickup: { lat: centre.lat + 0.0001, lng: centre.lng + 0.0001 }, dropoff: { lat: centre.lat + 0.01, lng: centre.lng } });
-      const res = await postWebhook(hub, '/events/seller-order-ready', o);
-      expect(res.status).toBe(200);
-      const { deliveryId, driverId } = res.body;
+      const { deliveryId, driverId } = await orderNearCentre();
       await eventually(async () => (await driverRow(page, driverId))?.status === 'BUSY', 'the assigned driver shown BUSY');
 
       const late = { id: driverId, lat: centre.lat + 0.0042, lng: centre.lng + 0.0042, status: 'AVAILABLE', ts: Date.now() - 100 };
