@@ -49,5 +49,5 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
 # shutdown) with no npm or shell in between. Migrations: `node dist/server/src/platform/migrate-cli.js`
 # (the compose `migrate` job); several processes in one container: `node dist/server/src/cluster.js`.
 # --max-semi-space-size=64: a young generation big enough for the garbage of hundreds of requests
-# in flight; scavenges took a third as long in the assignment benchmark (docs/performance.md).
+# in flight; scavenges took a third to a half as long in the assignment benchmark (docs/performance.md).
 CMD ["node", "--max-semi-space-size=64", "dist/server/src/main.js"]

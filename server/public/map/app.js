@@ -976,7 +976,7 @@
       let watchedMoved = false;
       for (const m of moves) {
         // A move's status is what Redis said when the fix was written, up to a map tick before the
-        // batch leaves: a claim or release in that tick reaches the page first as \`driver:status\`,
+        // batch leaves: a claim or release in that tick reaches the page first as `driver:status`,
         // and the older status here must not undo it. It only introduces a driver the page lacks.
         const fields = { lat: m.lat, lng: m.lng, lastPingAt: m.ts + clockOffset, heading: m.heading, speed: m.speed };
         if (!drivers.has(m.id)) fields.status = m.status;

@@ -51,7 +51,7 @@ const RECONNECT_WINDOW_MS = 2;
 
 /**
  * Acknowledgements gather this long to share one write: every assignment is answered, and nobody
- * waits on the record (the app has its answer; dispatchers see it a few milliseconds later).
+ * waits on the record (the app has its answer; dispatchers see it within about a window).
  */
 export const ACK_WINDOW_MS = 50;
 
