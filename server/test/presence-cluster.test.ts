@@ -245,5 +245,10 @@ describe('presence on a three-master Redis Cluster (store level)', () => {
     expect(answers[3]).toBeGreaterThan(0);
     // Another key, likely on another shard, has its own budget.
     expect(await limits[1].consume('driverAction', 'driver-b')).toBeNull();
+    // A batch (keys on several shards cannot share one script) counts each key in the same budget.
+    const batch = await limits[0].consumeMany('driverAction', ['driver-a', 'driver-b', 'driver-c', 'driver-b']);
+    expect(batch[0]).toBeGreaterThan(0);
+    expect(batch.slice(1)).toEqual([null, null, null]);
+    expect(await limits[1].consume('driverAction', 'driver-b')).toBeGreaterThan(0);
   });
 });

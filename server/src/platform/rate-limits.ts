@@ -46,12 +46,48 @@ export interface RateLimits {
    * retry. A node-scoped rule answers synchronously (no promise on the per-ping path).
    */
   consume(name: RateLimitName, key: string): number | null | Promise<number | null>;
+  /**
+   * One point from each key's budget, answered in order like `consume`; a cluster-scoped rule on
+   * a single Redis counts them all in one script call (a reconnect storm's batch of handshakes
+   * costs one command, not one per driver). A key may appear more than once.
+   */
+  consumeMany(name: RateLimitName, keys: readonly string[]): Promise<(number | null)[]>;
 }
 
+/**
+ * rate-limiter-flexible's own counting step (a window that starts with its first point and
+ * expires with the key) for every key of KEYS, so a budget counted here and one counted by its
+ * `consume` are the same budget. ARGV: points per key, window seconds. Returns consumed, ms left
+ * for each key in turn.
+ */
+const CONSUME_MANY = `
+local points = tonumber(ARGV[1])
+local seconds = tonumber(ARGV[2])
+local out = {}
+for i = 1, #KEYS do
+  redis.call('set', KEYS[i], 0, 'EX', seconds, 'NX')
+  local consumed = redis.call('incrby', KEYS[i], points)
+  local ttl = redis.call('pttl', KEYS[i])
+  if ttl == -1 then
+    redis.call('expire', KEYS[i], seconds)
+    ttl = 1000 * seconds
+  end
+  out[#out + 1] = consumed
+  out[#out + 1] = ttl
+end
+return out`;
+
+const MAX_BLOCKED_KEYS = 10_000;
+
 interface Pair {
+  keyPrefix: string;
+  points: number;
+  seconds: number;
   memory: RateLimiterMemory;
   shared: RateLimiterRedis | null;
   local: WindowCounters | null;
+  /** Keys over their budget, until when: refused without asking Redis (as `inMemoryBlockOnConsumed` does for `shared`). */
+  blockedUntil: Map<string, number>;
 }
 
 /**
@@ -120,29 +156,72 @@ export function createRateLimits(opts: {
           insuranceLimiter: memory,
         })
       : null;
-    pairs[name] = { memory, shared, local: scope === 'node' ? new WindowCounters(points, seconds * 1000) : null };
+    pairs[name] = { keyPrefix, points, seconds, memory, shared, local: scope === 'node' ? new WindowCounters(points, seconds * 1000) : null, blockedUntil: new Map() };
   }
+  // Several keys in one script call need them on one server: a cluster counts key by key.
+  const single = opts.redis && !opts.redis.isCluster ? (opts.redis as Redis & { hubConsumeMany(...args: (string | number)[]): Promise<number[]> }) : null;
+  single?.defineCommand('hubConsumeMany', { lua: CONSUME_MANY });
 
   return {
     consume(name, key) {
       const { local } = pairs[name];
       return local ? local.consume(key) : consumeShared(name, key);
     },
+    consumeMany,
   };
+
+  async function consumeMany(name: RateLimitName, keys: readonly string[]): Promise<(number | null)[]> {
+    const pair = pairs[name];
+    const { local, shared } = pair;
+    if (local) return keys.map((key) => local.consume(key));
+    if (!shared || !single || opts.breaker?.state === 'open' || single.status !== 'ready') return Promise.all(keys.map((key) => consumeShared(name, key)));
+    const now = Date.now();
+    const answers: (number | null)[] = keys.map((key) => {
+      const until = pair.blockedUntil.get(key);
+      if (until === undefined) return null;
+      if (until > now) return until - now;
+      pair.blockedUntil.delete(key);
+      return null;
+    });
+    const asked = keys.flatMap((key, i) => (answers[i] === null ? [i] : []));
+    if (asked.length === 0) return answers;
+    let reply: number[];
+    try {
+      reply = await single.hubConsumeMany(asked.length, ...asked.map((i) => `${pair.keyPrefix}:${keys[i]}`), 1, pair.seconds);
+    } catch {
+      // Redis failed the call: this process's memory counts instead, as the insurance limiter does for one key.
+      return Promise.all(keys.map((key, i) => (answers[i] !== null ? answers[i] : consumeWith(pair.memory, key))));
+    }
+    asked.forEach((i, n) => {
+      const consumed = Number(reply[2 * n]);
+      const msLeft = Math.max(1, Number(reply[2 * n + 1]));
+      if (consumed >= pair.points) pair.blockedUntil.set(keys[i], Date.now() + msLeft);
+      answers[i] = consumed > pair.points ? msLeft : null;
+    });
+    if (pair.blockedUntil.size > MAX_BLOCKED_KEYS) {
+      for (const [key, until] of pair.blockedUntil) if (until <= Date.now()) pair.blockedUntil.delete(key);
+      // A cache only: Redis still counts every key.
+      if (pair.blockedUntil.size > MAX_BLOCKED_KEYS) pair.blockedUntil.clear();
+    }
+    return answers;
+  }
 
   async function consumeShared(name: RateLimitName, key: string): Promise<number | null> {
     const { memory, shared } = pairs[name];
     // With the circuit open Redis (on a cluster: the shard of this key) is known to be away: do not
     // wait for a command timeout per event.
     const breaker = opts.breakerFor?.(`${opts.prefix}rl:${name}:${key}`) ?? opts.breaker;
-    const limiter = shared && breaker?.state !== 'open' ? shared : memory;
-    try {
-      await limiter.consume(key);
-      return null;
-    } catch (err) {
-      if (err instanceof RateLimiterRes) return Math.max(1, Math.ceil(err.msBeforeNext));
-      // Only reachable if the memory limiter itself broke: a broken limiter must not lock drivers out.
-      return null;
-    }
+    return consumeWith(shared && breaker?.state !== 'open' ? shared : memory, key);
+  }
+}
+
+async function consumeWith(limiter: RateLimiterRedis | RateLimiterMemory, key: string): Promise<number | null> {
+  try {
+    await limiter.consume(key);
+    return null;
+  } catch (err) {
+    if (err instanceof RateLimiterRes) return Math.max(1, Math.ceil(err.msBeforeNext));
+    // Only reachable if the memory limiter itself broke: a broken limiter must not lock drivers out.
+    return null;
   }
 }

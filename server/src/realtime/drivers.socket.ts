@@ -27,7 +27,7 @@ interface DriversInterServer {
 /** How long a driver's newest connection seen in a takeover is remembered (see `newestSeen`). */
 const TAKEOVER_MEMORY_MS = 120_000;
 
-/** Handshakes gather this long at the door, so a reconnect storm's connect budgets cost one Redis round trip per batch. */
+/** Handshakes gather this long at the door, so a reconnect storm's connect budgets cost one Redis script call per batch. */
 const DOOR_WINDOW_MS = 2;
 
 export type DriversNamespace = Namespace<DriverClientEvents, DriverServerEvents, DriversInterServer, SocketData>;
@@ -158,14 +158,14 @@ export function attachDriversNamespace(
   /**
    * The door, for many handshakes at once, first: each driver's connect budget (per driver, not per
    * address: the newest connection wins anyway, so this only caps how often it may win), checked
-   * in Redis in one round trip for the batch, before any database work. Null: let through.
+   * in Redis by one script call for the batch (one per key on a cluster), before any database work. Null: let through.
    */
   const door = createBatchWindow({
     windowMs: DOOR_WINDOW_MS,
     maxWindowMs: BUSY_WINDOW_MS,
     maxBatch: HANDSHAKES_PER_BATCH,
     concurrency: 2,
-    run: (driverIds: string[]) => Promise.all(driverIds.map((driverId) => Promise.resolve(limits.consume('driverConnect', driverId)).catch(() => null))),
+    run: (driverIds: string[]) => limits.consumeMany('driverConnect', driverIds).catch(() => driverIds.map(() => null)),
   });
 
   /** Sessions written at the door for sockets not connected yet (null: a newer connection speaks for the driver). */
