@@ -32,6 +32,7 @@ function fakeStore(overrides: Partial<PresenceStore> = {}) {
     writeFixes: record('writeFixes', (fixes: Fix[]) => fixes.map((): DriverStatus => 'AVAILABLE')),
     tryRebuildLock: record('tryRebuildLock', () => true),
     setStatus: record('setStatus', () => undefined),
+    setStatuses: record('setStatuses', () => undefined),
     touch: record('touch', () => undefined),
     nearest: record('nearest', () => []),
     lookup: record('lookup', (ids: string[]) => ({ statuses: ids.map(() => null), inGeo: ids.map(() => false) })),
@@ -417,7 +418,7 @@ describe('driver sessions', () => {
     currentDeliveryId,
   });
 
-  function sessionsWith(drivers: Partial<Parameters<typeof createDriverSessions>[0]['drivers']>, store: Pick<PresenceStore, 'setStatus'> = fakeStore().store) {
+  function sessionsWith(drivers: Partial<Parameters<typeof createDriverSessions>[0]['drivers']>, store: Pick<PresenceStore, 'setStatus' | 'setStatuses'> = fakeStore().store) {
     const steps: string[] = [];
     const events = new HubEvents();
     events.on('driver:status', ({ status }) => steps.push(`event ${status}`));
@@ -484,7 +485,8 @@ describe('driver sessions', () => {
     const answers = await Promise.all([sessions.connect(DRIVER, '000000000000001.a', 0), sessions.connect(OTHER, '000000000000001.b', 0)]);
     expect(writes).toHaveLength(1);
     expect(answers.map((a) => a?.driverId)).toEqual([DRIVER, OTHER]);
-    expect(named('setStatus').map(([id]) => id)).toEqual([DRIVER, OTHER]);
+    expect(named('setStatuses')).toHaveLength(1);
+    expect((named('setStatuses')[0][0] as { id: string }[]).map(({ id }) => id)).toEqual([DRIVER, OTHER]);
   });
 
   it('when two connections of one driver arrive in one batch, then they share one statement and the older answers superseded', async () => {
@@ -533,7 +535,7 @@ describe('driver sessions', () => {
   });
 
   it('when a claim is made and Redis fails, then the failure is noted and the map still hears BUSY', async () => {
-    const { sessions, steps, failed } = sessionsWith({}, { setStatus: async () => Promise.reject(new Error('timeout')) });
+    const { sessions, steps, failed } = sessionsWith({}, { setStatus: async () => Promise.reject(new Error('timeout')), setStatuses: async () => Promise.reject(new Error('timeout')) });
     await sessions.claimed(DRIVER);
     expect(failed).toEqual(['claimed']);
     expect(steps).toEqual(['event BUSY']);

@@ -205,6 +205,28 @@ describe.each(HUB_MODES)('driver presence, $name', (mode) => {
     );
   });
 
+  it.runIf(mode.redis)('when a batch of status changes is written at once, then each driver ends as setStatus alone would leave it: only AVAILABLE ones with a position and a heartbeat are in GEO', async () => {
+    const prefix = `${hub.config.REDIS_PREFIX}batch:`;
+    const store = createPresenceStore({ redis, breaker: new CircuitBreaker(), prefix, heartbeatTtlSeconds: 30 });
+    const own = presenceKeys(prefix);
+    await store.setStatus('was-available', 'AVAILABLE', { position: BERLIN, heartbeat: 'refresh' });
+    await store.setStatuses([
+      { id: 'connects', status: 'AVAILABLE', position: { lat: 52.5, lng: 13.4 }, heartbeat: 'refresh' },
+      { id: 'no-position', status: 'AVAILABLE', heartbeat: 'refresh' },
+      { id: 'no-heartbeat', status: 'AVAILABLE', position: BERLIN },
+      { id: 'busy', status: 'BUSY', position: BERLIN, heartbeat: 'refresh' },
+      { id: 'was-available', status: 'OFFLINE', heartbeat: 'drop' },
+    ]);
+    expect(await redis.hgetall(own.status)).toEqual({ connects: 'AVAILABLE', 'no-position': 'AVAILABLE', 'no-heartbeat': 'AVAILABLE', busy: 'BUSY', 'was-available': 'OFFLINE' });
+    expect((await redis.zrange(own.geo, '0', '-1')).sort()).toEqual(['connects']);
+    const [[lng, lat]] = (await redis.geopos(own.geo, 'connects')) as [string, string][];
+    expect(Number(lat)).toBeCloseTo(52.5, 4);
+    expect(Number(lng)).toBeCloseTo(13.4, 4);
+    expect(await redis.exists(own.online('was-available'), own.online('no-heartbeat'))).toBe(0);
+    expect(await redis.pttl(own.online('connects'))).toBeGreaterThan(29_000);
+    await store.setStatuses([]);
+  });
+
   it.runIf(mode.redis)('when a driver pings several times a second, then its heartbeat key is rewritten every TTL/3 and not per ping, and it stays alive past the TTL', async () => {
     const driver = await onDutyDriver(hub, BERLIN, 'Chatty');
     try {

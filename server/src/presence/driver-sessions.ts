@@ -37,7 +37,7 @@ export interface DriverSessions {
 
 export interface DriverSessionsDeps {
   drivers: Pick<DriversStore, 'connectMany' | 'disconnect' | 'setDuty'>;
-  store: Pick<PresenceStore, 'setStatus'>;
+  store: Pick<PresenceStore, 'setStatus' | 'setStatuses'>;
   positions: Pick<PositionPipeline, 'flushToPostgres' | 'heartbeatChanged' | 'forget' | 'restartConfirmations'>;
   repair: Pick<RedisRepair, 'bestEffort'>;
   statuses: KnownStatuses;
@@ -81,8 +81,8 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
       statuses.set(row.id, row.status);
       positions.heartbeatChanged(row.id, heartbeat);
     }
-    // Issued together: the client sends them in one write and Redis answers them in one.
-    await Promise.all(rows.map((row) => repair.bestEffort('setStatus', () => store.setStatus(row.id, row.status, { position: positionOf(row), heartbeat }))));
+    // One script call for a batch of connects (on a cluster, one per driver, sent together).
+    await repair.bestEffort('setStatus', () => store.setStatuses(rows.map((row) => ({ id: row.id, status: row.status, position: positionOf(row), heartbeat }))));
     for (const row of rows) events.emit('driver:status', { driverId: row.id, status: row.status, position: positionOf(row) });
   }
 

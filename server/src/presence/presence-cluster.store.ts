@@ -525,6 +525,11 @@ export function createClusterPresenceStore(deps: ClusterPresenceDeps): ClusterPr
       await applyPlacements([parsePlacement(id, reply, position)]);
     },
 
+    async setStatuses(changes): Promise<void> {
+      // A driver's keys live in its bucket's slot: one script call per driver, sent together.
+      await allOrFirstError(changes.map(({ id, status, ...opts }) => store.setStatus(id, status, opts)));
+    },
+
     async touch(ids: readonly string[]): Promise<void> {
       if (ids.length === 0) return;
       await allOrFirstError(ids.map((id) => onShard(keys.online(id), () => cluster.set(keys.online(id), '1', 'EX', ttl))));

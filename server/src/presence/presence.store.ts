@@ -58,24 +58,30 @@ return table.concat(statuses)`;
 const STATUS_BY_INITIAL: Record<string, DriverStatus> = { A: 'AVAILABLE', B: 'BUSY', O: 'OFFLINE' };
 
 /**
- * Sets a driver's status; only an AVAILABLE driver with a live heartbeat and a known position
- * enters the GEO set. ARGV: id, status, ttlSeconds, heartbeat (refresh | keep | drop), [lng, lat].
+ * Sets drivers' statuses; only an AVAILABLE driver with a live heartbeat and a known position
+ * enters the GEO set. ARGV: ttlSeconds, then the changes as one JSON array of
+ * [id, status, heartbeat (refresh | keep | drop), lng?, lat?]: a batch of connects is one call.
  */
-const SET_STATUS = `
-local id = ARGV[1]
-local status = ARGV[2]
-redis.call('HSET', KEYS[2], id, status)
-if ARGV[4] == 'drop' then
-  redis.call('DEL', KEYS[3] .. id)
-elseif ARGV[4] == 'refresh' then
-  redis.call('SET', KEYS[3] .. id, '1', 'EX', tonumber(ARGV[3]))
+const SET_STATUSES = `
+local ttl = tonumber(ARGV[1])
+local changes = cjson.decode(ARGV[2])
+for i = 1, #changes do
+  local id = changes[i][1]
+  local status = changes[i][2]
+  local heartbeat = changes[i][3]
+  redis.call('HSET', KEYS[2], id, status)
+  if heartbeat == 'drop' then
+    redis.call('DEL', KEYS[3] .. id)
+  elseif heartbeat == 'refresh' then
+    redis.call('SET', KEYS[3] .. id, '1', 'EX', ttl)
+  end
+  if status == 'AVAILABLE' and changes[i][4] and redis.call('EXISTS', KEYS[3] .. id) == 1 then
+    redis.call('GEOADD', KEYS[1], changes[i][4], changes[i][5], id)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
 end
-if status == 'AVAILABLE' and ARGV[5] and redis.call('EXISTS', KEYS[3] .. id) == 1 then
-  redis.call('GEOADD', KEYS[1], ARGV[5], ARGV[6], id)
-else
-  redis.call('ZREM', KEYS[1], id)
-end
-return 1`;
+return #changes`;
 
 /**
  * GEO members whose heartbeat is gone leave the GEO set. One slice of the set per call, so Redis is
@@ -106,6 +112,16 @@ export interface Fix {
   lat: number;
   /** Refresh the heartbeat key with this fix (the caller spaces refreshes well inside the TTL). */
   beat?: boolean;
+}
+
+/** One driver's new status, and what it means for its heartbeat and GEO entry. */
+export interface StatusChange {
+  id: string;
+  status: DriverStatus;
+  /** Where an AVAILABLE driver enters the GEO set (it stays out without one). */
+  position?: { lat: number; lng: number } | null;
+  /** The heartbeat key: refreshed (a connect, a duty change), dropped (a disconnect), or left alone (default). */
+  heartbeat?: 'refresh' | 'keep' | 'drop';
 }
 
 export interface NearbyDriver {
@@ -140,7 +156,9 @@ export interface PresenceStore {
   writeFixes(fixes: readonly Fix[]): Promise<DriverStatus[]>;
   /** Only one node rebuilds at a time. */
   tryRebuildLock(ms: number): Promise<boolean>;
-  setStatus(id: string, status: DriverStatus, opts?: { position?: { lat: number; lng: number } | null; heartbeat?: 'refresh' | 'keep' | 'drop' }): Promise<void>;
+  setStatus(id: string, status: DriverStatus, opts?: Omit<StatusChange, 'id' | 'status'>): Promise<void>;
+  /** Many drivers' statuses at once, as `setStatus` each (one script call where the layout allows). */
+  setStatuses(changes: readonly StatusChange[]): Promise<void>;
   /** Refreshes heartbeats of connected drivers that are quiet (no pings). */
   touch(ids: readonly string[]): Promise<void>;
   nearest(point: { lat: number; lng: number }, radiusMeters: number, count: number): Promise<NearbyDriver[]>;
@@ -171,6 +189,7 @@ export function createNoopPresenceStore(): PresenceStore {
     writeFixes: async (fixes) => fixes.map(() => 'OFFLINE' as const),
     tryRebuildLock: async () => false,
     setStatus: async () => {},
+    setStatuses: async () => {},
     touch: async () => {},
     nearest: async () => [],
     lookup: async (ids) => ({ statuses: ids.map(() => null), inGeo: ids.map(() => false) }),
@@ -188,16 +207,22 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
   const keyArgs = [keys.geo, keys.status, keys.onlinePrefix];
 
   redis.defineCommand('hubWriteFixes', { numberOfKeys: 3, lua: WRITE_FIXES });
-  redis.defineCommand('hubSetStatus', { numberOfKeys: 3, lua: SET_STATUS });
+  redis.defineCommand('hubSetStatuses', { numberOfKeys: 3, lua: SET_STATUSES });
   redis.defineCommand('hubExpired', { numberOfKeys: 3, lua: EXPIRED });
   type Scripted = Redis & {
     hubWriteFixes(...args: (string | number)[]): Promise<string>;
-    hubSetStatus(...args: (string | number)[]): Promise<number>;
+    hubSetStatuses(...args: (string | number)[]): Promise<number>;
     hubExpired(...args: (string | number)[]): Promise<[number, string[]]>;
   };
   const scripted = redis as Scripted;
 
   const guarded = <T>(call: () => Promise<T>) => breaker.run(call);
+
+  async function setStatuses(changes: readonly StatusChange[]): Promise<void> {
+    if (changes.length === 0) return;
+    const packed = JSON.stringify(changes.map(({ id, status, position, heartbeat }) => (position ? [id, status, heartbeat ?? 'keep', position.lng, position.lat] : [id, status, heartbeat ?? 'keep'])));
+    await guarded(() => scripted.hubSetStatuses(...keyArgs, ttl, packed));
+  }
 
   return {
     keys,
@@ -232,15 +257,8 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
       return guarded(async () => (await redis.set(`${keys.built}:lock`, '1', 'PX', String(ms), 'NX')) === 'OK');
     },
 
-    async setStatus(
-      id: string,
-      status: DriverStatus,
-      opts: { position?: { lat: number; lng: number } | null; heartbeat?: 'refresh' | 'keep' | 'drop' } = {},
-    ): Promise<void> {
-      const args: (string | number)[] = [...keyArgs, id, status, ttl, opts.heartbeat ?? 'keep'];
-      if (opts.position) args.push(opts.position.lng, opts.position.lat);
-      await guarded(() => scripted.hubSetStatus(...args));
-    },
+    setStatus: (id, status, opts = {}) => setStatuses([{ id, status, ...opts }]),
+    setStatuses,
 
     /** Refreshes heartbeats of connected drivers that are quiet (no pings). */
     async touch(ids: readonly string[]): Promise<void> {
