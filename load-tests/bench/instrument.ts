@@ -87,7 +87,10 @@ function pgMessages(state: { skip: number }, buf: Buffer): void {
   state.skip = Math.max(0, i - buf.length);
 }
 
-/** Executions by statement (its text's first words), from Parse (name -> text), Bind (name) and Query messages. */
+/**
+ * Executions by statement (its text's first words), from Parse (name -> text), Bind (name) and Query
+ * messages; and Redis commands by name (`redis: GET`, `redis: EVALSHA 1a2b3c4d`).
+ */
 const pgByStatement: Record<string, number> = {};
 let countStatements = false;
 const statementText = new Map<string, string>();
@@ -122,11 +125,16 @@ function redisCommands(buf: Buffer): void {
     const items = Number(buf.toString('latin1', i + 1, eol));
     wire.redisCommands += 1;
     i = eol + 2;
+    let name = '';
     for (let k = 0; k < items && i < buf.length; k++) {
       const end = buf.indexOf(13, i);
       if (end < 0) return;
-      i = end + 2 + Number(buf.toString('latin1', i + 1, end)) + 2;
+      const length = Number(buf.toString('latin1', i + 1, end));
+      // The command, and for a script its hash's first characters (which script is told by the hub's own counts).
+      if (countStatements && k < 2) name += k === 0 ? buf.toString('latin1', end + 2, end + 2 + length).toUpperCase() : name === 'EVALSHA' ? ` ${buf.toString('latin1', end + 2, end + 2 + Math.min(8, length))}` : '';
+      i = end + 2 + length + 2;
     }
+    if (countStatements) pgByStatement[`redis: ${name}`] = (pgByStatement[`redis: ${name}`] ?? 0) + 1;
   }
 }
 

@@ -82,6 +82,7 @@ interface StormResult {
   };
   hubCounters?: Record<string, number>;
   statementsDuringStorm?: Record<string, number>;
+  statementsPerSecondCalm?: Record<string, number>;
   storesDuringStorm?: StoreSamples;
 }
 
@@ -313,10 +314,20 @@ async function runStorm(
       return sum;
     };
     const calmWire = await readWire();
+    const calmStatements = await readStatements();
     const calmProcs = sampleProcesses();
     const calmStartedAt = wallMs();
     ctx.log(`[${label}] calm: ${Math.round(initial.connected * o.pingHz)} pings/s${hubRun ? `, ${o.orderRate} orders/s on B and C` : ''} for ${o.calmSeconds} s`);
+    // What a survivor spends before it has a single driver (orders, what the loaded node shares).
+    const calmProfilePath = ctx.profileDir && hubRun ? join(ctx.profileDir, `${ctx.runId}-storm-${jitter}-b-calm.cpuprofile`) : null;
+    if (calmProfilePath) await b.rpc.call('profileStart', { intervalUs: 1000 });
     await sleep(o.calmSeconds * 1000);
+    if (calmProfilePath) {
+      await b.rpc.call('profileStop', { path: calmProfilePath });
+      const summary = summarizeProfile(readProfile(calmProfilePath), 30);
+      profiles[`storm-${jitter}-b-calm`] = summary;
+      ctx.log(`CPU profile of ${b.name} in the calm window written to ${calmProfilePath}\n${formatProfile(summary, 20)}`);
+    }
 
     await group.stormArm(jitter, survivors.map((s) => s.url), 30_000);
     await Promise.all(survivors.map((s) => s.reset()));
@@ -462,14 +473,18 @@ async function runStorm(
         }
       }
       result.hubCounters = counters;
-      // Which statements the survivors ran during the storm, most frequent first: what a handshake costs PostgreSQL.
-      result.statementsDuringStorm = Object.fromEntries(
-        Object.entries(endStatements)
-          .map(([k, v]) => [k, v - (killStatements[k] ?? 0)] as const)
-          .filter(([, n]) => n > 0)
-          .sort((a, b) => b[1] - a[1])
-          .slice(0, 15),
-      );
+      // Which statements and Redis commands the survivors sent, most frequent first: during the storm
+      // (what a handshake costs the stores), and per second in the calm window (what they cost with no driver).
+      const between = (from: Record<string, number>, to: Record<string, number>, per = 1) =>
+        Object.fromEntries(
+          Object.entries(to)
+            .map(([k, v]) => [k, Math.round((10 * (v - (from[k] ?? 0))) / per) / 10] as const)
+            .filter(([, n]) => n > 0)
+            .sort((a, b) => b[1] - a[1])
+            .slice(0, 20),
+        );
+      result.statementsDuringStorm = between(killStatements, endStatements);
+      if (o.statements) result.statementsPerSecondCalm = between(calmStatements, killStatements, calmSeconds);
       result.storesDuringStorm = stores ?? undefined;
       if (notAssignable && Object.keys(notAssignable).length > 0) (result as unknown as Record<string, unknown>).notAssignableAtEnd = notAssignable;
     }
