@@ -27,7 +27,7 @@ const GEO_WRITE_BEHIND_MS = 1000;
 /** A position flush running this long (usually tens of milliseconds) means the writes are behind. */
 const POSITION_FLUSH_BEHIND_MS = 5000;
 
-/** What a status change means for the driver's heartbeat key (the presence store's SET_STATUS). */
+/** What a status change means for the driver's heartbeat key (the presence store's SET_STATUSES). */
 export type HeartbeatChange = 'refresh' | 'keep' | 'drop';
 
 /** Statuses this node knows of (its own drivers); Redis's answer wins when it has one. */
