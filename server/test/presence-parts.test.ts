@@ -227,6 +227,19 @@ describe('position pipeline', () => {
     expect(pipeline.takeKeptAlive().postgres.size).toBe(0);
   });
 
+  it('when a connect wrote drivers\' heartbeats itself, then the heartbeat round leaves them alone in PostgreSQL, and in Redis only where the status write went through', async () => {
+    const { pipeline } = pipelineWith(fakeStore().store);
+    pipeline.heartbeatsWritten([DRIVER], Date.now());
+    pipeline.heartbeatsWritten([OTHER], null);
+    const kept = pipeline.takeKeptAlive();
+    expect(kept.postgres).toEqual(new Set([DRIVER, OTHER]));
+    expect(kept.redisFresh(DRIVER)).toBe(true);
+    expect(kept.redisFresh(OTHER)).toBe(false);
+    // Written long enough ago that the next round would come too late: the round writes it.
+    pipeline.heartbeatsWritten([OTHER], Date.now() - 2000);
+    expect(pipeline.takeKeptAlive().redisFresh(OTHER)).toBe(false);
+  });
+
   it('when fixes arrive but cannot be written, then the heartbeat round is told nobody was kept alive by them', async () => {
     const { pipeline, failFlushes } = pipelineWith(fakeStore({ writeFixes: async () => Promise.reject(new Error('timeout')) }).store);
     failFlushes(true);
@@ -423,12 +436,14 @@ describe('driver sessions', () => {
     const events = new HubEvents();
     events.on('driver:status', ({ status }) => steps.push(`event ${status}`));
     const failed: string[] = [];
+    const heardFrom: { ids: string[]; redis: boolean }[] = [];
     const sessions = createDriverSessions({
       drivers: { connectMany: async () => new Map(), disconnect: async () => null, setDuty: async () => null, ...drivers },
       store,
       positions: {
         flushToPostgres: async () => void steps.push('flush'),
         heartbeatChanged: (_id, change) => void steps.push(`heartbeat ${change}`),
+        heartbeatsWritten: (ids, redisSentAt) => void heardFrom.push({ ids: [...ids], redis: redisSentAt !== null }),
         forget: () => void steps.push('forget'),
         restartConfirmations: () => void steps.push('confirmations'),
       },
@@ -436,8 +451,10 @@ describe('driver sessions', () => {
         bestEffort: async (what, call) => {
           try {
             await call();
+            return true;
           } catch {
             failed.push(what);
+            return false;
           }
         },
       },
@@ -445,7 +462,7 @@ describe('driver sessions', () => {
       events,
       activeAssignments: async (ids) => new Map(ids.map((id) => [id, { deliveryId: 'd1' } as never])),
     });
-    return { sessions, steps, failed };
+    return { sessions, steps, failed, heardFrom };
   }
 
   const written = (row: HeldPresenceRow, tokenVersion = 0) => ({ tokenVersion, row });
@@ -487,6 +504,17 @@ describe('driver sessions', () => {
     expect(answers.map((a) => a?.driverId)).toEqual([DRIVER, OTHER]);
     expect(named('setStatuses')).toHaveLength(1);
     expect((named('setStatuses')[0][0] as { id: string }[]).map(({ id }) => id)).toEqual([DRIVER, OTHER]);
+  });
+
+  it('when a batch connects, then the heartbeat round is told both stores heard from its drivers; when the status write fails, PostgreSQL only', async () => {
+    const { sessions, heardFrom } = sessionsWith({ connectMany: judged({ [DRIVER]: 0, [OTHER]: 0 }) });
+    await Promise.all([sessions.connect(DRIVER, '000000000000001.a', 0), sessions.connect(OTHER, '000000000000001.b', 0)]);
+    expect(heardFrom).toEqual([{ ids: [DRIVER, OTHER], redis: true }]);
+    const failing = fakeStore({ setStatuses: async () => Promise.reject(new Error('timeout')) }).store;
+    const broken = sessionsWith({ connectMany: judged({ [DRIVER]: 0 }) }, failing);
+    await broken.sessions.connect(DRIVER, '000000000000002.a', 0);
+    expect(broken.heardFrom).toEqual([{ ids: [DRIVER], redis: false }]);
+    expect(broken.failed).toEqual(['setStatus']);
   });
 
   it('when two connections of one driver arrive in one batch, then they share one statement and the older answers superseded', async () => {

@@ -38,7 +38,7 @@ export interface DriverSessions {
 export interface DriverSessionsDeps {
   drivers: Pick<DriversStore, 'connectMany' | 'disconnect' | 'setDuty'>;
   store: Pick<PresenceStore, 'setStatus' | 'setStatuses'>;
-  positions: Pick<PositionPipeline, 'flushToPostgres' | 'heartbeatChanged' | 'forget' | 'restartConfirmations'>;
+  positions: Pick<PositionPipeline, 'flushToPostgres' | 'heartbeatChanged' | 'heartbeatsWritten' | 'forget' | 'restartConfirmations'>;
   repair: Pick<RedisRepair, 'bestEffort'>;
   statuses: KnownStatuses;
   events: HubEvents;
@@ -82,7 +82,10 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
       positions.heartbeatChanged(row.id, heartbeat);
     }
     // One script call for a batch of connects (on a cluster, one per driver, sent together).
-    await repair.bestEffort('setStatus', () => store.setStatuses(rows.map((row) => ({ id: row.id, status: row.status, position: positionOf(row), heartbeat }))));
+    const sentAt = Date.now();
+    const written = await repair.bestEffort('setStatus', () => store.setStatuses(rows.map((row) => ({ id: row.id, status: row.status, position: positionOf(row), heartbeat }))));
+    // A refresh follows a statement that heard from the drivers (a connect, a duty change).
+    if (heartbeat === 'refresh') positions.heartbeatsWritten(rows.map((row) => row.id), written ? sentAt : null);
     for (const row of rows) events.emit('driver:status', { driverId: row.id, status: row.status, position: positionOf(row) });
   }
 

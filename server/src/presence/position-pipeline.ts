@@ -53,6 +53,13 @@ export interface PositionPipeline {
   flushToPostgres(): Promise<void>;
   /** A status write changed the driver's heartbeat key: the next fix rewrites it (drop) or need not for a while (refresh). */
   heartbeatChanged(driverId: string, change: HeartbeatChange): void;
+  /**
+   * A connect or a duty change wrote these drivers' heartbeats itself: PostgreSQL's in its
+   * statement, Redis's in the status write sent at `redisSentAt` (null: that write failed). The
+   * next heartbeat round leaves them alone, as it leaves drivers whose fixes were written (a
+   * reconnect storm would otherwise write every returning driver's heartbeat twice).
+   */
+  heartbeatsWritten(driverIds: readonly string[], redisSentAt: number | null): void;
   /** No connection on this node speaks for the driver any more: its heartbeat and pending GEO write go. */
   forget(driverId: string): void;
   /** A new connection: it confirms only what it sends itself. */
@@ -262,6 +269,13 @@ export function createPositionPipeline(deps: PositionPipelineDeps): PositionPipe
         beatAt.delete(driverId);
         beatWrittenAt.delete(driverId);
       } else if (change === 'refresh') beatAt.set(driverId, Date.now());
+    },
+
+    heartbeatsWritten(driverIds, redisSentAt) {
+      for (const driverId of driverIds) {
+        flushedSinceTouch.add(driverId);
+        if (redisSentAt !== null) beatWrittenAt.set(driverId, Math.max(redisSentAt, beatWrittenAt.get(driverId) ?? 0));
+      }
     },
 
     forget(driverId) {

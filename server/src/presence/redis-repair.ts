@@ -20,8 +20,8 @@ export interface RedisRepair {
   redisHealthy(): boolean;
   /** A Redis write failed; PostgreSQL already holds the truth. */
   redisWriteFailed(what: string, err: unknown): void;
-  /** A Redis write that may fail without failing the caller. */
-  bestEffort(what: string, call: () => Promise<unknown>): Promise<void>;
+  /** A Redis write that may fail without failing the caller: true when it went through. */
+  bestEffort(what: string, call: () => Promise<unknown>): Promise<boolean>;
   /** Rebuilds Redis from PostgreSQL after it came back (possibly empty) or lost our keys. */
   repairRedis(): Promise<void>;
   reconcile(): Promise<void>;
@@ -68,11 +68,13 @@ export function createRedisRepair(deps: RedisRepairDeps): RedisRepair {
     log.debug({ what, err: (err as Error).message }, 'redis write skipped');
   }
 
-  async function bestEffort(what: string, call: () => Promise<unknown>): Promise<void> {
+  async function bestEffort(what: string, call: () => Promise<unknown>): Promise<boolean> {
     try {
       await call();
+      return true;
     } catch (err) {
       redisWriteFailed(what, err);
+      return false;
     }
   }
 
