@@ -130,8 +130,10 @@ function redisCommands(buf: Buffer): void {
       const end = buf.indexOf(13, i);
       if (end < 0) return;
       const length = Number(buf.toString('latin1', i + 1, end));
+      const value = () => buf.toString('latin1', end + 2, end + 2 + length);
       // The command, and for a script its hash's first characters (which script is told by the hub's own counts).
-      if (countStatements && k < 2) name += k === 0 ? buf.toString('latin1', end + 2, end + 2 + length).toUpperCase() : name === 'EVALSHA' ? ` ${buf.toString('latin1', end + 2, end + 2 + Math.min(8, length))}` : '';
+      if (countStatements && k === 0) name = value().toUpperCase();
+      else if (countStatements && k === 1 && name === 'EVALSHA') name += ` ${value().slice(0, 8)}`;
       i = end + 2 + length + 2;
     }
     if (countStatements) pgByStatement[`redis: ${name}`] = (pgByStatement[`redis: ${name}`] ?? 0) + 1;

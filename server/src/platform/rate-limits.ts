@@ -192,14 +192,15 @@ export function createRateLimits(opts: {
       // Redis failed the call: this process's memory counts instead, as the insurance limiter does for one key.
       return Promise.all(keys.map((key, i) => (answers[i] !== null ? answers[i] : consumeWith(pair.memory, key))));
     }
+    const answeredAt = Date.now();
     asked.forEach((i, n) => {
       const consumed = Number(reply[2 * n]);
       const msLeft = Math.max(1, Number(reply[2 * n + 1]));
-      if (consumed >= pair.points) pair.blockedUntil.set(keys[i], Date.now() + msLeft);
+      if (consumed >= pair.points) pair.blockedUntil.set(keys[i], answeredAt + msLeft);
       answers[i] = consumed > pair.points ? msLeft : null;
     });
     if (pair.blockedUntil.size > MAX_BLOCKED_KEYS) {
-      for (const [key, until] of pair.blockedUntil) if (until <= Date.now()) pair.blockedUntil.delete(key);
+      for (const [key, until] of pair.blockedUntil) if (until <= answeredAt) pair.blockedUntil.delete(key);
       // A cache only: Redis still counts every key.
       if (pair.blockedUntil.size > MAX_BLOCKED_KEYS) pair.blockedUntil.clear();
     }
