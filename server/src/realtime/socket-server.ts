@@ -123,7 +123,15 @@ export function createSocketServer(http: HttpServer, deps: SocketServerDeps): So
       return adapter;
     } as never);
   } else if (redis) {
-    const options: Partial<RedisAdapterOptions> = { key: `${config.REDIS_PREFIX}socket.io`, requestsTimeout: 3000 };
+    const options: Partial<RedisAdapterOptions> = {
+      key: `${config.REDIS_PREFIX}socket.io`,
+      requestsTimeout: 3000,
+      // A node's answers to a broadcast with acknowledgement (its client count, the app's ack) go to
+      // the asking node alone: on the shared response channel every node read and dropped every
+      // answer, N-1 wake-ups and decodes for nothing per remote push. Every node listens on both
+      // channels, so nodes of an older version mixed in during a rolling deploy still hear each other.
+      publishOnSpecificResponseChannel: true,
+    };
     // Socket.IO constructs the adapter with `new`, so a function, not an arrow.
     io.adapter(function quietAdapter(nsp: unknown) {
       return new QuietRedisAdapter(nsp, redis.publisher, redis.subscriber, options);
