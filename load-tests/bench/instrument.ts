@@ -95,24 +95,27 @@ const pgByStatement: Record<string, number> = {};
 let countStatements = false;
 const statementText = new Map<string, string>();
 const shortText = (text: string) => text.replace(/\s+/g, ' ').trim().slice(0, 90);
+// Helpers at module level, not closures per call: under tsx every closure is named at creation
+// (esbuild's keepNames), a cost the hub's measured CPU would carry per write.
+function cstringAt(buf: Buffer, from: number, end: number): { text: string; next: number } | null {
+  const zero = buf.indexOf(0, from);
+  return zero < 0 || zero > end ? null : { text: buf.toString('utf8', from, zero), next: zero + 1 };
+}
+
 function countStatement(type: number, buf: Buffer, start: number, end: number): void {
-  const cstring = (from: number) => {
-    const zero = buf.indexOf(0, from);
-    return zero < 0 || zero > end ? null : { text: buf.toString('utf8', from, zero), next: zero + 1 };
-  };
   if (type === 0x50 /* Parse */) {
-    const name = cstring(start);
-    const query = name && cstring(name.next);
+    const name = cstringAt(buf, start, end);
+    const query = name && cstringAt(buf, name.next, end);
     if (name && query) statementText.set(name.text, shortText(query.text));
   } else if (type === 0x42 /* Bind */) {
-    const portal = cstring(start);
-    const name = portal && cstring(portal.next);
+    const portal = cstringAt(buf, start, end);
+    const name = portal && cstringAt(buf, portal.next, end);
     if (name) {
       const text = statementText.get(name.text) ?? `(statement ${name.text})`;
       pgByStatement[text] = (pgByStatement[text] ?? 0) + 1;
     }
   } else if (type === 0x51 /* Query */) {
-    const query = cstring(start);
+    const query = cstringAt(buf, start, end);
     if (query) pgByStatement[shortText(query.text)] = (pgByStatement[shortText(query.text)] ?? 0) + 1;
   }
 }
@@ -130,10 +133,9 @@ function redisCommands(buf: Buffer): void {
       const end = buf.indexOf(13, i);
       if (end < 0) return;
       const length = Number(buf.toString('latin1', i + 1, end));
-      const value = () => buf.toString('latin1', end + 2, end + 2 + length);
       // The command, and for a script its hash's first characters (which script is told by the hub's own counts).
-      if (countStatements && k === 0) name = value().toUpperCase();
-      else if (countStatements && k === 1 && name === 'EVALSHA') name += ` ${value().slice(0, 8)}`;
+      if (countStatements && k === 0) name = buf.toString('latin1', end + 2, end + 2 + length).toUpperCase();
+      else if (countStatements && k === 1 && name === 'EVALSHA') name += ` ${buf.toString('latin1', end + 2, end + 2 + Math.min(length, 8))}`;
       i = end + 2 + length + 2;
     }
     if (countStatements) pgByStatement[`redis: ${name}`] = (pgByStatement[`redis: ${name}`] ?? 0) + 1;
