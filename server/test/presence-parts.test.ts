@@ -31,6 +31,7 @@ function fakeStore(overrides: Partial<PresenceStore> = {}) {
     connected: true,
     writeFixes: record('writeFixes', (fixes: Fix[]) => fixes.map((): DriverStatus => 'AVAILABLE')),
     tryRebuildLock: record('tryRebuildLock', () => true),
+    tryReconcileTurn: record('tryReconcileTurn', () => true),
     setStatus: record('setStatus', () => undefined),
     setStatuses: record('setStatuses', () => undefined),
     touch: record('touch', () => undefined),

@@ -26,6 +26,7 @@ export function createMetrics(nodeId: string) {
     driversSwept: new Counter({ name: 'hub_drivers_swept_total', help: 'Drivers taken offline by heartbeat expiry', registers: [registry] }),
     redisUp: new Gauge({ name: 'hub_redis_up', help: '1 when Redis is reachable', registers: [registry] }),
     redisRebuilds: new Counter({ name: 'hub_redis_rebuilds_total', help: 'Redis presence rebuilds from PostgreSQL', registers: [registry] }),
+    presenceReconciles: new Counter({ name: 'hub_presence_reconciles_total', help: 'Reconcile passes of Redis presence against PostgreSQL run by this node', registers: [registry] }),
     outboxSent: new Counter({ name: 'hub_outbox_sent_total', help: 'Status events delivered to Vendure', registers: [registry] }),
     outboxFailures: new Counter({ name: 'hub_outbox_failures_total', help: 'Failed status event attempts', registers: [registry] }),
     outboxDead: new Counter({ name: 'hub_outbox_dead_total', help: 'Status events given up on', registers: [registry] }),

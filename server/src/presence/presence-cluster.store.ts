@@ -55,6 +55,7 @@ export interface ClusterPresenceKeys {
   cellOfGeoKey(key: string): CellId;
   marker(n: number): string;
   rebuildLock: string;
+  reconcileTurn: string;
 }
 
 /** FNV-1a: a stable, even spread of driver ids over the buckets. */
@@ -90,6 +91,7 @@ export function clusterPresenceKeys(prefix: string, buckets = DRIVER_BUCKETS): C
     cellOfGeoKey: (key) => key.slice(cellTagStart.length, key.length - '}:geo'.length),
     marker: (n) => `${prefix}{m:${n}}:built`,
     rebuildLock: `${prefix}presence:built:lock`,
+    reconcileTurn: `${prefix}presence:reconcile:turn`,
   };
 }
 
@@ -514,6 +516,10 @@ export function createClusterPresenceStore(deps: ClusterPresenceDeps): ClusterPr
 
     async tryRebuildLock(ms: number): Promise<boolean> {
       return onShard(keys.rebuildLock, async () => (await cluster.set(keys.rebuildLock, '1', 'PX', String(ms), 'NX')) === 'OK');
+    },
+
+    async tryReconcileTurn(ms: number): Promise<boolean> {
+      return onShard(keys.reconcileTurn, async () => (await cluster.set(keys.reconcileTurn, '1', 'PX', String(ms), 'NX')) === 'OK');
     },
 
     async setStatus(id, status, opts = {}): Promise<void> {

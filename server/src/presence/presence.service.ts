@@ -116,8 +116,9 @@ export function createPresenceService(deps: PresenceDeps): PresenceService {
       every(Math.max(200, ttlMs / 3), repair.sweep, 'sweep');
       every(1000, repair.repairRedis, 'repair');
       // The full comparison reads every live driver from both stores: a safety net, not the main
-      // path (a failed write asks for a reconcile on the next repair round by itself).
-      every(config.reconcileMs, repair.reconcile, 'reconcile');
+      // path (a failed write asks for a reconcile on the next repair round by itself). It covers
+      // the whole fleet, so one node per period runs it.
+      every(config.reconcileMs, () => repair.reconcileInTurn(config.reconcileMs), 'reconcile');
       if (store.available) repair.repairRedis().catch(() => {});
     },
 

@@ -10,6 +10,7 @@ import { type CircuitBreaker, RedisUnavailableError } from '../platform/redis.js
  *   drivers:status          hash driverId -> AVAILABLE | BUSY | OFFLINE
  *   driver:online:{id}      heartbeat string with a TTL
  *   presence:built          marker set by a rebuild; its absence means Redis lost our picture
+ *   presence:reconcile:turn the node that runs this period's reconcile pass
  */
 export interface PresenceKeys {
   geo: string;
@@ -18,6 +19,7 @@ export interface PresenceKeys {
   /** A driver's heartbeat key. */
   online(driverId: string): string;
   built: string;
+  reconcileTurn: string;
 }
 
 export function presenceKeys(prefix: string): PresenceKeys {
@@ -28,6 +30,7 @@ export function presenceKeys(prefix: string): PresenceKeys {
     onlinePrefix,
     online: (driverId) => `${onlinePrefix}${driverId}`,
     built: `${prefix}presence:built`,
+    reconcileTurn: `${prefix}presence:reconcile:turn`,
   };
 }
 
@@ -156,6 +159,11 @@ export interface PresenceStore {
   writeFixes(fixes: readonly Fix[]): Promise<DriverStatus[]>;
   /** Only one node rebuilds at a time. */
   tryRebuildLock(ms: number): Promise<boolean>;
+  /**
+   * True when this node takes the periodic reconcile for the next `ms`: the pass compares the whole
+   * fleet, so one node per period does it for all.
+   */
+  tryReconcileTurn(ms: number): Promise<boolean>;
   setStatus(id: string, status: DriverStatus, opts?: Omit<StatusChange, 'id' | 'status'>): Promise<void>;
   /** Many drivers' statuses at once, as `setStatus` each (one script call where the layout allows). */
   setStatuses(changes: readonly StatusChange[]): Promise<void>;
@@ -188,6 +196,7 @@ export function createNoopPresenceStore(): PresenceStore {
     connected: false,
     writeFixes: async (fixes) => fixes.map(() => 'OFFLINE' as const),
     tryRebuildLock: async () => false,
+    tryReconcileTurn: async () => false,
     setStatus: async () => {},
     setStatuses: async () => {},
     touch: async () => {},
@@ -255,6 +264,10 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
     /** Only one node rebuilds at a time. */
     async tryRebuildLock(ms: number): Promise<boolean> {
       return guarded(async () => (await redis.set(`${keys.built}:lock`, '1', 'PX', String(ms), 'NX')) === 'OK');
+    },
+
+    async tryReconcileTurn(ms: number): Promise<boolean> {
+      return guarded(async () => (await redis.set(keys.reconcileTurn, '1', 'PX', String(ms), 'NX')) === 'OK');
     },
 
     setStatus: (id, status, opts = {}) => setStatuses([{ id, status, ...opts }]),

@@ -25,6 +25,11 @@ export interface RedisRepair {
   /** Rebuilds Redis from PostgreSQL after it came back (possibly empty) or lost our keys. */
   repairRedis(): Promise<void>;
   reconcile(): Promise<void>;
+  /**
+   * The periodic reconcile, every `periodMs` on every node: the node that takes the period's turn
+   * runs it for the whole deployment, the others skip it.
+   */
+  reconcileInTurn(periodMs: number): Promise<void>;
   /** Takes drivers whose heartbeat went silent OFFLINE, and expired GEO members out of the set. */
   sweep(): Promise<void>;
   /** Refreshes the heartbeats of this node's connected drivers that no position write refreshed since the last round. */
@@ -36,7 +41,7 @@ export interface RedisRepairDeps {
   store: PresenceStore;
   events: HubEvents;
   logger: Logger;
-  metrics: Pick<Metrics, 'driversSwept' | 'redisRebuilds'>;
+  metrics: Pick<Metrics, 'driversSwept' | 'redisRebuilds' | 'presenceReconciles'>;
   config: { heartbeatTtlSeconds: number };
   /** Drivers whose socket lives on this node. */
   localDrivers(): Iterable<string>;
@@ -111,6 +116,7 @@ export function createRedisRepair(deps: RedisRepairDeps): RedisRepair {
    */
   async function reconcile(): Promise<void> {
     if (!redisUsable()) return;
+    metrics.presenceReconciles.inc();
     // Walked a page at a time, with a round trip between pages: at tens of thousands of drivers a
     // single read of everything blocked the event loop for hundreds of milliseconds.
     /** Drivers that look wrong, with the PostgreSQL status they had when they were looked at. */
@@ -158,6 +164,14 @@ export function createRedisRepair(deps: RedisRepairDeps): RedisRepair {
       }
     }
     log.info({ fixed: suspects.size }, 'redis presence reconciled with postgres');
+  }
+
+  async function reconcileInTurn(periodMs: number): Promise<void> {
+    if (!redisUsable()) return;
+    // The turn lapses before the period ends, so whichever node asks first in the next period
+    // takes it: a pass per period at most, and a node that died holding the turn misses one.
+    if (!(await store.tryReconcileTurn(Math.max(1, Math.floor(periodMs * 0.8))))) return;
+    await reconcile();
   }
 
   function redisRestored(): void {
@@ -210,6 +224,7 @@ export function createRedisRepair(deps: RedisRepairDeps): RedisRepair {
     bestEffort,
     repairRedis,
     reconcile,
+    reconcileInTurn,
     sweep,
     keepLocalAlive,
   };

@@ -1,0 +1,56 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { presenceKeys } from '../src/presence/presence.store.js';
+import { createTestDatabase, hasSharedPostgres, onDutyDriver, redisFor, startCluster, type TestDatabase, type TestHub } from './support/hub.js';
+import { eventually } from './support/net.js';
+
+const PERIOD_MS = 500;
+const PLACE = { lat: 59.3293, lng: 18.0686 };
+
+async function reconciles(hub: TestHub): Promise<number> {
+  const text = await (await fetch(`${hub.url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('hub_presence_reconciles_total'));
+  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+}
+
+const total = async (hubs: TestHub[]) => (await Promise.all(hubs.map(reconciles))).reduce((a, b) => a + b, 0);
+
+describe.skipIf(!hasSharedPostgres())('the periodic reconcile across nodes', () => {
+  let db: TestDatabase;
+  let hubs: TestHub[];
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    hubs = await startCluster(db, 3, { RECONCILE_MS: String(PERIOD_MS) });
+  });
+  afterAll(async () => {
+    await Promise.all(hubs?.map((h) => h.stop()) ?? []);
+    await db?.drop();
+  });
+
+  it('when three nodes run, then one of them reconciles each period for all, and drift is still put right', async () => {
+    const driver = await onDutyDriver(hubs[1], PLACE, 'Drifting');
+    const direct = redisFor(hubs[0]);
+    try {
+      const keys = presenceKeys(hubs[0].config.REDIS_PREFIX);
+      // A Redis that lost a free driver: a reconcile pass, whichever node runs it, puts it back.
+      await direct.zrem(keys.geo, driver.id);
+      await direct.hdel(keys.status, driver.id);
+      await eventually(async () => (await direct.geopos(keys.geo, driver.id))[0] !== null, 'the driver back in GEO', 10_000);
+      expect(await direct.hget(keys.status, driver.id)).toBe('AVAILABLE');
+
+      const before = await total(hubs);
+      const started = performance.now();
+      await new Promise((r) => setTimeout(r, PERIOD_MS * 10));
+      const passes = (await total(hubs)) - before;
+      const periods = (performance.now() - started) / PERIOD_MS;
+      // Each node on its own would run one pass per period (three per period here); a turn lapses
+      // after 80 % of the period, so at most one pass per 0.8 of a period, plus the one running.
+      expect(passes).toBeGreaterThan(0);
+      expect(passes).toBeLessThanOrEqual(Math.ceil(periods / 0.8) + 1);
+      expect(passes).toBeLessThan(periods * 3 * 0.6);
+    } finally {
+      driver.close();
+      direct.disconnect();
+    }
+  });
+});
