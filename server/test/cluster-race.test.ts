@@ -1,23 +1,14 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { api, hasSharedPostgres, connectDriver, createDriver, createTestDatabase, order, postWebhook, startCluster, type TestDatabase, type TestHub } from './support/hub.js';
+import { describe, expect, it } from 'vitest';
+import { api, hasSharedPostgres, connectDriver, createDriver, order, postWebhook, useCluster } from './support/hub.js';
 import { eventually } from './support/net.js';
 
 const PLACE = { lat: 48.137, lng: 11.575 };
 
 describe.skipIf(!hasSharedPostgres())('many orders racing for few drivers across three hubs', () => {
-  let db: TestDatabase;
-  let hubs: TestHub[];
-
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    hubs = await startCluster(db, 3);
-  });
-  afterAll(async () => {
-    await Promise.all(hubs?.map((h) => h.stop()) ?? []);
-    await db?.drop();
-  });
+  const cluster = useCluster(3);
 
   it('when 40 orders hit 3 nodes at once for 6 drivers, then no driver has two deliveries, no order two drivers, and each is ASSIGNED or PENDING', async () => {
+    const { hubs } = cluster;
     const drivers = [];
     for (let i = 0; i < 6; i++) {
       const hub = hubs[i % 3];

@@ -1,6 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { presenceKeys } from '../src/presence/presence.store.js';
-import { createTestDatabase, hasSharedPostgres, onDutyDriver, redisFor, startCluster, type TestDatabase, type TestHub } from './support/hub.js';
+import { hasSharedPostgres, onDutyDriver, redisFor, type TestHub, useCluster } from './support/hub.js';
 import { eventually } from './support/net.js';
 
 const PERIOD_MS = 500;
@@ -15,19 +15,10 @@ async function reconciles(hub: TestHub): Promise<number> {
 const total = async (hubs: TestHub[]) => (await Promise.all(hubs.map(reconciles))).reduce((a, b) => a + b, 0);
 
 describe.skipIf(!hasSharedPostgres())('the periodic reconcile across nodes', () => {
-  let db: TestDatabase;
-  let hubs: TestHub[];
-
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    hubs = await startCluster(db, 3, { RECONCILE_MS: String(PERIOD_MS) });
-  });
-  afterAll(async () => {
-    await Promise.all(hubs?.map((h) => h.stop()) ?? []);
-    await db?.drop();
-  });
+  const cluster = useCluster(3, { RECONCILE_MS: String(PERIOD_MS) });
 
   it('when three nodes run, then one of them reconciles each period for all, and drift is still put right', async () => {
+    const { hubs } = cluster;
     const driver = await onDutyDriver(hubs[1], PLACE, 'Drifting');
     const direct = redisFor(hubs[0]);
     try {

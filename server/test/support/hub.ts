@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import postgres from 'postgres';
 import { type Socket, io as connect } from 'socket.io-client';
-import { inject } from 'vitest';
+import { afterAll, beforeAll, inject } from 'vitest';
 import type { AckReply } from '#shared/errors.js';
 import type { DriverSession } from '#shared/events.js';
 import { createDriverClient, type DriverClient as DriverApp, socketIoConnector } from '#shared/driver-client/index.js';
@@ -111,6 +111,31 @@ export async function startCluster(db: TestDatabase, count: number, env: Record<
     hubs.push(await startTestHub(testConfig(db, { REDIS_PREFIX: prefix, NODE_ID: `node-${i}`, ...env }), opts));
   }
   return hubs;
+}
+
+/**
+ * A database of its own and `count` hubs sharing a Redis prefix, started before the enclosing
+ * describe's tests and stopped after them; read `hubs` and `db` inside the tests.
+ */
+export function useCluster(count: number, env: Record<string, string | undefined> = {}): { readonly hubs: TestHub[]; readonly db: TestDatabase } {
+  const state: { hubs: TestHub[]; db: TestDatabase | null } = { hubs: [], db: null };
+  beforeAll(async () => {
+    state.db = await createTestDatabase();
+    state.hubs = await startCluster(state.db, count, env);
+  });
+  afterAll(async () => {
+    await Promise.all(state.hubs.map((h) => h.stop()));
+    await state.db?.drop();
+  });
+  return {
+    get hubs() {
+      return state.hubs;
+    },
+    get db() {
+      if (!state.db) throw new Error('the cluster starts in beforeAll');
+      return state.db;
+    },
+  };
 }
 
 export async function api<T = any>(
