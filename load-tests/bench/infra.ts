@@ -250,13 +250,13 @@ export interface SpawnOptions {
 }
 
 /** Sums a metric's samples in Prometheus text, optionally only those whose labels contain `labelFilter`. */
-export function metricValue(text: string, name: string, labelFilter?: string): number {
+export function metricValue(text: string, name: string, ...labelFilters: string[]): number {
   let total = 0;
   for (const line of text.split('\n')) {
     if (!line.startsWith(name)) continue;
     const rest = line.slice(name.length);
     if (rest[0] !== '{' && rest[0] !== ' ') continue;
-    if (labelFilter && !rest.includes(labelFilter)) continue;
+    if (!labelFilters.every((filter) => rest.includes(filter))) continue;
     const value = Number(line.slice(line.lastIndexOf(' ') + 1));
     if (Number.isFinite(value)) total += value;
   }

@@ -14,7 +14,7 @@ import type { Database } from './platform/db.js';
 import { createAuthGate, createAuthThrottle } from './platform/auth-throttle.js';
 import { createClientAddress } from './platform/client-address.js';
 import { toHubError } from './platform/errors.js';
-import { bodyLimit, createMethodGuard } from './platform/http-edge.js';
+import { bodyLimit, createMethodGuard, requestTimer } from './platform/http-edge.js';
 import { createLogThrottle } from './platform/log-throttle.js';
 import { createRateLimits, type RateLimitRules } from './platform/rate-limits.js';
 import { requireRole } from './platform/require-role.js';
@@ -100,6 +100,7 @@ export function createApp(deps: AppDeps): HubApp {
   });
   /** A throttled address's flood of refusals is one log line per window, not one per request (HTTP and handshakes alike). */
   const throttledLog = createLogThrottle();
+  hono.use('*', requestTimer((labels, seconds) => metrics.httpRequestSeconds.observe(labels, seconds)));
   hono.use('*', requestId());
   hono.use('*', bodyLimit(config.MAX_BODY_BYTES));
   hono.use('*', methods.options);

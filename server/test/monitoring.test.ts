@@ -3,7 +3,8 @@ import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase, type TestHub, startTestHub, testConfig } from './support/hub.js';
+import { randomUUID } from 'node:crypto';
+import { api, createTestDatabase, type TestDatabase, type TestHub, startTestHub, testConfig } from './support/hub.js';
 
 const RULES = 'deploy/prometheus/alerts.yml';
 const DASHBOARD = 'deploy/grafana/dashboards/dispatch-hub.json';
@@ -91,6 +92,18 @@ describe('monitoring: Prometheus alert rules and the Grafana dashboard', () => {
     expect(text).toMatch(/^hub_outbox_pending\{node="[^"]+"\} 0$/m);
     expect(text).toMatch(/^hub_outbox_oldest_pending_seconds\{node="[^"]+"\} 0$/m);
     expect(text).toMatch(/^hub_redis_breaker_open\{node="[^"]+"\} 0$/m);
+  });
+
+  it('when requests are answered, then hub_http_request_seconds counts each by route pattern, method and status, never by path', async () => {
+    const id = randomUUID();
+    expect((await api(hub, 'GET', `/admin/deliveries/${id}`)).status).toBe(404);
+    expect((await api(hub, 'GET', `/admin/deliveries/${randomUUID()}`)).status).toBe(404);
+    expect((await api(hub, 'GET', '/admin/deliveries', undefined, null)).status).toBe(401);
+    const text = await (await fetch(`${hub.url}/metrics`)).text();
+    const count = (labels: string) => text.split('\n').find((l) => l.startsWith('hub_http_request_seconds_count{') && l.includes(labels));
+    expect(count('route="/admin/deliveries/:id",method="GET",status="404"')).toMatch(/ 2$/);
+    expect(count('route="/admin/deliveries",method="GET",status="401"')).toMatch(/ 1$/);
+    expect(text).not.toContain(id);
   });
 
   it.skipIf(!hasPromtool)('when promtool loads the rules and the Prometheus config, then both are valid', async () => {

@@ -467,6 +467,12 @@ async function runStorm(
         counters.webhookHubSecondsSum = (counters.webhookHubSecondsSum ?? 0) + metricValue(text, 'hub_assignment_seconds_sum');
         counters.webhookHubCount = (counters.webhookHubCount ?? 0) + metricValue(text, 'hub_assignment_seconds_count');
         counters.webhookHubOver1s = (counters.webhookHubOver1s ?? 0) + metricValue(text, 'hub_assignment_seconds_count') - metricValue(text, 'hub_assignment_seconds_bucket', 'le="1"');
+        // The same webhooks from the moment the hub read each request (body, signature, dispatch, answer):
+        // what the bench saw beyond this waited before the hub read the request.
+        const route = 'route="/events/seller-order-ready"';
+        counters.webhookHttpSecondsSum = (counters.webhookHttpSecondsSum ?? 0) + metricValue(text, 'hub_http_request_seconds_sum', route);
+        counters.webhookHttpCount = (counters.webhookHttpCount ?? 0) + metricValue(text, 'hub_http_request_seconds_count', route);
+        counters.webhookHttpOver250ms = (counters.webhookHttpOver250ms ?? 0) + metricValue(text, 'hub_http_request_seconds_count', route) - metricValue(text, 'hub_http_request_seconds_bucket', route, 'le="0.25"');
         for (const stage of ['auth', 'door', 'session']) {
           counters[`${stage}SecondsSum`] = (counters[`${stage}SecondsSum`] ?? 0) + metricValue(text, 'hub_handshake_seconds_sum', `stage="${stage}"`);
           counters[`${stage}Count`] = (counters[`${stage}Count`] ?? 0) + metricValue(text, 'hub_handshake_seconds_count', `stage="${stage}"`);

@@ -34,6 +34,22 @@ export async function readCapped(body: ReadableStream<Uint8Array>, maxBytes: num
 }
 
 /**
+ * Times every request from the moment the hub reads it to its answer, labelled by the route
+ * pattern (not the path, which carries ids). Against what a client measures, the difference is
+ * time spent before the hub read the request: the accept queue and a busy event loop.
+ */
+export function requestTimer(observe: (labels: { route: string; method: string; status: string }, seconds: number) => void): MiddlewareHandler {
+  return async (c, next) => {
+    const started = performance.now();
+    try {
+      await next();
+    } finally {
+      observe({ route: c.req.routePath, method: c.req.method, status: String(c.res.status) }, (performance.now() - started) / 1000);
+    }
+  };
+}
+
+/**
  * Bodies larger than `maxBytes` get 413 before any route reads them. A declared Content-Length is
  * checked as is (Node reads no more than it says); a body without one (chunked, or none at all on
  * OPTIONS or DELETE) is read here with the same cap and handed on as a plain Request.

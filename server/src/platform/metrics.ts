@@ -22,6 +22,13 @@ export function createMetrics(nodeId: string) {
     }),
     offers: new Counter({ name: 'hub_offers_total', help: 'Offers (DISPATCH_MODE=offer) by outcome: made, accepted, declined, expired', labelNames: ['outcome'], registers: [registry] }),
     assignmentSeconds: new Histogram({ name: 'hub_assignment_seconds', help: 'Webhook assignment latency', buckets: [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers: [registry] }),
+    httpRequestSeconds: new Histogram({
+      name: 'hub_http_request_seconds',
+      help: 'HTTP requests from the moment the hub reads them to their answer, by route pattern, method and status',
+      labelNames: ['route', 'method', 'status'],
+      buckets: [0.005, 0.025, 0.1, 0.25, 1, 2.5, 5],
+      registers: [registry],
+    }),
     webhookRequests: new Counter({ name: 'hub_webhook_requests_total', help: 'Inbound webhooks by outcome', labelNames: ['event', 'outcome'], registers: [registry] }),
     driversSwept: new Counter({ name: 'hub_drivers_swept_total', help: 'Drivers taken offline by heartbeat expiry', registers: [registry] }),
     redisUp: new Gauge({ name: 'hub_redis_up', help: '1 when Redis is reachable', registers: [registry] }),
