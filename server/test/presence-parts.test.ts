@@ -30,8 +30,7 @@ function fakeStore(overrides: Partial<PresenceStore> = {}) {
     healthy: true,
     connected: true,
     writeFixes: record('writeFixes', (fixes: Fix[]) => fixes.map((): DriverStatus => 'AVAILABLE')),
-    tryRebuildLock: record('tryRebuildLock', () => true),
-    tryReconcileTurn: record('tryReconcileTurn', () => true),
+    tryLease: record('tryLease', () => true),
     setStatus: record('setStatus', () => undefined),
     setStatuses: record('setStatuses', () => undefined),
     touch: record('touch', () => undefined),
@@ -358,7 +357,7 @@ describe('redis repair', () => {
   it('when another node holds the rebuild lock, then this node does not rebuild but counts Redis as back', async () => {
     let healthy = false;
     let connected = false;
-    const redis = fakeStore({ hasPicture: async () => false, tryRebuildLock: async () => false });
+    const redis = fakeStore({ hasPicture: async () => false, tryLease: async () => false });
     Object.defineProperty(redis.store, 'healthy', { get: () => healthy });
     Object.defineProperty(redis.store, 'connected', { get: () => connected });
     const { repair, restored } = repairWith(redis.store);

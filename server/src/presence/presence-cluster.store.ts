@@ -2,7 +2,7 @@ import type { Cluster } from 'ioredis';
 import type { DriverStatus } from '#shared/schemas.js';
 import { type CircuitBreaker, RedisUnavailableError, type ShardBreakers } from '../platform/redis.js';
 import { type CellId, cellIdOf, cellsAround } from './cells.js';
-import type { Fix, NearbyDriver, PresenceStore, RebuildEntry } from './presence.store.js';
+import { type Fix, leaseKeys, type NearbyDriver, type PresenceLease, type PresenceStore, type RebuildEntry } from './presence.store.js';
 
 /**
  * Presence on a Redis Cluster (`REDIS_CLUSTER_NODES`), behind the same PresenceStore as the one-Redis
@@ -54,8 +54,7 @@ export interface ClusterPresenceKeys {
   cellGeoPattern: string;
   cellOfGeoKey(key: string): CellId;
   marker(n: number): string;
-  rebuildLock: string;
-  reconcileTurn: string;
+  lease: Record<PresenceLease, string>;
 }
 
 /** FNV-1a: a stable, even spread of driver ids over the buckets. */
@@ -90,8 +89,7 @@ export function clusterPresenceKeys(prefix: string, buckets = DRIVER_BUCKETS): C
     cellGeoPattern: `${escapeGlob(cellTagStart)}*}:geo`,
     cellOfGeoKey: (key) => key.slice(cellTagStart.length, key.length - '}:geo'.length),
     marker: (n) => `${prefix}{m:${n}}:built`,
-    rebuildLock: `${prefix}presence:built:lock`,
-    reconcileTurn: `${prefix}presence:reconcile:turn`,
+    lease: leaseKeys(prefix),
   };
 }
 
@@ -514,12 +512,9 @@ export function createClusterPresenceStore(deps: ClusterPresenceDeps): ClusterPr
       return statuses;
     },
 
-    async tryRebuildLock(ms: number): Promise<boolean> {
-      return onShard(keys.rebuildLock, async () => (await cluster.set(keys.rebuildLock, '1', 'PX', String(ms), 'NX')) === 'OK');
-    },
-
-    async tryReconcileTurn(ms: number): Promise<boolean> {
-      return onShard(keys.reconcileTurn, async () => (await cluster.set(keys.reconcileTurn, '1', 'PX', String(ms), 'NX')) === 'OK');
+    async tryLease(lease, ms): Promise<boolean> {
+      const key = keys.lease[lease];
+      return onShard(key, async () => (await cluster.set(key, '1', 'PX', String(ms), 'NX')) === 'OK');
     },
 
     async setStatus(id, status, opts = {}): Promise<void> {

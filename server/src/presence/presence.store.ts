@@ -2,6 +2,14 @@ import type { Redis } from 'ioredis';
 import type { DriverStatus } from '#shared/schemas.js';
 import { type CircuitBreaker, RedisUnavailableError } from '../platform/redis.js';
 
+/** Work one node does for all, for as long as it holds the lease. */
+export type PresenceLease = 'rebuild' | 'reconcile';
+
+export const leaseKeys = (prefix: string): Record<PresenceLease, string> => ({
+  rebuild: `${prefix}presence:built:lock`,
+  reconcile: `${prefix}presence:reconcile:turn`,
+});
+
 /**
  * The only module that knows Redis key names, Lua scripts and TTLs for presence.
  *
@@ -10,7 +18,8 @@ import { type CircuitBreaker, RedisUnavailableError } from '../platform/redis.js
  *   drivers:status          hash driverId -> AVAILABLE | BUSY | OFFLINE
  *   driver:online:{id}      heartbeat string with a TTL
  *   presence:built          marker set by a rebuild; its absence means Redis lost our picture
- *   presence:reconcile:turn the node that runs this period's reconcile pass
+ *   presence:built:lock     lease: the node rebuilding Redis now
+ *   presence:reconcile:turn lease: the node that runs this period's reconcile pass
  */
 export interface PresenceKeys {
   geo: string;
@@ -19,7 +28,7 @@ export interface PresenceKeys {
   /** A driver's heartbeat key. */
   online(driverId: string): string;
   built: string;
-  reconcileTurn: string;
+  lease: Record<PresenceLease, string>;
 }
 
 export function presenceKeys(prefix: string): PresenceKeys {
@@ -30,7 +39,7 @@ export function presenceKeys(prefix: string): PresenceKeys {
     onlinePrefix,
     online: (driverId) => `${onlinePrefix}${driverId}`,
     built: `${prefix}presence:built`,
-    reconcileTurn: `${prefix}presence:reconcile:turn`,
+    lease: leaseKeys(prefix),
   };
 }
 
@@ -157,13 +166,11 @@ export interface PresenceStore {
   readonly connected: boolean;
   /** One script call per chunk of fixes: heartbeat + GEOADD when AVAILABLE; returns the statuses, in order. */
   writeFixes(fixes: readonly Fix[]): Promise<DriverStatus[]>;
-  /** Only one node rebuilds at a time. */
-  tryRebuildLock(ms: number): Promise<boolean>;
   /**
-   * True when this node takes the periodic reconcile for the next `ms`: the pass compares the whole
-   * fleet, so one node per period does it for all.
+   * True when this node takes the lease for the next `ms`: only one node rebuilds at a time, and
+   * the periodic reconcile (which compares the whole fleet) runs on one node per period.
    */
-  tryReconcileTurn(ms: number): Promise<boolean>;
+  tryLease(lease: PresenceLease, ms: number): Promise<boolean>;
   setStatus(id: string, status: DriverStatus, opts?: Omit<StatusChange, 'id' | 'status'>): Promise<void>;
   /** Many drivers' statuses at once, as `setStatus` each (one script call where the layout allows). */
   setStatuses(changes: readonly StatusChange[]): Promise<void>;
@@ -195,8 +202,7 @@ export function createNoopPresenceStore(): PresenceStore {
     healthy: false,
     connected: false,
     writeFixes: async (fixes) => fixes.map(() => 'OFFLINE' as const),
-    tryRebuildLock: async () => false,
-    tryReconcileTurn: async () => false,
+    tryLease: async () => false,
     setStatus: async () => {},
     setStatuses: async () => {},
     touch: async () => {},
@@ -262,12 +268,8 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
     },
 
     /** Only one node rebuilds at a time. */
-    async tryRebuildLock(ms: number): Promise<boolean> {
-      return guarded(async () => (await redis.set(`${keys.built}:lock`, '1', 'PX', String(ms), 'NX')) === 'OK');
-    },
-
-    async tryReconcileTurn(ms: number): Promise<boolean> {
-      return guarded(async () => (await redis.set(keys.reconcileTurn, '1', 'PX', String(ms), 'NX')) === 'OK');
+    async tryLease(lease, ms): Promise<boolean> {
+      return guarded(async () => (await redis.set(keys.lease[lease], '1', 'PX', String(ms), 'NX')) === 'OK');
     },
 
     setStatus: (id, status, opts = {}) => setStatuses([{ id, status, ...opts }]),

@@ -170,7 +170,7 @@ export function createRedisRepair(deps: RedisRepairDeps): RedisRepair {
     if (!redisUsable()) return;
     // The turn lapses before the period ends, so whichever node asks first in the next period
     // takes it: a pass per period at most, and a node that died holding the turn misses one.
-    if (!(await store.tryReconcileTurn(Math.max(1, Math.floor(periodMs * 0.8))))) return;
+    if (!(await store.tryLease('reconcile', Math.max(1, Math.floor(periodMs * 0.8))))) return;
     await reconcile();
   }
 
@@ -197,7 +197,7 @@ export function createRedisRepair(deps: RedisRepairDeps): RedisRepair {
         }
         return;
       }
-      if (!(await store.tryRebuildLock(5000))) {
+      if (!(await store.tryLease('rebuild', 5000))) {
         // Another node is rebuilding right now.
         redisRestored();
         return;
