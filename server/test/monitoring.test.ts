@@ -1,9 +1,9 @@
 import { execFile, spawnSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { randomUUID } from 'node:crypto';
 import { api, createTestDatabase, type TestDatabase, type TestHub, startTestHub, testConfig } from './support/hub.js';
 
 const RULES = 'deploy/prometheus/alerts.yml';

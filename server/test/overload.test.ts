@@ -5,6 +5,7 @@ import {
   connectDriver,
   createDriver,
   createTestDatabase,
+  metricOf,
   type DriverClient,
   redisFor,
   startTestHub,
@@ -26,12 +27,6 @@ function overloadLoop(busyMs: number, everyMs: number): () => void {
     }
   }, everyMs);
   return () => clearInterval(timer);
-}
-
-async function metric(hub: TestHub, name: string): Promise<number> {
-  const text = await (await fetch(`${hub.url}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(name));
-  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
 }
 
 describe('a hub past its capacity', () => {
@@ -67,8 +62,8 @@ describe('a hub past its capacity', () => {
     }
     const [leaver, ...staying] = drivers;
     await eventually(async () => (await redis.zcard(keys.geo)) === drivers.length, 'every driver in the GEO set');
-    const sweptBefore = await metric(hub, 'hub_drivers_swept_total');
-    const shedBefore = await metric(hub, 'hub_location_fixes_shed_total');
+    const sweptBefore = await metricOf(hub, 'hub_drivers_swept_total');
+    const shedBefore = await metricOf(hub, 'hub_location_fixes_shed_total');
 
     const replies: { ok: boolean; error?: { code: string; details?: unknown } }[] = [];
     const notLive = new Set<string>();
@@ -108,11 +103,11 @@ describe('a hub past its capacity', () => {
       expect(r.error).toMatchObject({ code: 'RATE_LIMITED', details: { overloaded: true } });
       expect((r.error?.details as { retryAfterMs?: number }).retryAfterMs).toBeGreaterThan(0);
     }
-    expect(await metric(hub, 'hub_location_fixes_shed_total')).toBe(shedBefore + refused.length);
+    expect(await metricOf(hub, 'hub_location_fixes_shed_total')).toBe(shedBefore + refused.length);
     expect([...notLive]).toEqual([]);
     const listed = new Map<string, string>((await api(hub, 'GET', '/admin/drivers')).body.drivers.map((d: any) => [d.id, d.status]));
     for (const driver of staying) expect(listed.get(driver.id)).toBe('AVAILABLE');
-    expect(await metric(hub, 'hub_drivers_swept_total')).toBe(sweptBefore);
+    expect(await metricOf(hub, 'hub_drivers_swept_total')).toBe(sweptBefore);
     await eventually(async () => (await api(hub, 'GET', '/admin/drivers')).body.drivers.find((d: any) => d.id === leaver.id)?.status === 'OFFLINE', 'the driver that left OFFLINE');
 
     // Once the hub has caught up, fixes are taken again.

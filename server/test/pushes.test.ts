@@ -9,6 +9,7 @@ import {
   type DriverClient,
   firstEvent,
   hasSharedPostgres,
+  metricOf,
   onDutyDriver,
   order,
   postWebhook,
@@ -28,12 +29,6 @@ const nextPlace = () => {
   area += 1;
   return { lat: -40 + area, lng: 100 + area };
 };
-
-async function metric(hub: TestHub, name: string, labels: string): Promise<number> {
-  const text = await (await fetch(`${hub.url}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(`${name}{`) && l.includes(labels));
-  return line ? Number(line.split(' ').pop()) : 0;
-}
 
 describe('pushes a driver app acknowledges', () => {
   const RETRY_MS = 300;
@@ -78,7 +73,7 @@ describe('pushes a driver app acknowledges', () => {
     const silent = await connectDriver(hub, token, { ackPushes: false });
     await silent.emitAck('location', at);
     await silent.emitAck('status', { status: 'AVAILABLE' });
-    const before = await metric(hub, 'hub_pushes_unacknowledged_total', 'kind="assignment"');
+    const before = await metricOf(hub, 'hub_pushes_unacknowledged_total', 'kind="assignment"');
     const dispatcher = connectSocket(hub, '/dispatch', { token: (await api(hub, 'POST', '/admin/tokens', { role: 'dispatcher', subject: 'watcher' })).body.token });
     const pushStates: any[] = [];
     dispatcher.on('delivery:push', (p) => pushStates.push(p));
@@ -95,7 +90,7 @@ describe('pushes a driver app acknowledges', () => {
     expect(view.acknowledgedAt).toBeNull();
     expect(view.pushes[0]).toMatchObject({ kind: 'assignment', resends: MAX_RESENDS, acknowledgedAt: null });
     expect(view.pushes[0].unacknowledgedAt).not.toBeNull();
-    expect(await metric(hub, 'hub_pushes_unacknowledged_total', 'kind="assignment"')).toBe(before + 1);
+    expect(await metricOf(hub, 'hub_pushes_unacknowledged_total', 'kind="assignment"')).toBe(before + 1);
 
     // Reconnecting, with an app that does answer, delivers it at once and records the acknowledgement.
     silent.close();
@@ -120,11 +115,11 @@ describe('pushes a driver app acknowledges', () => {
     await firstEvent(socket, 'session');
     await socket.timeout(5000).emitWithAck('location', at);
     await socket.timeout(5000).emitWithAck('status', { status: 'AVAILABLE' });
-    const before = await metric(hub, 'hub_input_rejected_total', 'event="assignment ack"');
+    const before = await metricOf(hub, 'hub_input_rejected_total', 'event="assignment ack"');
     const res = await postWebhook(hub, READY, order({ pickup: at }));
     await eventually(async () => (await detail(res.body.deliveryId)).acknowledgedAt !== null, 'the fourth answer recorded', 10_000);
     expect(received).toHaveLength(4);
-    expect(await metric(hub, 'hub_input_rejected_total', 'event="assignment ack"')).toBe(before + 3);
+    expect(await metricOf(hub, 'hub_input_rejected_total', 'event="assignment ack"')).toBe(before + 3);
     socket.disconnect();
   });
 

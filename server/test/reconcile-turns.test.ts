@@ -1,18 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { presenceKeys } from '../src/presence/presence.store.js';
-import { hasSharedPostgres, onDutyDriver, redisFor, type TestHub, useCluster } from './support/hub.js';
+import { hasSharedPostgres, metricOf, onDutyDriver, redisFor, type TestHub, useCluster } from './support/hub.js';
 import { eventually } from './support/net.js';
 
 const PERIOD_MS = 500;
 const PLACE = { lat: 59.3293, lng: 18.0686 };
 
-async function reconciles(hub: TestHub): Promise<number> {
-  const text = await (await fetch(`${hub.url}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith('hub_presence_reconciles_total'));
-  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
-}
-
-const total = async (hubs: TestHub[]) => (await Promise.all(hubs.map(reconciles))).reduce((a, b) => a + b, 0);
+const total = async (hubs: TestHub[]) => (await Promise.all(hubs.map((hub) => metricOf(hub, 'hub_presence_reconciles_total')))).reduce((a, b) => a + b, 0);
 
 describe.skipIf(!hasSharedPostgres())('the periodic reconcile across nodes', () => {
   const cluster = useCluster(3, { RECONCILE_MS: String(PERIOD_MS) });

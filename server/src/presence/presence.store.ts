@@ -267,7 +267,6 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
       return statuses;
     },
 
-    /** Only one node rebuilds at a time. */
     async tryLease(lease, ms): Promise<boolean> {
       return guarded(async () => (await redis.set(keys.lease[lease], '1', 'PX', String(ms), 'NX')) === 'OK');
     },

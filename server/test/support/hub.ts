@@ -138,6 +138,13 @@ export function useCluster(count: number, env: Record<string, string | undefined
   };
 }
 
+/** A metric's value on a hub's /metrics: the first series of `name` whose labels contain `labels`; 0 when there is none. */
+export async function metricOf(hub: { url: string }, name: string, labels = ''): Promise<number> {
+  const text = await (await fetch(`${hub.url}/metrics`)).text();
+  const line = text.split('\n').find((l) => (l.startsWith(`${name}{`) || l.startsWith(`${name} `)) && l.includes(labels));
+  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+}
+
 export async function api<T = any>(
   hub: { url: string },
   method: string,
