@@ -111,6 +111,31 @@ export function postOrder(agent: Agent, url: string, sellerOrderId: string, pick
   });
 }
 
+/**
+ * Opens `count` kept-alive connections on `agent` (one GET /health each, all at once) and waits
+ * until they are idle in its pool. Node 20's libuv accepts one connection per turn of the event
+ * loop (libuv#3696), so connections opened in a burst against a saturated hub wait in its accept
+ * queue for seconds; a webhook sender keeps its pool warm, and the max phase measures the hub's
+ * throughput, not that queue.
+ */
+async function warmConnections(agent: Agent, url: string, count: number): Promise<void> {
+  await Promise.all(
+    Array.from(
+      { length: count },
+      () =>
+        new Promise<void>((resolve, reject) => {
+          const req = request(`${url}/health`, { agent, timeout: 30_000 }, (res) => {
+            res.resume();
+            res.on('end', () => resolve());
+          });
+          req.on('timeout', () => req.destroy(new Error('timeout warming a connection')));
+          req.on('error', reject);
+          req.end();
+        }),
+    ),
+  );
+}
+
 type DispatchMode = 'assign' | 'offer';
 
 /** The webhook answer that means the job went to a driver: ASSIGNED, or OFFERED in offer mode. */
@@ -184,7 +209,7 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
   const countingWire = statements || ctx.num('wire', 0) !== 0;
   const cleanup = new Cleanup();
   const profiles: Record<string, ProfileSummary> = {};
-  const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
+  const agent = new Agent({ keepAlive: true, maxSockets: concurrency, maxFreeSockets: concurrency });
   try {
     const db = await createBenchDatabase(cleanup);
     const prefix = redisPrefix();
@@ -296,6 +321,7 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
     // 2. As fast as the hub goes: `concurrency` requests in flight.
     ctx.log(`max throughput: ${maxOrders} orders, ${concurrency} in flight`);
     await hub.reset();
+    await warmConnections(agent, hub.url, concurrency);
     const maxCpu = readCpuTimes();
     const maxProcs = sampleProcesses();
     const maxPosted: Posted[] = [];
