@@ -48,6 +48,22 @@ describe.skipIf(!hasSharedPostgres())('drivers in PostgreSQL: the heartbeat swee
     expect(row).toEqual({ status: 'AVAILABLE', session_id: '000000000000002.new' });
   });
 
+  it('when thousands of quiet drivers are touched, then every one is heard from now and none is swept', async () => {
+    const ids = (
+      await sql<{ id: string }[]>`
+        insert into drivers (name, status, on_duty, session_id, updated_at)
+        select 'Quiet ' || i, 'AVAILABLE', true, '000000000000001.q', now() - interval '1 minute' from generate_series(1, 4500) as i
+        returning id`
+    ).map((row) => row.id);
+    await sql`insert into driver_positions (driver_id, last_seen_at) select id, now() - interval '1 minute' from drivers where id = any(${ids}::uuid[])`;
+    await drivers.touch(ids);
+    const [{ stale }] = await sql<{ stale: number }[]>`select count(*)::int as stale from driver_positions where driver_id = any(${ids}::uuid[]) and last_seen_at < now() - interval '10 seconds'`;
+    expect(stale).toBe(0);
+    const swept = new Set((await drivers.sweepSilent(30)).map((row) => row.id));
+    expect(ids.filter((id) => swept.has(id))).toEqual([]);
+    await sql`delete from drivers where id = any(${ids}::uuid[])`;
+  });
+
   it('when a driver stays silent past the heartbeat, then the sweep takes it offline', async () => {
     const driver = await drivers.create({ name: 'Gone quiet' });
     await sql`update drivers set status = 'AVAILABLE', on_duty = true, session_id = '000000000000001.x', updated_at = now() - interval '1 minute' where id = ${driver.id}`;

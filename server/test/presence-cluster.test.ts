@@ -206,6 +206,14 @@ describe('presence on a three-master Redis Cluster (store level)', () => {
     expect(await store.nearest(near(0.01, 0.01), 1000, 5)).toEqual([]);
   });
 
+  it('when thousands of quiet drivers are touched, then every one gets its heartbeat key with the TTL on its own shard', async () => {
+    const store = await hubStore(`pc${randomBytes(3).toString('hex')}:`);
+    const ids = Array.from({ length: 4500 }, () => randomUUID());
+    await store.touch(ids);
+    const ttls = await Promise.all(ids.map((id) => reader.ttl(store.keys.online(id))));
+    expect(ttls.filter((ttl) => ttl <= 0 || ttl > 30)).toEqual([]);
+  });
+
   it('when the walk over statuses and GEO members runs, then it visits every driver across all shards once', async () => {
     const store = await hubStore(`pc${randomBytes(3).toString('hex')}:`);
     await store.rebuild([]);

@@ -270,6 +270,22 @@ describe.each(HUB_MODES)('driver presence, $name', (mode) => {
     if (keysLeft.length) await redis.del(...keysLeft);
   });
 
+  it.runIf(mode.redis)('when thousands of quiet drivers are touched, then every one gets its heartbeat key with the TTL, slice after slice', async () => {
+    const prefix = `${hub.config.REDIS_PREFIX}touch:`;
+    const store = createPresenceStore({ redis, breaker: new CircuitBreaker(), prefix, heartbeatTtlSeconds: 30 });
+    const ids = Array.from({ length: 4500 }, (_, i) => `quiet-${String(i).padStart(4, '0')}`);
+    await store.touch(ids);
+    const own = presenceKeys(prefix);
+    const pipeline = redis.pipeline();
+    for (const id of ids) pipeline.ttl(own.online(id));
+    const ttls = ((await pipeline.exec()) ?? []).map(([, ttl]) => ttl as number);
+    expect(ttls).toHaveLength(ids.length);
+    expect(ttls.filter((ttl) => ttl <= 0 || ttl > 30)).toEqual([]);
+    const keysLeft = await redis.keys(`${prefix}*`);
+    expect(keysLeft).toHaveLength(ids.length);
+    await redis.del(...keysLeft);
+  });
+
   it.runIf(mode.redis && mode.sharedDatabase)('when a hub process is killed with SIGKILL, then its drivers go OFFLINE by heartbeat expiry and leave the GEO set', async () => {
     const child = await spawnHub(envFrom(hub.config, { NODE_ID: 'victim', HEARTBEAT_TTL_SECONDS: '2' }));
     const victimHub = { url: child.url } as TestHub;

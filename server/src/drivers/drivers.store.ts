@@ -134,9 +134,6 @@ const TOKEN_VERSIONS = 'select id, token_version as version, session_id from dri
 
 const numberOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
 
-/** Ids in one order for every batch write, so two batches never lock the same rows in opposite orders. */
-const sortedJson = (ids: readonly string[]) => JSON.stringify([...ids].sort());
-
 export function createDriversStore(database: Database) {
   const { db } = database;
 
@@ -340,8 +337,13 @@ export function createDriversStore(database: Database) {
 
     /** Connected but quiet drivers stay alive in PostgreSQL too (the sweeper's source of truth). */
     async touch(ids: readonly string[]): Promise<void> {
-      if (ids.length === 0) return;
-      await db.execute(heardFrom(sql`drivers d where d.id = any(array(select jsonb_array_elements_text(${sortedJson(ids)}::jsonb)::uuid)) order by d.id`));
+      // Sorted, so two batches never lock the same rows in opposite orders; a slice per statement,
+      // as the position flush, so neither the statement nor its locks grow with the fleet.
+      const sorted = [...ids].sort();
+      for (let start = 0; start < sorted.length; start += POSITIONS_PER_STATEMENT) {
+        const slice = JSON.stringify(sorted.slice(start, start + POSITIONS_PER_STATEMENT));
+        await db.execute(heardFrom(sql`drivers d where d.id = any(array(select jsonb_array_elements_text(${slice}::jsonb)::uuid)) order by d.id`));
+      }
     },
 
     /**

@@ -532,8 +532,11 @@ export function createClusterPresenceStore(deps: ClusterPresenceDeps): ClusterPr
     },
 
     async touch(ids: readonly string[]): Promise<void> {
-      if (ids.length === 0) return;
-      await allOrFirstError(ids.map((id) => onShard(keys.online(id), () => cluster.set(keys.online(id), '1', 'EX', ttl))));
+      // A slice at a time: thousands of quiet drivers are not thousands of commands built in one turn.
+      for (let start = 0; start < ids.length; start += FIXES_PER_CALL) {
+        const slice = ids.slice(start, start + FIXES_PER_CALL);
+        await allOrFirstError(slice.map((id) => onShard(keys.online(id), () => cluster.set(keys.online(id), '1', 'EX', ttl))));
+      }
     },
 
     /**
