@@ -1,6 +1,7 @@
 import { and, eq, inArray, sql } from 'drizzle-orm';
 import type { Database } from '../platform/db.js';
 import { tokenVersions } from '../platform/schema.js';
+import { slicesOf } from '../platform/slices.js';
 
 export type VersionedRole = 'dispatcher' | 'admin';
 
@@ -12,11 +13,11 @@ export function createTokenVersionsStore(database: Database) {
     async versions(role: VersionedRole, subjects: readonly string[]): Promise<Map<string, number>> {
       const found = new Map<string, number>(subjects.map((s) => [s, 0]));
       const unique = [...new Set(subjects)];
-      for (let i = 0; i < unique.length; i += 1000) {
+      for (const slice of slicesOf(unique, 1000)) {
         const rows = await db
           .select({ subject: tokenVersions.subject, version: tokenVersions.version })
           .from(tokenVersions)
-          .where(and(eq(tokenVersions.role, role), inArray(tokenVersions.subject, unique.slice(i, i + 1000))));
+          .where(and(eq(tokenVersions.role, role), inArray(tokenVersions.subject, slice)));
         for (const row of rows) found.set(row.subject, row.version);
       }
       return found;

@@ -2,6 +2,7 @@ import { and, desc, eq, isNull, type SQL, sql } from 'drizzle-orm';
 import type { DriverStatus, DriverView } from '#shared/schemas.js';
 import { type Database, type DbOrTx, retryOnConflict } from '../platform/db.js';
 import { ACTIVE_STATUSES_SQL, driverPositions, drivers } from '../platform/schema.js';
+import { slicesOf } from '../platform/slices.js';
 
 export interface DriverPosition {
   id: string;
@@ -141,8 +142,8 @@ export function createDriversStore(database: Database) {
   async function tokenStates(ids: readonly string[]): Promise<Map<string, { version: number; sessionId: string | null }>> {
     const found = new Map<string, { version: number; sessionId: string | null }>();
     const valid = ids.filter((id) => UUID.test(id));
-    for (let i = 0; i < valid.length; i += 1000) {
-      const rows = await database.query<{ id: string; version: number; session_id: string | null }>(TOKEN_VERSIONS, [JSON.stringify(valid.slice(i, i + 1000))]);
+    for (const slice of slicesOf(valid, 1000)) {
+      const rows = await database.query<{ id: string; version: number; session_id: string | null }>(TOKEN_VERSIONS, [JSON.stringify(slice)]);
       for (const row of rows) found.set(row.id, { version: Number(row.version), sessionId: row.session_id });
     }
     return found;
@@ -320,8 +321,7 @@ export function createDriversStore(database: Database) {
      */
     async flushPositions(positions: readonly DriverPosition[]): Promise<void> {
       const sorted = [...positions].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-      for (let start = 0; start < sorted.length; start += POSITIONS_PER_STATEMENT) {
-        const slice = sorted.slice(start, start + POSITIONS_PER_STATEMENT);
+      for (const slice of slicesOf(sorted, POSITIONS_PER_STATEMENT)) {
         const json = JSON.stringify(slice.map((p) => [p.id, p.lat, p.lng, p.heading, p.speed, p.atMs]));
         await db.execute(sql`
           insert into driver_positions (driver_id, lat, lng, heading, speed, position_at, last_seen_at)
@@ -339,10 +339,8 @@ export function createDriversStore(database: Database) {
     async touch(ids: readonly string[]): Promise<void> {
       // Sorted, so two batches never lock the same rows in opposite orders; a slice per statement,
       // as the position flush, so neither the statement nor its locks grow with the fleet.
-      const sorted = [...ids].sort();
-      for (let start = 0; start < sorted.length; start += POSITIONS_PER_STATEMENT) {
-        const slice = JSON.stringify(sorted.slice(start, start + POSITIONS_PER_STATEMENT));
-        await db.execute(heardFrom(sql`drivers d where d.id = any(array(select jsonb_array_elements_text(${slice}::jsonb)::uuid)) order by d.id`));
+      for (const slice of slicesOf([...ids].sort(), POSITIONS_PER_STATEMENT)) {
+        await db.execute(heardFrom(sql`drivers d where d.id = any(array(select jsonb_array_elements_text(${JSON.stringify(slice)}::jsonb)::uuid)) order by d.id`));
       }
     },
 

@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { DriverStatus } from '#shared/schemas.js';
 import { type CircuitBreaker, RedisUnavailableError } from '../platform/redis.js';
+import { slicesOf } from '../platform/slices.js';
 
 /** Work one node does for all, for as long as it holds the lease. */
 export type PresenceLease = 'rebuild' | 'reconcile';
@@ -274,8 +275,8 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
     /** One script call per chunk of fixes: heartbeat + GEOADD when AVAILABLE; returns the statuses, in order. */
     async writeFixes(fixes: readonly Fix[]): Promise<DriverStatus[]> {
       const statuses: DriverStatus[] = [];
-      for (let start = 0; start < fixes.length; start += DRIVERS_PER_CALL) {
-        const packed = JSON.stringify(fixes.slice(start, start + DRIVERS_PER_CALL).map((fix) => [fix.id, fix.lng, fix.lat, fix.beat === false ? 0 : 1]));
+      for (const slice of slicesOf(fixes, DRIVERS_PER_CALL)) {
+        const packed = JSON.stringify(slice.map((fix) => [fix.id, fix.lng, fix.lat, fix.beat === false ? 0 : 1]));
         const initials = await guarded(() => scripted.hubWriteFixes(...keyArgs, ttl, packed));
         for (const initial of initials) statuses.push(STATUS_BY_INITIAL[initial] ?? 'OFFLINE');
       }
@@ -295,8 +296,8 @@ export function createPresenceStore(deps: { redis: Redis; breaker: CircuitBreake
      * its event loop, a 70 ms stall every heartbeat round that every webhook in it waited out.
      */
     async touch(ids: readonly string[]): Promise<void> {
-      for (let start = 0; start < ids.length; start += DRIVERS_PER_CALL) {
-        const packed = JSON.stringify(ids.slice(start, start + DRIVERS_PER_CALL));
+      for (const slice of slicesOf(ids, DRIVERS_PER_CALL)) {
+        const packed = JSON.stringify(slice);
         await guarded(() => scripted.hubTouch(...keyArgs, ttl, packed));
       }
     },

@@ -4,6 +4,7 @@ import type { HubEvents } from '../platform/hub-events.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
 import type { PresenceStore } from './presence.store.js';
+import { slicesOf } from '../platform/slices.js';
 
 /** Drivers per step of the reconcile walk. */
 const RECONCILE_PAGE = 1000;
@@ -156,8 +157,8 @@ export function createRedisRepair(deps: RedisRepairDeps): RedisRepair {
     } while (cursor !== '0');
     if (suspects.size === 0) return;
     const ids = [...suspects.keys()];
-    for (let i = 0; i < ids.length; i += RECONCILE_PAGE) {
-      for (const row of await drivers.presenceOf(ids.slice(i, i + RECONCILE_PAGE))) {
+    for (const slice of slicesOf(ids, RECONCILE_PAGE)) {
+      for (const row of await drivers.presenceOf(slice)) {
         if (row.status !== suspects.get(row.id)) continue; // changed since: its own write wins
         const position = row.lat !== null && row.lng !== null ? { lat: row.lat, lng: row.lng } : null;
         await bestEffort('reconcile', () => store.setStatus(row.id, row.status, { position }));

@@ -6,6 +6,7 @@ import type { Metrics } from '../platform/metrics.js';
 import { createLogThrottle } from '../platform/log-throttle.js';
 import type { PushKind } from '../platform/schema.js';
 import type { OpenPush, PushesStore, PushKey } from './pushes.store.js';
+import { slicesOf } from '../platform/slices.js';
 
 /**
  * How pushes reach a driver's app, provided by the `/drivers` socket edge. Each answers the app's
@@ -162,7 +163,7 @@ export function createPushService(deps: PushDeps) {
     if (!transport) return;
     const drivers = [...transport.localDrivers()];
     void (async () => {
-      for (let i = 0; i < drivers.length; i += 1000) await resend(await store.openForMany(drivers.slice(i, i + 1000)));
+      for (const slice of slicesOf(drivers, 1000)) await resend(await store.openForMany(slice));
     })().catch((err) => log.warn({ err: (err as Error).message }, 'push re-send after redis returned failed'));
   });
 
