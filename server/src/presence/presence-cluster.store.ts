@@ -2,7 +2,7 @@ import type { Cluster } from 'ioredis';
 import type { DriverStatus } from '#shared/schemas.js';
 import { type CircuitBreaker, RedisUnavailableError, type ShardBreakers } from '../platform/redis.js';
 import { type CellId, cellIdOf, cellsAround } from './cells.js';
-import { type Fix, leaseKeys, type NearbyDriver, type PresenceLease, type PresenceStore, type RebuildEntry } from './presence.store.js';
+import { DRIVERS_PER_CALL, type Fix, leaseKeys, type NearbyDriver, type PresenceLease, type PresenceStore, type RebuildEntry } from './presence.store.js';
 import { slicesOf } from '../platform/slices.js';
 
 /**
@@ -38,7 +38,6 @@ import { slicesOf } from '../platform/slices.js';
 export const DRIVER_BUCKETS = 64;
 
 const EXPIRED_SLICE = 1000;
-const FIXES_PER_CALL = 2000;
 
 export interface ClusterPresenceKeys {
   buckets: number;
@@ -488,7 +487,7 @@ export function createClusterPresenceStore(deps: ClusterPresenceDeps): ClusterPr
       let firstError: unknown = null;
       await Promise.allSettled(
         [...groupBy(indexed, (f) => keys.bucketOf(f.fix.id))].map(async ([b, group]) => {
-          for (const slice of slicesOf(group, FIXES_PER_CALL)) {
+          for (const slice of slicesOf(group, DRIVERS_PER_CALL)) {
             const packed = JSON.stringify(slice.map((f) => [f.fix.id, f.cell, f.fix.beat === false ? 0 : 1]));
             try {
               const replies = await onShard(keys.status(b), () => scripted.hubDriverFixes(...bucketKeys(b), keys.onlinePrefix(b), ttl, packed));
@@ -533,7 +532,7 @@ export function createClusterPresenceStore(deps: ClusterPresenceDeps): ClusterPr
 
     async touch(ids: readonly string[]): Promise<void> {
       // A slice at a time: thousands of quiet drivers are not thousands of commands built in one turn.
-      for (const slice of slicesOf(ids, FIXES_PER_CALL)) {
+      for (const slice of slicesOf(ids, DRIVERS_PER_CALL)) {
         await allOrFirstError(slice.map((id) => onShard(keys.online(id), () => cluster.set(keys.online(id), '1', 'EX', ttl))));
       }
     },
@@ -678,7 +677,7 @@ export function createClusterPresenceStore(deps: ClusterPresenceDeps): ClusterPr
       const placements: Placement[] = [];
       await allOrFirstError(
         [...groupBy(entries, (e) => keys.bucketOf(e.id))].map(async ([b, group]) => {
-          for (const slice of slicesOf(group, FIXES_PER_CALL)) {
+          for (const slice of slicesOf(group, DRIVERS_PER_CALL)) {
             const packed = JSON.stringify(
               slice.map((e) => [e.id, e.status, e.online ? 1 : 0, e.lat !== null && e.lng !== null ? cellOf({ lat: e.lat, lng: e.lng }) : '']),
             );

@@ -162,8 +162,8 @@ export interface RebuildEntry {
   online: boolean;
 }
 
-/** Drivers per script call: Redis is free between calls, and the hub encodes one slice per turn. */
-const DRIVERS_PER_CALL = 2000;
+/** Drivers per script call (both layouts): Redis is free between calls, and the hub encodes one slice per turn. */
+export const DRIVERS_PER_CALL = 2000;
 
 /** Presence in Redis, as the presence service uses it; see the keys above. */
 export interface PresenceStore {
