@@ -55,8 +55,8 @@ export function requestTimer(observe: (labels: { route: string; method: string; 
  * OPTIONS or DELETE) is read here with the same cap and handed on as a plain Request.
  *
  * Not hono's bodyLimit: it rebuilds the request with `new Request(c.req.raw, ...)`, which Node 20's
- * Request refuses for @hono/node-server's own request object (overrideGlobalObjects: false), so
- * every request without a Content-Length was a 500.
+ * own Request refuses for @hono/node-server's request object (were the globals not overridden),
+ * so every request without a Content-Length was a 500.
  */
 export function bodyLimit(maxBytes: number): MiddlewareHandler {
   return async (c, next) => {
