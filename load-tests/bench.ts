@@ -2,7 +2,7 @@
  * The Node benchmark harness: `npm run bench -- <scenario> [--quick] [options]`.
  *
  * Scenarios: ingest, connections, assignment, fanout, recovery, storm, all; handshakes (CPU per
- * reconnect, hub vs bare Socket.IO); and shards (ingest and
+ * reconnect, hub vs bare Socket.IO); edge (the hub's CPU per HTTP request at its edge); and shards (ingest and
  * assignment once per Redis layout, `--layouts 0,3`; `--shards N` runs either one on an N-master
  * Redis Cluster). Each starts what it measures in child processes (hub, baselines, load generators,
  * prober), is bounded in time, prints progress on stderr, then a JSON result and a short table on
@@ -24,6 +24,7 @@ import { Cleanup, RESULTS_DIR, ROOT } from './bench/infra.js';
 import { foreignCpuPercent, machineBusyPercent, readCpuTimes, sampleProcesses, sleep, table } from './bench/lib.js';
 import { assignment } from './bench/scenarios/assignment.js';
 import { connections } from './bench/scenarios/connections.js';
+import { edge } from './bench/scenarios/edge.js';
 import { fanout } from './bench/scenarios/fanout.js';
 import { ingest } from './bench/scenarios/ingest.js';
 import { recovery } from './bench/scenarios/recovery.js';
@@ -31,7 +32,7 @@ import { handshakes } from './bench/scenarios/handshakes.js';
 import { shards } from './bench/scenarios/shards.js';
 import { storm } from './bench/scenarios/storm.js';
 
-const SCENARIOS: Record<string, Scenario> = { ingest, connections, assignment, fanout, recovery, storm, shards, handshakes };
+const SCENARIOS: Record<string, Scenario> = { ingest, connections, assignment, fanout, recovery, storm, shards, handshakes, edge };
 /** `all` runs these; `shards` repeats ingest and assignment per Redis layout and is run by name. */
 const ALL = ['ingest', 'connections', 'assignment', 'fanout', 'recovery', 'storm'];
 
