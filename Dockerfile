@@ -48,6 +48,6 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
 # The compiled hub run by node itself: SIGTERM from `docker stop` reaches the hub (graceful
 # shutdown) with no npm or shell in between. Migrations: `node dist/server/src/platform/migrate-cli.js`
 # (the compose `migrate` job); several processes in one container: `node dist/server/src/cluster.js`.
-# --max-semi-space-size=64: a young generation big enough for the garbage of hundreds of requests
-# in flight; scavenges took a third to a half as long in the assignment benchmark (docs/performance.md).
-CMD ["node", "--max-semi-space-size=64", "dist/server/src/main.js"]
+# --max-semi-space-size=32: a young generation big enough for the garbage of hundreds of requests
+# in flight, small enough that no scavenge stalls the loop long (docs/performance.md, sixth pass).
+CMD ["node", "--max-semi-space-size=32", "dist/server/src/main.js"]
