@@ -180,7 +180,8 @@ export function createApp(deps: AppDeps): HubApp {
   const httpServer = (): HttpServer => {
     // @hono/node-server's own Request and Response stand in for the global ones (its default): a
     // JSON answer is then written straight to the socket. With undici's Response every answer built
-    // a web ReadableStream and was read back out of it: 100-110 us of CPU per request against 35-45.
+    // a web ReadableStream and was read back out of it: 99-136 us of CPU per request against 39-50
+    // (`npm run bench -- edge`).
     const server = createAdaptorServer({ fetch: hono.fetch }) as HttpServer;
     // Longer than the idle timeouts of the clients and proxies in front (nginx, load balancers, the
     // webhook sender's keep-alive pool): the side that closes an idle connection must be the client,
