@@ -4,12 +4,41 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import { type Agent, request } from 'node:http';
 import { createServer } from 'node:net';
 
 /** Wall-clock milliseconds with sub-millisecond resolution, comparable across processes on one machine. */
 export const wallMs = (): number => performance.timeOrigin + performance.now();
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * `count` GETs of `url` on `agent`, at most `concurrency` in flight (default: all at once), each
+ * answer read to its end so its connection goes back to the pool; resolves with the last status.
+ */
+export async function getMany(agent: Agent, url: string, count: number, concurrency = count): Promise<number> {
+  let started = 0;
+  let status = 0;
+  const one = () =>
+    new Promise<void>((resolve, reject) => {
+      const req = request(url, { agent, timeout: 30_000 }, (res) => {
+        status = res.statusCode ?? 0;
+        res.resume();
+        res.on('end', () => resolve());
+      });
+      req.on('timeout', () => req.destroy(new Error(`timeout on GET ${url}`)));
+      req.on('error', reject);
+      req.end();
+    });
+  const worker = async () => {
+    while (started < count) {
+      started += 1;
+      await one();
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(count, concurrency) }, worker));
+  return status;
+}
 
 export function percentile(sorted: readonly number[], p: number): number | null {
   if (sorted.length === 0) return null;

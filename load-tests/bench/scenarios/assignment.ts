@@ -39,7 +39,7 @@ import {
   WIRE_KEYS,
   WIRE_PORTS,
 } from '../infra.js';
-import { foreignCpuPercent, machineBusyPercent, readCpuTimes, round, sampleProcesses, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
+import { foreignCpuPercent, getMany, machineBusyPercent, readCpuTimes, round, sampleProcesses, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
 import type { ProfileSummary } from '../profile-top.js';
 import { profiled, type RunContext, type ScenarioOutput, type TargetCheck } from '../context.js';
 
@@ -118,22 +118,8 @@ export function postOrder(agent: Agent, url: string, sellerOrderId: string, pick
  * queue for seconds; a webhook sender keeps its pool warm, and the max phase measures the hub's
  * throughput, not that queue.
  */
-async function warmConnections(agent: Agent, url: string, count: number): Promise<void> {
-  await Promise.all(
-    Array.from(
-      { length: count },
-      () =>
-        new Promise<void>((resolve, reject) => {
-          const req = request(`${url}/health`, { agent, timeout: 30_000 }, (res) => {
-            res.resume();
-            res.on('end', () => resolve());
-          });
-          req.on('timeout', () => req.destroy(new Error('timeout warming a connection')));
-          req.on('error', reject);
-          req.end();
-        }),
-    ),
-  );
+function warmConnections(agent: Agent, url: string, count: number): Promise<number> {
+  return getMany(agent, `${url}/health`, count);
 }
 
 type DispatchMode = 'assign' | 'offer';

@@ -5,9 +5,9 @@
  * middlewares, routing and a JSON error answer: the edge alone) and /health (the same plus a
  * PostgreSQL ping). Every webhook pays the first.
  */
-import http from 'node:http';
+import { Agent } from 'node:http';
 import { Cleanup, createBenchDatabase, deletePrefix, hubEnv, redisPrefix, SHARED_REDIS_URL, spawnServer } from '../infra.js';
-import { round, summarize, table } from '../lib.js';
+import { getMany, round, summarize, table } from '../lib.js';
 import { profiled, type RunContext, type ScenarioOutput } from '../context.js';
 import type { ProfileSummary } from '../profile-top.js';
 
@@ -17,28 +17,6 @@ interface PathResult {
   /** Hub CPU microseconds per request, one value per measured round. */
   cpuUsPerRequest: number[];
   requestsPerSecond: number[];
-}
-
-function requestAll(agent: http.Agent, port: number, path: string, count: number, concurrency: number): Promise<number> {
-  let sent = 0;
-  let status = 0;
-  const one = () =>
-    new Promise<void>((resolve, reject) => {
-      http
-        .get({ host: '127.0.0.1', port, path, agent }, (res) => {
-          status = res.statusCode ?? 0;
-          res.resume();
-          res.on('end', resolve);
-        })
-        .on('error', reject);
-    });
-  const worker = async () => {
-    while (sent < count) {
-      sent += 1;
-      await one();
-    }
-  };
-  return Promise.all(Array.from({ length: concurrency }, worker)).then(() => status);
 }
 
 export async function edge(ctx: RunContext): Promise<ScenarioOutput> {
@@ -54,15 +32,15 @@ export async function edge(ctx: RunContext): Promise<ScenarioOutput> {
     const prefix = redisPrefix();
     cleanup.add(`redis keys ${prefix}`, () => deletePrefix(SHARED_REDIS_URL, prefix));
     const hub = await spawnServer('hub', cleanup, { name: `edge-hub-${ctx.runId}`, env: hubEnv(db, prefix, { NODE_ID: 'bench-edge', ...ctx.hubEnv }), logDir: ctx.logDir });
-    const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
+    const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
     cleanup.add('http agent', () => agent.destroy());
     for (const path of paths) {
       const result: PathResult = { path, status: 0, cpuUsPerRequest: [], requestsPerSecond: [] };
-      await requestAll(agent, hub.port, path, Math.min(2_000, requests), concurrency);
+      await getMany(agent, `${hub.url}${path}`, Math.min(2_000, requests), concurrency);
       for (let r = 0; r < rounds; r++) {
         await hub.reset();
         const started = performance.now();
-        const run = () => requestAll(agent, hub.port, path, requests, concurrency);
+        const run = () => getMany(agent, `${hub.url}${path}`, requests, concurrency);
         result.status = await (r === rounds - 1 ? profiled(ctx, hub, `edge${path.replace(/\W+/g, '-')}`, run, profiles) : run());
         const seconds = (performance.now() - started) / 1000;
         const stats = await hub.stats();
