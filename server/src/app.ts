@@ -11,12 +11,12 @@ import { createFleetRoutes } from './fleets/fleets.routes.js';
 import type { FleetsStore } from './fleets/fleets.store.js';
 import type { Config } from './platform/config.js';
 import type { Database } from './platform/db.js';
-import { createAuthGate, createAuthThrottle } from './platform/auth-throttle.js';
+import { type AuthGate, createAuthGate, createAuthThrottle } from './platform/auth-throttle.js';
 import { createClientAddress } from './platform/client-address.js';
 import { toHubError } from './platform/errors.js';
 import { bodyLimit, createMethodGuard, requestTimer } from './platform/http-edge.js';
-import { createLogThrottle } from './platform/log-throttle.js';
-import { createRateLimits, type RateLimitRules } from './platform/rate-limits.js';
+import { createLogThrottle, type LogThrottle } from './platform/log-throttle.js';
+import { createRateLimits, type RateLimitRules, type RateLimits } from './platform/rate-limits.js';
 import { requireRole } from './platform/require-role.js';
 import { createLocationRoutes } from './presence/locations.routes.js';
 import { createSocketServer, SOCKET_LISTEN_BACKLOG, type SocketServerDeps } from './realtime/socket-server.js';
@@ -39,6 +39,27 @@ export interface AppDeps extends Omit<SocketServerDeps, BuiltByTheApp> {
   /** Further features' routes from the composition root, mounted after the hub's own (see MountedRoutes). */
   routes?: MountedRoutes[];
   edge?: EdgeOptions;
+  /**
+   * The exposition text of /metrics; by default this registry's. A hub with an API thread serves
+   * both threads' metrics from either port.
+   */
+  metricsText?: () => Promise<string>;
+  /** Set when the API thread serves HTTP_PORT: this app then opens no listener of its own there. */
+  apiThread?: { port(): number | null };
+}
+
+/** What the HTTP API needs: the app's deps without the sockets' own (the API thread has no sockets). */
+export type HttpApiDeps = Omit<AppDeps, 'pushes' | 'apiThread'>;
+
+export interface HttpApi {
+  hono: Hono;
+  health(): Promise<{ body: HealthBody; httpStatus: 200 | 503 }>;
+  limits: RateLimits;
+  auth: AuthGate;
+  /** A throttled address's flood of refusals is one log line per window, not one per request (HTTP and handshakes alike). */
+  refusalLog: LogThrottle;
+  /** An HTTP server answering with this API, its timeouts set for the clients and proxies in front. */
+  server(): HttpServer;
 }
 
 /**
@@ -81,7 +102,8 @@ export interface HealthBody {
 
 const startedAt = Date.now();
 
-export function createApp(deps: AppDeps): HubApp {
+/** The HTTP API alone: middlewares, every route, the error answer. No listener, no sockets. */
+export function createHttpApi(deps: HttpApiDeps): HttpApi {
   const { config, logger, metrics, database, redis } = deps;
   const hono = new Hono();
 
@@ -98,7 +120,6 @@ export function createApp(deps: AppDeps): HubApp {
     addressOf: createClientAddress(config.TRUSTED_PROXIES),
     metrics,
   });
-  /** A throttled address's flood of refusals is one log line per window, not one per request (HTTP and handshakes alike). */
   const throttledLog = createLogThrottle();
   hono.use('*', requestTimer((labels, seconds) => metrics.httpRequestSeconds.observe(labels, seconds)));
   hono.use('*', requestId());
@@ -123,7 +144,8 @@ export function createApp(deps: AppDeps): HubApp {
     const { body, httpStatus } = await health();
     return c.json(body, httpStatus);
   });
-  hono.get('/metrics', async (c) => c.text(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType }));
+  const metricsText = deps.metricsText ?? (() => metrics.registry.metrics());
+  hono.get('/metrics', async (c) => c.text(await metricsText(), 200, { 'content-type': metrics.registry.contentType }));
 
   const limits = createRateLimits({
     redis: redis?.command ?? null,
@@ -190,12 +212,19 @@ export function createApp(deps: AppDeps): HubApp {
     server.headersTimeout = 66_000;
     return server;
   };
-  const http = httpServer();
-  const apiOnly = config.HTTP_PORT === undefined ? null : httpServer();
+  return { hono, health, limits, auth, refusalLog: throttledLog, server: httpServer };
+}
+
+export function createApp(deps: AppDeps): HubApp {
+  const { config } = deps;
+  const api = createHttpApi(deps);
+  const { hono, health, limits, auth } = api;
+  const http = api.server();
+  const apiOnly = config.HTTP_PORT === undefined || deps.apiThread ? null : api.server();
   // No websocket on the API port: an upgrade there is closed at once.
   apiOnly?.on('upgrade', (_req, socket) => socket.destroy());
   let apiPort: number | null = null;
-  const sockets = createSocketServer(http, { ...deps, limits, auth, refusalLog: throttledLog, tokenRecheckMs: deps.edge?.tokenRecheckMs });
+  const sockets = createSocketServer(http, { ...deps, limits, auth, refusalLog: api.refusalLog, tokenRecheckMs: deps.edge?.tokenRecheckMs });
 
   return {
     http,
@@ -210,7 +239,7 @@ export function createApp(deps: AppDeps): HubApp {
       if (apiOnly) apiPort = await listenOn(apiOnly, config.HTTP_PORT!, config.HOST, 511);
       return port;
     },
-    apiPort: () => apiPort,
+    apiPort: () => (deps.apiThread ? deps.apiThread.port() : apiPort),
     async close() {
       const bound = new Promise<void>((resolve) => setTimeout(resolve, config.SHUTDOWN_TIMEOUT_MS).unref());
       apiOnly?.close();

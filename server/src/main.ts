@@ -1,8 +1,11 @@
 import { randomBytes } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
+import { isMainThread } from 'node:worker_threads';
+import type { Registry } from 'prom-client';
 import type { Hono } from 'hono';
 import { createTokenVersionsStore } from './admin/token-versions.store.js';
-import { createApp, type EdgeOptions, type HubApp } from './app.js';
+import { createApp, createHttpApi, type EdgeOptions, type HttpApiDeps, type HubApp } from './app.js';
 import { createDeliveriesService } from './deliveries/deliveries.service.js';
 import { createDeliveriesStore, toAssignmentPush } from './deliveries/deliveries.store.js';
 import { createDeliveryAnnouncer } from './deliveries/delivery-announcer.js';
@@ -13,6 +16,7 @@ import { createFleetsStore } from './fleets/fleets.store.js';
 import { createOutboxRelay } from './outbox/outbox.relay.js';
 import { createOutboxRoutes } from './outbox/outbox.routes.js';
 import { createOutboxStore } from './outbox/outbox.store.js';
+import { type ApiThread, type MainThreadLink, startApiThread } from './platform/api-thread.js';
 import { type Config, ConfigError, parseConfig } from './platform/config.js';
 import { openDatabase } from './platform/db.js';
 import { HubEvents } from './platform/hub-events.js';
@@ -50,11 +54,137 @@ export interface HubExtensions {
 
 /** The composition root: clients, stores, services, then the app. Nothing connects at import time. */
 export async function startHub(config: Config, logger: Logger, extensions: HubExtensions = {}): Promise<RunningHub> {
-  const metrics = createMetrics(config.NODE_ID);
+  const parts = await composeHub(config, logger, null);
+  const { metrics, database, redis, events, deliveriesStore, outboxStore, fleetDirectory, pushes, presence, dispatch, links, load } = parts;
+  const relay = createOutboxRelay({
+    store: outboxStore,
+    logger,
+    metrics,
+    config: {
+      url: config.VENDURE_WEBHOOK_URL,
+      secret: config.VENDURE_WEBHOOK_SECRET,
+      pollMs: config.OUTBOX_POLL_MS,
+      requestTimeoutMs: config.OUTBOX_REQUEST_TIMEOUT_MS,
+      maxAgeSeconds: config.OUTBOX_MAX_AGE_SECONDS,
+    },
+    trackingUrl: (token) => links.urlFor(token),
+  });
+
+  const clusterRedis = redis?.layout === 'cluster' ? redis : null;
+  const breakerView = clusterRedis
+    ? {
+        get state() {
+          return clusterRedis.breaker.state === 'open' || clusterRedis.shards.anyOpen() ? ('open' as const) : ('closed' as const);
+        },
+      }
+    : redis?.breaker;
+  registerStateGauges(metrics, { pendingDeliveries: deliveriesStore.countPending, outboxLag: outboxStore.lag, breaker: breakerView });
+
+  let apiThread: ApiThread | null = null;
+  const app = createApp({
+    ...parts.httpDeps,
+    pushes,
+    routes: [
+      { path: '/admin/outbox', routes: createOutboxRoutes({ store: outboxStore }) },
+      ...(extensions.publicRoutes ?? [createMapRoutes({ tileUrl: config.MAP_TILE_URL })]).map((routes) => ({ path: '/', routes })),
+    ],
+    edge: extensions.edge,
+    ...(config.API_THREAD
+      ? { apiThread: { port: () => apiThread?.port() ?? null }, metricsText: () => (apiThread ? apiThread.metricsText() : metrics.registry.metrics()) }
+      : {}),
+  });
+  const port = await app.listen();
+  parts.listeningOn(port);
+  presence.start();
+  pushes.start();
+  dispatch.start();
+  relay.start();
+  if (config.API_THREAD) {
+    try {
+      apiThread = await startApiThread({
+        entry: new URL(import.meta.url.endsWith('.ts') ? './api-thread-entry.ts' : './api-thread-entry.js', import.meta.url),
+        data: { config, mainPort: port },
+        logger,
+        events,
+        registry: metrics.registry,
+        shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
+      });
+    } catch (err) {
+      await stopParts();
+      throw err;
+    }
+  }
+
+  async function stopParts(): Promise<void> {
+    dispatch.stop();
+    fleetDirectory.stop();
+    await app.close();
+    await pushes.stop();
+    await presence.stop();
+    await relay.stop();
+    await redis?.close();
+    await database.close();
+    load.stop();
+  }
+  let stopping: Promise<void> | null = null;
+  return {
+    app,
+    port,
+    config,
+    stop() {
+      stopping ??= (async () => {
+        // The API first: no webhook is taken while the rest closes.
+        await apiThread?.stop();
+        await stopParts();
+      })();
+      return stopping;
+    },
+  };
+}
+
+/**
+ * The API thread's hub (API_THREAD=true): the same stores and services on connections of its own,
+ * serving HTTP_PORT only. It runs no background work (pending retries, sweeps, the outbox): the
+ * main thread of every node does, and its events go to the main thread's sockets.
+ */
+export async function startApiThreadHub(config: Config, logger: Logger, link: (registry: Registry) => MainThreadLink, mainPort: number): Promise<{ port: number; stopRequested: Promise<void>; stop(): Promise<void> }> {
+  const parts = await composeHub(config, logger, link);
+  parts.listeningOn(mainPort);
+  const api = createHttpApi({ ...parts.httpDeps, metricsText: parts.thread!.metricsText });
+  const server = api.server();
+  const port = await new Promise<number>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ port: config.HTTP_PORT, host: config.HOST }, () => resolve((server.address() as AddressInfo).port));
+  });
+  parts.presence.start('positions-only');
+  parts.thread!.listening(port);
+  return {
+    port,
+    stopRequested: parts.thread!.stopRequested,
+    async stop() {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections?.();
+      await Promise.race([closed, new Promise<void>((resolve) => setTimeout(resolve, config.SHUTDOWN_TIMEOUT_MS).unref())]);
+      server.closeAllConnections?.();
+      parts.fleetDirectory.stop();
+      await parts.presence.stop();
+      await parts.redis?.close();
+      await parts.database.close();
+      parts.load.stop();
+    },
+  };
+}
+
+/** Clients, stores and services, shared by the hub and its API thread. */
+async function composeHub(config: Config, logger: Logger, link: ((registry: Registry) => MainThreadLink) | null) {
+  // With an API thread each thread's series carry a `thread` label: /metrics merges the two.
+  const metrics = createMetrics(config.NODE_ID, config.API_THREAD ? (link ? 'api' : 'main') : undefined);
+  const thread = link ? link(metrics.registry) : null;
   const database = openDatabase({ url: config.DATABASE_URL, dataDir: config.DATA_DIR });
   try {
     if (!(await database.ping(database.kind === 'pglite' ? 60_000 : 10_000))) throw new Error('database unreachable');
-    if (config.RUN_MIGRATIONS) await database.migrate();
+    // The main thread migrated before it started the API thread.
+    if (config.RUN_MIGRATIONS && !thread) await database.migrate();
   } catch (err) {
     await database.close().catch(() => {});
     throw new Error(`PostgreSQL is not usable (${database.kind}): ${(err as Error).message}`, { cause: err });
@@ -84,7 +214,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
   let publicUrl = config.PUBLIC_URL ?? `http://localhost:${config.PORT}`;
   const links = createTrackingLinks(() => publicUrl);
 
-  const events = new HubEvents();
+  const events = thread?.events ?? new HubEvents();
   const drivers = createDriversStore(database);
   const outboxStore = createOutboxStore(database);
   const pushesStore = createPushesStore(database);
@@ -125,6 +255,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
       fairnessBandMeters: config.FAIRNESS_BAND_METERS,
     },
   });
+  if (redis) metrics.watchRedis(presence.redisHealthy);
   const announce = createDeliveryAnnouncer({ events, presence });
   const dispatch = createDispatchService({
     deliveries: deliveriesStore,
@@ -159,31 +290,8 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     assignNow: (deliveryId) => dispatch.assignPendingDelivery(deliveryId),
   });
   const tracking = createTrackingService({ store: createTrackingStore(database), ttlHours: config.TRACKING_TTL_HOURS });
-  const relay = createOutboxRelay({
-    store: outboxStore,
-    logger,
-    metrics,
-    config: {
-      url: config.VENDURE_WEBHOOK_URL,
-      secret: config.VENDURE_WEBHOOK_SECRET,
-      pollMs: config.OUTBOX_POLL_MS,
-      requestTimeoutMs: config.OUTBOX_REQUEST_TIMEOUT_MS,
-      maxAgeSeconds: config.OUTBOX_MAX_AGE_SECONDS,
-    },
-    trackingUrl: (token) => links.urlFor(token),
-  });
 
-  const clusterRedis = redis?.layout === 'cluster' ? redis : null;
-  const breakerView = clusterRedis
-    ? {
-        get state() {
-          return clusterRedis.breaker.state === 'open' || clusterRedis.shards.anyOpen() ? ('open' as const) : ('closed' as const);
-        },
-      }
-    : redis?.breaker;
-  registerStateGauges(metrics, { pendingDeliveries: deliveriesStore.countPending, outboxLag: outboxStore.lag, breaker: breakerView });
-
-  const app = createApp({
+  const httpDeps = {
     config,
     logger,
     metrics,
@@ -194,43 +302,35 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
     events,
     drivers,
     presence,
-    pushes,
     dispatch,
     deliveries,
     tracking,
     links,
     fleets: { store: fleetsStore, changed: fleetDirectory.refresh },
-    routes: [
-      { path: '/admin/outbox', routes: createOutboxRoutes({ store: outboxStore }) },
-      ...(extensions.publicRoutes ?? [createMapRoutes({ tileUrl: config.MAP_TILE_URL })]).map((routes) => ({ path: '/', routes })),
-    ],
-    edge: extensions.edge,
-  });
-  const port = await app.listen();
-  if (!config.PUBLIC_URL) publicUrl = `http://localhost:${port}`;
-  presence.start();
-  pushes.start();
-  dispatch.start();
-  relay.start();
-
-  let stopping: Promise<void> | null = null;
+  } satisfies HttpApiDeps;
   return {
-    app,
-    port,
-    config,
-    stop() {
-      stopping ??= (async () => {
-        dispatch.stop();
-        fleetDirectory.stop();
-        await app.close();
-        await pushes.stop();
-        await presence.stop();
-        await relay.stop();
-        await redis?.close();
-        await database.close();
-        load.stop();
-      })();
-      return stopping;
+    metrics,
+    thread,
+    database,
+    redis,
+    presenceStore,
+    events,
+    drivers,
+    deliveriesStore,
+    outboxStore,
+    fleetsStore,
+    fleetDirectory,
+    pushes,
+    presence,
+    dispatch,
+    deliveries,
+    tracking,
+    links,
+    load,
+    httpDeps,
+    /** Unset, PUBLIC_URL names the port the hub listens on, known only once it listens (PORT=0). */
+    listeningOn(port: number) {
+      if (!config.PUBLIC_URL) publicUrl = `http://localhost:${port}`;
     },
   };
 }
@@ -288,6 +388,7 @@ async function run(): Promise<void> {
   process.once('SIGINT', () => shutdown('SIGINT'));
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+// A worker thread sees the process's argv too: only the main thread runs the hub from here.
+if (isMainThread && process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   await run();
 }

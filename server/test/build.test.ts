@@ -26,7 +26,17 @@ describe('production build', () => {
     db = await createTestDatabase();
     const logs: string[] = [];
     child = spawn(process.execPath, ['dist/server/src/main.js'], {
-      env: { PATH: process.env.PATH, NODE_ENV: 'production', PORT: '0', HOST: '127.0.0.1', DATABASE_URL: db.url, DATA_DIR: db.dataDir, LOG_LEVEL: 'info' },
+      env: {
+        PATH: process.env.PATH,
+        NODE_ENV: 'production',
+        PORT: '0',
+        HOST: '127.0.0.1',
+        DATABASE_URL: db.url,
+        DATA_DIR: db.dataDir,
+        LOG_LEVEL: 'info',
+        // The API thread's entry is a file of its own in dist: it must be there and start.
+        ...(db.url ? { HTTP_PORT: '0', API_THREAD: 'true' } : {}),
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const port = await new Promise<number>((resolve, reject) => {
@@ -43,6 +53,10 @@ describe('production build', () => {
       child!.once('exit', (code) => reject(new Error(`compiled hub exited with ${code}:\n${logs.join('')}`)));
     });
     const url = `http://127.0.0.1:${port}`;
+    if (db.url) {
+      const apiPort = Number(/"apiPort":(\d+)/.exec(logs.join(''))?.[1]);
+      expect(await (await fetch(`http://127.0.0.1:${apiPort}/health`)).json()).toMatchObject({ status: 'ok', postgres: 'up' });
+    }
 
     expect(await (await fetch(`${url}/health`)).json()).toMatchObject({ status: 'ok', postgres: 'up' });
     expect((await (await fetch(`${url}/openapi.json`)).json()).openapi).toBe('3.1.0');

@@ -149,10 +149,12 @@ export async function storm(ctx: RunContext): Promise<ScenarioOutput> {
   const jitters = ctx.str('jitter', 'none,client').split(',') as StormJitter[];
   const targets = ctx.str('targets', 'sio-bare,hub').split(',') as ServerKind[];
   // --api-port 1: the hubs take webhooks on a port of their own (HTTP_PORT), away from the sockets' accept queue.
-  const apiPort = ctx.num('api-port', 0) !== 0;
+  // --api-thread 1: and serve that port from the hub's API thread (API_THREAD=true; implies --api-port 1).
+  const apiThread = ctx.num('api-thread', 0) !== 0;
+  const apiPort = apiThread || ctx.num('api-port', 0) !== 0;
   // --statements 1: which statements the survivors ran during the storm (parses every PostgreSQL message they send: costs them CPU).
   const statements = ctx.num('statements', 0) !== 0;
-  const options = { drivers, generators, pingHz, orderRate, calmSeconds, timeoutSeconds, apiPort, statements };
+  const options = { drivers, generators, pingHz, orderRate, calmSeconds, timeoutSeconds, apiPort, apiThread, statements };
 
   const results: StormResult[] = [];
   const profiles: Record<string, ProfileSummary> = {};
@@ -227,7 +229,7 @@ async function runStorm(
   ctx: RunContext,
   target: ServerKind,
   jitter: StormJitter,
-  o: { drivers: number; generators: number; pingHz: number; orderRate: number; calmSeconds: number; timeoutSeconds: number; apiPort: boolean; statements: boolean },
+  o: { drivers: number; generators: number; pingHz: number; orderRate: number; calmSeconds: number; timeoutSeconds: number; apiPort: boolean; apiThread: boolean; statements: boolean },
   profiles: Record<string, ProfileSummary>,
 ): Promise<StormResult> {
   const label = `${target}/${jitter}`;
@@ -244,7 +246,7 @@ async function runStorm(
     for (const name of ['a', 'b', 'c']) {
       const apiPort = db && o.apiPort ? await freePort() : null;
       const env = db
-        ? hubEnv(db, prefix, { NODE_ID: `storm-${name}`, ...(apiPort ? { HTTP_PORT: String(apiPort) } : {}), ...ctx.hubEnv })
+        ? hubEnv(db, prefix, { NODE_ID: `storm-${name}`, ...(apiPort ? { HTTP_PORT: String(apiPort) } : {}), ...(o.apiThread ? { API_THREAD: 'true' } : {}), ...ctx.hubEnv })
         : { REDIS_URL: SHARED_REDIS_URL, REDIS_PREFIX: prefix };
       const node = await spawnServer(target, cleanup, { name: `storm-${target}-${jitter}-${name}-${ctx.runId}`, env, logDir: ctx.logDir });
       nodes.push(node);

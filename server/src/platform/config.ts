@@ -43,6 +43,11 @@ const envSchema = z.object({
    * there never wait in the accept queue behind a reconnect storm's websocket connects on PORT.
    */
   HTTP_PORT: z.preprocess((v) => (v === undefined || v === '' ? undefined : Number(v)), z.number().int().min(0).max(65535).optional()),
+  /**
+   * HTTP_PORT served from a thread of its own, with its own event loop and its own PostgreSQL and
+   * Redis connections: webhooks then never wait for turns of a loop busy with a reconnect storm.
+   */
+  API_THREAD: boolFromEnv(false),
   HOST: z.string().default('0.0.0.0'),
   DATABASE_URL: optionalString.pipe(z.string().url().startsWith('postgres').optional()),
   DATA_DIR: z.string().default('./data'),
@@ -185,6 +190,9 @@ export function parseConfig(env: Record<string, string | undefined>, generate: (
   }
   if (parsed.data.REDIS_CLUSTER_NODES && /[{}]/.test(parsed.data.REDIS_PREFIX)) {
     throw new ConfigError(['REDIS_PREFIX: must not contain { or } with REDIS_CLUSTER_NODES (the hub places its own hash tags)']);
+  }
+  if (parsed.data.API_THREAD && (parsed.data.HTTP_PORT === undefined || !parsed.data.DATABASE_URL)) {
+    throw new ConfigError(['API_THREAD: needs HTTP_PORT (the port it serves) and DATABASE_URL (two threads cannot share the embedded PGlite)']);
   }
   if (parsed.data.VENDURE_WEBHOOK_URL && !parsed.data.VENDURE_WEBHOOK_SECRET) {
     throw new ConfigError(['VENDURE_WEBHOOK_SECRET: required when VENDURE_WEBHOOK_URL is set (events are never sent unsigned)']);

@@ -1,12 +1,18 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** One registry per hub instance (tests run several hubs in one process). */
-export function createMetrics(nodeId: string) {
+export function createMetrics(nodeId: string, thread?: 'main' | 'api') {
   const registry = new Registry();
-  registry.setDefaultLabels({ node: nodeId });
+  registry.setDefaultLabels(thread ? { node: nodeId, thread } : { node: nodeId });
   collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 10 });
+  // Read at each scrape once a source is known (composition root), not only when /health is asked.
+  let redisHealthy: (() => boolean) | null = null;
   const m = {
     registry,
+    /** Where hub_redis_up reads its value when Prometheus scrapes. */
+    watchRedis(source: () => boolean): void {
+      redisHealthy = source;
+    },
     socketsConnected: new Gauge({ name: 'hub_sockets_connected', help: 'Open sockets by namespace', labelNames: ['namespace'], registers: [registry] }),
     pingsReceived: new Counter({ name: 'hub_location_fixes_total', help: 'Location fixes accepted', registers: [registry] }),
     inputRejected: new Counter({ name: 'hub_input_rejected_total', help: 'Client input refused', labelNames: ['event', 'code'], registers: [registry] }),
@@ -31,7 +37,14 @@ export function createMetrics(nodeId: string) {
     }),
     webhookRequests: new Counter({ name: 'hub_webhook_requests_total', help: 'Inbound webhooks by outcome', labelNames: ['event', 'outcome'], registers: [registry] }),
     driversSwept: new Counter({ name: 'hub_drivers_swept_total', help: 'Drivers taken offline by heartbeat expiry', registers: [registry] }),
-    redisUp: new Gauge({ name: 'hub_redis_up', help: '1 when Redis is reachable', registers: [registry] }),
+    redisUp: new Gauge({
+      name: 'hub_redis_up',
+      help: '1 when Redis is reachable',
+      registers: [registry],
+      collect() {
+        if (redisHealthy) this.set(redisHealthy() ? 1 : 0);
+      },
+    }),
     redisRebuilds: new Counter({ name: 'hub_redis_rebuilds_total', help: 'Redis presence rebuilds from PostgreSQL', registers: [registry] }),
     presenceReconciles: new Counter({ name: 'hub_presence_reconciles_total', help: 'Reconcile passes of Redis presence against PostgreSQL run by this node', registers: [registry] }),
     outboxSent: new Counter({ name: 'hub_outbox_sent_total', help: 'Status events delivered to Vendure', registers: [registry] }),

@@ -38,16 +38,20 @@ export interface PresenceService
     Pick<DriverSessions, 'connect' | 'disconnect' | 'setDuty' | 'released' | 'claimed'>,
     Pick<RedisRepair, 'redisHealthy'> {
   /**
-   * The `count` nearest free drivers to a point: Redis GEO when it answers, PostgreSQL's last
-   * known positions when Redis is away, disabled or fails. Proposals only; the claim decides.
-   */
-  /**
    * Whether fixes should be refused now: the event loop runs late or the position writes are
    * behind. Sessions, heartbeats and claims go on regardless; positions wait (the app keeps them).
    */
   shedding(): boolean;
+  /**
+   * The `count` nearest free drivers to a point: Redis GEO when it answers, PostgreSQL's last
+   * known positions when Redis is away, disabled or fails. Proposals only; the claim decides.
+   */
   nearestCandidates(point: { lat: number; lng: number }, count: number, passOver?: ReadonlySet<string>, pool?: CandidatePool): Promise<NearestCandidates>;
-  start(): void;
+  /**
+   * The background work. `positions-only`: the API thread, which holds no sockets, flushes the
+   * fixes posted over HTTP; the heartbeat, sweep, repair and reconcile rounds are the main thread's.
+   */
+  start(scope?: 'all' | 'positions-only'): void;
   /** Stops the background work and writes out what is pending; PostgreSQL may close after. */
   stop(): Promise<void>;
 }
@@ -109,9 +113,10 @@ export function createPresenceService(deps: PresenceDeps): PresenceService {
     nearestCandidates,
     shedding: () => positions.behind() || (deps.load ?? neverOverloaded).overloaded,
 
-    start(): void {
+    start(scope = 'all'): void {
       const ttlMs = config.heartbeatTtlSeconds * 1000;
       every(config.positionFlushMs, positions.flushToPostgres, 'positions');
+      if (scope === 'positions-only') return;
       every(Math.max(200, ttlMs / 3), repair.keepLocalAlive, 'heartbeat');
       every(Math.max(200, ttlMs / 3), repair.sweep, 'sweep');
       every(1000, repair.repairRedis, 'repair');

@@ -4,6 +4,8 @@ import type { Config } from '../../src/platform/config.js';
 export interface ChildHub {
   url: string;
   port: number;
+  /** HTTP_PORT's port when the hub opened one (`"apiPort"` in its listening line). */
+  apiPort: number | null;
   process: ChildProcess;
   logs: string[];
   kill(signal?: NodeJS.Signals): Promise<number | null>;
@@ -16,6 +18,7 @@ export async function spawnHub(env: Record<string, string | undefined>): Promise
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: string[] = [];
+  let apiPort: number | null = null;
   const port = await new Promise<number>((resolve, reject) => {
     // A child that never says it listens is killed, not left running after the test.
     const timer = setTimeout(() => {
@@ -33,6 +36,8 @@ export async function spawnHub(env: Record<string, string | undefined>): Promise
         const match = /"port":(\d+)/.exec(line);
         if (match && line.includes('listening')) {
           clearTimeout(timer);
+          const api = /"apiPort":(\d+)/.exec(line);
+          if (api) apiPort = Number(api[1]);
           resolve(Number(match[1]));
         }
         newline = buffer.indexOf('\n');
@@ -47,6 +52,7 @@ export async function spawnHub(env: Record<string, string | undefined>): Promise
   return {
     url: `http://127.0.0.1:${port}`,
     port,
+    apiPort,
     process: child,
     logs,
     kill(signal = 'SIGKILL') {
