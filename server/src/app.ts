@@ -250,7 +250,8 @@ export function createApp(deps: AppDeps): HubApp {
   };
 }
 
-function listenOn(server: HttpServer, port: number, host: string, backlog: number): Promise<number> {
+/** Listens and resolves with the port (the one the OS chose for port 0). */
+export function listenOn(server: HttpServer, port: number, host: string, backlog: number): Promise<number> {
   return new Promise<number>((resolve, reject) => {
     server.once('error', reject);
     server.listen({ port, host, backlog }, () => {

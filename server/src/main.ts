@@ -1,11 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
 import { isMainThread } from 'node:worker_threads';
 import type { Registry } from 'prom-client';
 import type { Hono } from 'hono';
 import { createTokenVersionsStore } from './admin/token-versions.store.js';
-import { createApp, createHttpApi, type EdgeOptions, type HttpApiDeps, type HubApp } from './app.js';
+import { createApp, createHttpApi, type EdgeOptions, type HttpApiDeps, type HubApp, listenOn } from './app.js';
 import { createDeliveriesService } from './deliveries/deliveries.service.js';
 import { createDeliveriesStore, toAssignmentPush } from './deliveries/deliveries.store.js';
 import { createDeliveryAnnouncer } from './deliveries/delivery-announcer.js';
@@ -152,10 +151,7 @@ export async function startApiThreadHub(config: Config, logger: Logger, link: (r
   parts.listeningOn(mainPort);
   const api = createHttpApi({ ...parts.httpDeps, metricsText: parts.thread!.metricsText });
   const server = api.server();
-  const port = await new Promise<number>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ port: config.HTTP_PORT, host: config.HOST }, () => resolve((server.address() as AddressInfo).port));
-  });
+  const port = await listenOn(server, config.HTTP_PORT!, config.HOST, 511);
   parts.presence.start('positions-only');
   parts.thread!.listening(port);
   return {

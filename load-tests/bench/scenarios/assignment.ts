@@ -39,7 +39,7 @@ import {
   WIRE_KEYS,
   WIRE_PORTS,
 } from '../infra.js';
-import { foreignCpuPercent, getMany, machineBusyPercent, readCpuTimes, round, sampleProcesses, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
+import { foreignCpuPercent, freePort, getMany, machineBusyPercent, readCpuTimes, round, sampleProcesses, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
 import type { ProfileSummary } from '../profile-top.js';
 import { profiled, type RunContext, type ScenarioOutput, type TargetCheck } from '../context.js';
 
@@ -193,6 +193,8 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
   // --statements 1 adds which statements they were.
   const statements = ctx.num('statements', 0) !== 0;
   const countingWire = statements || ctx.num('wire', 0) !== 0;
+  // --api-thread 1: the webhooks go to HTTP_PORT, served by the hub's API thread (API_THREAD=true).
+  const apiThread = ctx.num('api-thread', 0) !== 0;
   const cleanup = new Cleanup();
   const profiles: Record<string, ProfileSummary> = {};
   const agent = new Agent({ keepAlive: true, maxSockets: concurrency, maxFreeSockets: concurrency });
@@ -202,11 +204,20 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
     cleanup.add(`redis keys ${prefix}`, () => deletePrefix(SHARED_REDIS_URL, prefix));
     const benchCluster = shards > 0 ? await startBenchCluster(cleanup, shards) : null;
     if (benchCluster) ctx.log(`assignment: the hub on a private ${shards}-master Redis Cluster`);
+    const apiPort = apiThread ? await freePort() : null;
     const hub = await spawnServer('hub', cleanup, {
       name: `${mode}-hub-${ctx.runId}`,
-      env: hubEnv(db, prefix, { NODE_ID: `bench-${mode}`, ...(mode === 'offer' ? { DISPATCH_MODE: 'offer' } : {}), ...clusterEnv(benchCluster?.seeds ?? null), ...ctx.hubEnv }),
+      env: hubEnv(db, prefix, {
+        NODE_ID: `bench-${mode}`,
+        ...(mode === 'offer' ? { DISPATCH_MODE: 'offer' } : {}),
+        ...(apiPort ? { HTTP_PORT: String(apiPort), API_THREAD: 'true' } : {}),
+        ...clusterEnv(benchCluster?.seeds ?? null),
+        ...ctx.hubEnv,
+      }),
       logDir: ctx.logDir,
     });
+    /** Where the webhooks go: the API thread's port with --api-thread 1, else the hub's one port. */
+    const webhookUrl = apiPort ? `http://127.0.0.1:${apiPort}` : hub.url;
     const ids = await insertDrivers(db, drivers);
     const tokens = await mintTokens('driver', ids);
     const positions = positionsAround(drivers, 10);
@@ -267,7 +278,7 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
           const due = Math.min(total, Math.floor(((performance.now() - started) * rate) / 1000));
           while (inflight.length < due) {
             const [pickup, dropoff] = randomOrder();
-            inflight.push(postOrder(agent, hub.url, `bench-${label}-${inflight.length}-${randomUUID().slice(0, 8)}`, pickup, dropoff));
+            inflight.push(postOrder(agent, webhookUrl, `bench-${label}-${inflight.length}-${randomUUID().slice(0, 8)}`, pickup, dropoff));
           }
           if (inflight.length >= total) {
             clearInterval(timer);
@@ -307,7 +318,7 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
     // 2. As fast as the hub goes: `concurrency` requests in flight.
     ctx.log(`max throughput: ${maxOrders} orders, ${concurrency} in flight`);
     await hub.reset();
-    await warmConnections(agent, hub.url, concurrency);
+    await warmConnections(agent, webhookUrl, concurrency);
     const maxCpu = readCpuTimes();
     const maxProcs = sampleProcesses();
     const maxPosted: Posted[] = [];
@@ -323,7 +334,7 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
             while (next < maxOrders) {
               const i = next++;
               const [pickup, dropoff] = randomOrder();
-              maxPosted.push(await postOrder(agent, hub.url, `bench-max-${i}-${randomUUID().slice(0, 8)}`, pickup, dropoff));
+              maxPosted.push(await postOrder(agent, webhookUrl, `bench-max-${i}-${randomUUID().slice(0, 8)}`, pickup, dropoff));
             }
           }),
         );
