@@ -64,6 +64,10 @@ describe.skipIf(!hasSharedPostgres())('the API thread (API_THREAD=true)', () => 
       expect(text).toMatch(/^hub_redis_up\{[^}]*thread="api"[^}]*\} 1$/m);
       const helps = text.split('\n').filter((line) => line.startsWith('# HELP hub_webhook_requests_total '));
       expect(helps).toHaveLength(1);
+      // Process-wide figures once per process, each thread's own loop lag per thread.
+      expect(text.match(/^process_resident_memory_bytes\{.*$/gm)).toHaveLength(1);
+      expect(text).toMatch(/^nodejs_eventloop_lag_p99_seconds\{[^}]*thread="api"/m);
+      expect(text).toMatch(/^nodejs_eventloop_lag_p99_seconds\{[^}]*thread="main"/m);
     }
   });
 

@@ -5,6 +5,11 @@ export function createMetrics(nodeId: string, thread?: 'main' | 'api') {
   const registry = new Registry();
   registry.setDefaultLabels(thread ? { node: nodeId, thread } : { node: nodeId });
   collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 10 });
+  // The process's CPU, memory and file descriptors are the main thread's to report: from the API
+  // thread too they would be counted twice by any sum over a node's series.
+  if (thread === 'api') {
+    for (const metric of registry.getMetricsAsArray()) if (metric.name.startsWith('process_')) registry.removeSingleMetric(metric.name);
+  }
   // Read at each scrape once a source is known (composition root), not only when /health is asked.
   let redisHealthy: (() => boolean) | null = null;
   const m = {
