@@ -106,6 +106,7 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
         logger,
         events,
         registry: metrics.registry,
+        restarted: () => metrics.apiThreadRestarts.inc(),
         shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
       });
     } catch (err) {

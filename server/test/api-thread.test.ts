@@ -106,18 +106,21 @@ describe('the API thread, with a stand-in entry', () => {
     const events = new HubEvents();
     const given: string[] = [];
     events.on('driver:revoked', ({ driverId }) => given.push(driverId));
+    const metrics = createMetrics('stand-in');
     const thread = await startApiThread({
       entry: new URL('./support/dying-api-thread.mjs', import.meta.url),
       data: { config: { HTTP_PORT: 0 } as never, mainPort: 1 },
       logger: createLogger({ level: 'info', nodeId: 'stand-in', pretty: false }, logs.stream),
       events,
-      registry: createMetrics('stand-in').registry,
+      registry: metrics.registry,
+      restarted: () => metrics.apiThreadRestarts.inc(),
       shutdownTimeoutMs: 500,
     });
     expect(thread.port()).toBe(45_678);
     await eventually(() => given.length >= 2, 'a second thread started', 5000);
     expect(given.slice(0, 2)).toEqual(['given-0', 'given-45678']);
     expect(logs.lines().some((line) => line.msg === 'api thread exited; restarting it')).toBe(true);
+    expect((await metrics.apiThreadRestarts.get()).values[0].value).toBeGreaterThanOrEqual(1);
     await thread.stop();
   });
 

@@ -95,6 +95,8 @@ export async function startApiThread(deps: {
   logger: Logger;
   events: HubEvents;
   registry: Registry;
+  /** Counts each restart of a thread that died. */
+  restarted: () => void;
   shutdownTimeoutMs: number;
 }): Promise<ApiThread> {
   const { entry, logger, events } = deps;
@@ -131,6 +133,7 @@ export async function startApiThread(deps: {
         if (stopping) return;
         const delay = RESTART_DELAYS_MS[Math.min(restarts, RESTART_DELAYS_MS.length - 1)];
         restarts += 1;
+        deps.restarted();
         logger.error({ code, restartInMs: delay }, 'api thread exited; restarting it');
         setTimeout(() => {
           if (stopping) return;

@@ -60,6 +60,7 @@ export function createMetrics(nodeId: string, thread?: 'main' | 'api') {
     pushesUnacknowledged: new Counter({ name: 'hub_pushes_unacknowledged_total', help: 'Pushes flagged unacknowledged after every re-send went unanswered', labelNames: ['kind'], registers: [registry] }),
     locationsShed: new Counter({ name: 'hub_location_fixes_shed_total', help: 'Location fixes refused because the hub was past its capacity (event loop late or position writes behind)', registers: [registry] }),
     rateLimited: new Counter({ name: 'hub_rate_limited_total', help: 'Events refused by rate limits', labelNames: ['event'], registers: [registry] }),
+    apiThreadRestarts: new Counter({ name: 'hub_api_thread_restarts_total', help: 'Times the API thread (API_THREAD=true) died and was started again', registers: [registry] }),
     authFailures: new Counter({ name: 'hub_auth_failures_total', help: 'Failed authentications by kind (admin, webhook, handshake, tracking)', labelNames: ['kind'], registers: [registry] }),
   };
   return m;
