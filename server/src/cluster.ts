@@ -35,6 +35,9 @@ export function clusterProblems(env: Record<string, string | undefined>, count: 
   // Embedded PGlite is a single-process database; without Redis the workers could not see each other's sockets.
   if (!env.DATABASE_URL?.trim()) problems.push('DATABASE_URL: required for more than one worker (the embedded PGlite database is single-process)');
   if (!env.REDIS_URL?.trim() && !env.REDIS_CLUSTER_NODES?.trim()) problems.push('REDIS_URL: required for more than one worker (the Socket.IO Redis adapter connects them)');
+  // node:cluster shares a port between worker processes, not with their threads: the second
+  // worker's API thread would find HTTP_PORT taken.
+  if (['true', '1'].includes(env.API_THREAD?.trim() ?? '')) problems.push('API_THREAD: not with more than one worker (their API threads cannot share HTTP_PORT); unset it, or run one process per hub');
   return problems;
 }
 

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { clusterProblems } from '../src/cluster.js';
 import { startApiThread } from '../src/platform/api-thread.js';
 import { ConfigError, parseConfig } from '../src/platform/config.js';
 import { HubEvents } from '../src/platform/hub-events.js';
@@ -122,6 +123,13 @@ describe('the API thread, with a stand-in entry', () => {
     expect(logs.lines().some((line) => line.msg === 'api thread exited; restarting it')).toBe(true);
     expect((await metrics.apiThreadRestarts.get()).values[0].value).toBeGreaterThanOrEqual(1);
     await thread.stop();
+  });
+
+  it('when npm run cluster is asked for several workers with API_THREAD, then it refuses and says why; one worker may have it', () => {
+    const env = { API_THREAD: 'true', HTTP_PORT: '8081', DATABASE_URL: 'postgres://127.0.0.1/x', REDIS_URL: 'redis://127.0.0.1:6379' };
+    expect(clusterProblems(env, 2)).toEqual([expect.stringMatching(/^API_THREAD: not with more than one worker/)]);
+    expect(clusterProblems(env, 1)).toEqual([]);
+    expect(clusterProblems({ ...env, API_THREAD: 'false' }, 2)).toEqual([]);
   });
 
   it('when API_THREAD is set without HTTP_PORT or without DATABASE_URL, then the config is refused with the reason', () => {
