@@ -54,7 +54,15 @@ export interface HubExtensions {
 /** The composition root: clients, stores, services, then the app. Nothing connects at import time. */
 export async function startHub(config: Config, logger: Logger, extensions: HubExtensions = {}): Promise<RunningHub> {
   const parts = await composeHub(config, logger, null);
-  const { metrics, database, redis, events, deliveriesStore, outboxStore, fleetDirectory, pushes, presence, dispatch, links, load } = parts;
+  const { metrics, database, redis, events, deliveriesStore, outboxStore, pushesStore, fleetDirectory, presence, dispatch, links, load } = parts;
+  // The pushes' tracking lives where the sockets are: the API thread's pushes come here as events.
+  const pushes = createPushService({
+    store: pushesStore,
+    events,
+    logger,
+    metrics,
+    config: { retryMs: config.PUSH_RETRY_MS, maxResends: config.PUSH_MAX_RESENDS },
+  });
   const relay = createOutboxRelay({
     store: outboxStore,
     logger,
@@ -220,13 +228,6 @@ async function composeHub(config: Config, logger: Logger, link: ((registry: Regi
   const fleetsStore = createFleetsStore(database);
   const fleetDirectory = createFleetDirectory({ store: fleetsStore, logger });
   await fleetDirectory.start();
-  const pushes = createPushService({
-    store: pushesStore,
-    events,
-    logger,
-    metrics,
-    config: { retryMs: config.PUSH_RETRY_MS, maxResends: config.PUSH_MAX_RESENDS },
-  });
   // Past this lag the loop is not keeping up: positions are refused until it does (sessions,
   // heartbeats and claims go on), rather than acknowledged and written seconds late.
   const load = config.SHED_LAG_MS > 0 ? createLoadGauge({ lagLimitMs: config.SHED_LAG_MS }) : neverOverloaded;
@@ -310,18 +311,13 @@ async function composeHub(config: Config, logger: Logger, link: ((registry: Regi
     thread,
     database,
     redis,
-    presenceStore,
     events,
-    drivers,
     deliveriesStore,
     outboxStore,
-    fleetsStore,
+    pushesStore,
     fleetDirectory,
-    pushes,
     presence,
     dispatch,
-    deliveries,
-    tracking,
     links,
     load,
     httpDeps,
