@@ -139,6 +139,39 @@ describe('push re-sends', () => {
     expect([...store.rows.values()][0].resends).toBe(0);
   });
 
+  it('when the app answers a push while a pass is reading it as due, then the pass does not send it again', async () => {
+    const store = fakeStore(3);
+    store.add({ deliveryId: DELIVERY, driverId: DRIVER, kind: 'assignment', payload: {}, resends: 0 });
+    store.tick(2000);
+    // The pass's read sees the push open; its answer comes back only after the app has answered.
+    const due = store.due.bind(store);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    store.due = async (...args) => {
+      const rows = await due(...args);
+      await held;
+      return rows;
+    };
+    const { pushes } = service(store);
+    const { transport, sent } = fakeTransport([DRIVER], () => ({ ok: true }));
+    pushes.useTransport(transport);
+
+    const pass = pushes.pass();
+    expect(await pushes.resendOpenTo(DRIVER)).toBe(1);
+    await settle();
+    expect(store.rows.get(`${DELIVERY}/${DRIVER}/assignment`)!.acknowledged).toBe(true);
+    release();
+    expect(await pass).toBe(0);
+    expect(sent).toHaveLength(1);
+
+    // An answer that was written before a read began holds nothing back: a new push is sent.
+    const later = '44444444-4444-4444-8444-444444444444';
+    store.add({ deliveryId: later, driverId: DRIVER, kind: 'assignment', payload: {}, resends: 0 });
+    store.tick(2000);
+    store.due = due;
+    expect(await pushes.pass()).toBe(1);
+  });
+
   it('when several drivers reconnect at once, then their open pushes are read in one go, every open one is sent again and an active job not open goes out too', async () => {
     const store = fakeStore(3);
     store.add({ deliveryId: DELIVERY, driverId: DRIVER, kind: 'delivery:cancelled', payload: {}, resends: 0 });

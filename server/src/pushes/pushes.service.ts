@@ -56,6 +56,9 @@ const RECONNECT_WINDOW_MS = 2;
  */
 export const ACK_WINDOW_MS = 50;
 
+/** How long an answer's write is remembered: longer than any read of open pushes takes. */
+const ANSWER_MEMORY_MS = 60_000;
+
 /** The app's acknowledgement: `{ ok: true }` by the contract's own schema, nothing else. */
 export function isAcknowledgement(reply: unknown): boolean {
   const parsed = pushAckReply.safeParse(reply);
@@ -80,6 +83,20 @@ export function createPushService(deps: PushDeps) {
   let passing: Promise<void> | null = null;
   const inflight = new Set<Promise<unknown>>();
   const acknowledgements = createBatchWindow({ windowMs: ACK_WINDOW_MS, maxBatch: 500, run: (keys: PushKey[]) => store.acknowledgeMany(keys) });
+  /**
+   * Answers this node took, by push, with when their write finished (null while it is pending). A
+   * read of open pushes that started before the write may still list the push: what it lists is
+   * not sent again, or the app would get a push it has already answered.
+   */
+  const answered = new Map<string, { writtenAt: number | null }>();
+  const answerKey = (key: PushKey) => `${key.kind}|${key.deliveryId}|${key.driverId}`;
+  function answeredSince(key: PushKey, readAt: number): boolean {
+    const answer = answered.get(answerKey(key));
+    return answer !== undefined && (answer.writtenAt === null || answer.writtenAt >= readAt);
+  }
+  function forgetOldAnswers(now: number): void {
+    for (const [key, { writtenAt }] of answered) if (writtenAt !== null && now - writtenAt > ANSWER_MEMORY_MS) answered.delete(key);
+  }
 
   function track<T>(work: Promise<T>): Promise<T> {
     inflight.add(work);
@@ -95,7 +112,14 @@ export function createPushService(deps: PushDeps) {
       if (skipped !== null) log.info({ driver: key.driverId, delivery: key.deliveryId, kind: key.kind, refusedSinceLastLine: skipped }, 'push answered without { ok: true }; it will be sent again');
       return;
     }
-    const recorded = await acknowledgements.add(key);
+    const answer = { writtenAt: null as number | null };
+    answered.set(answerKey(key), answer);
+    let recorded: Awaited<ReturnType<typeof acknowledgements.add>>;
+    try {
+      recorded = await acknowledgements.add(key);
+    } finally {
+      answer.writtenAt = Date.now();
+    }
     if (!recorded) return;
     metrics.pushesAcknowledged.inc({ kind: key.kind });
     events.emit('push:acknowledged', { ...key, at: recorded.acknowledgedAt.toISOString() });
@@ -114,12 +138,15 @@ export function createPushService(deps: PushDeps) {
     );
   }
 
-  /** Sends the given open pushes to this node's drivers again, counting the re-sends. */
-  async function resend(open: readonly OpenPush[]): Promise<number> {
+  /** Sends the given open pushes (read from the store at `readAt`) to this node's drivers again, counting the re-sends. */
+  async function resend(open: readonly OpenPush[], readAt: number): Promise<number> {
     if (!transport) return 0;
-    // A send still waiting for the app's answer (a pass crossing a reconnect's re-send) is neither
-    // repeated nor counted: the app would get the push twice, and its re-sends run out early.
-    const here = open.filter((p) => transport!.isLocal(p.driverId) && !transport!.awaitingAnswer(p.driverId, p.kind, p.deliveryId));
+    // A send still waiting for the app's answer (a pass crossing a reconnect's re-send), or answered
+    // since the read, is neither repeated nor counted: the app would get the push twice, and its
+    // re-sends run out early.
+    const here = open.filter(
+      (p) => transport!.isLocal(p.driverId) && !transport!.awaitingAnswer(p.driverId, p.kind, p.deliveryId) && !answeredSince(p, readAt),
+    );
     if (here.length === 0) return 0;
     const flagged = await store.markResent(here, deps.config.maxResends);
     for (const push of here) void deliver(push, push.payload, 'local');
@@ -134,8 +161,10 @@ export function createPushService(deps: PushDeps) {
   /** One pass: due pushes of this node's drivers go out again. */
   async function pass(): Promise<number> {
     if (!transport) return 0;
+    const readAt = Date.now();
+    forgetOldAnswers(readAt);
     const due = await store.due(deps.config.retryMs, batch);
-    return resend(due);
+    return resend(due, readAt);
   }
 
   function passSoon(): void {
@@ -163,13 +192,17 @@ export function createPushService(deps: PushDeps) {
     if (!transport) return;
     const drivers = [...transport.localDrivers()];
     void (async () => {
-      for (const slice of slicesOf(drivers, 1000)) await resend(await store.openForMany(slice));
+      for (const slice of slicesOf(drivers, 1000)) {
+        const readAt = Date.now();
+        await resend(await store.openForMany(slice), readAt);
+      }
     })().catch((err) => log.warn({ err: (err as Error).message }, 'push re-send after redis returned failed'));
   });
 
   /** Every open push of one driver of this node, at once (a reconnect, Redis back). */
   async function resendOpenTo(driverId: string): Promise<number> {
-    return resend(await store.openFor(driverId));
+    const readAt = Date.now();
+    return resend(await store.openFor(driverId), readAt);
   }
 
   /**
@@ -178,13 +211,14 @@ export function createPushService(deps: PushDeps) {
    * about it. One read of the open pushes and one re-send count for the whole batch.
    */
   async function connectedBatch(items: readonly { driverId: string; activeDelivery: { deliveryId: string } | null }[]): Promise<number[]> {
+    const readAt = Date.now();
     const open = await store.openForMany([...new Set(items.map((i) => i.driverId))]);
     for (const { driverId, activeDelivery } of items) {
       if (activeDelivery && !open.some((p) => p.driverId === driverId && p.kind === 'assignment' && p.deliveryId === activeDelivery.deliveryId)) {
         void deliver({ deliveryId: activeDelivery.deliveryId, driverId, kind: 'assignment' }, activeDelivery, 'local');
       }
     }
-    await resend(open);
+    await resend(open, readAt);
     return items.map(({ driverId }) => open.filter((p) => p.driverId === driverId).length);
   }
 
