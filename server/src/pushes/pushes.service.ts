@@ -138,14 +138,20 @@ export function createPushService(deps: PushDeps) {
     );
   }
 
-  /** Sends the given open pushes (read from the store at `readAt`) to this node's drivers again, counting the re-sends. */
-  async function resend(open: readonly OpenPush[], readAt: number): Promise<number> {
+  /**
+   * Sends the given open pushes to this node's drivers again, counting the re-sends. `readAt`: when
+   * a pass read them; null for a reconnect, whose new connection gets everything still open.
+   */
+  async function resend(open: readonly OpenPush[], readAt: number | null): Promise<number> {
     if (!transport) return 0;
-    // A send still waiting for the app's answer (a pass crossing a reconnect's re-send), or answered
-    // since the read, is neither repeated nor counted: the app would get the push twice, and its
-    // re-sends run out early.
+    // A send still waiting for the app's answer (a pass crossing a reconnect's re-send), or, for a
+    // pass, answered since its read, is neither repeated nor counted: the app would get the push
+    // twice, and its re-sends run out early.
     const here = open.filter(
-      (p) => transport!.isLocal(p.driverId) && !transport!.awaitingAnswer(p.driverId, p.kind, p.deliveryId) && !answeredSince(p, readAt),
+      (p) =>
+        transport!.isLocal(p.driverId) &&
+        !transport!.awaitingAnswer(p.driverId, p.kind, p.deliveryId) &&
+        (readAt === null || !answeredSince(p, readAt)),
     );
     if (here.length === 0) return 0;
     const flagged = await store.markResent(here, deps.config.maxResends);
@@ -201,8 +207,7 @@ export function createPushService(deps: PushDeps) {
 
   /** Every open push of one driver of this node, at once (a reconnect, Redis back). */
   async function resendOpenTo(driverId: string): Promise<number> {
-    const readAt = Date.now();
-    return resend(await store.openFor(driverId), readAt);
+    return resend(await store.openFor(driverId), null);
   }
 
   /**
@@ -211,14 +216,13 @@ export function createPushService(deps: PushDeps) {
    * about it. One read of the open pushes and one re-send count for the whole batch.
    */
   async function connectedBatch(items: readonly { driverId: string; activeDelivery: { deliveryId: string } | null }[]): Promise<number[]> {
-    const readAt = Date.now();
     const open = await store.openForMany([...new Set(items.map((i) => i.driverId))]);
     for (const { driverId, activeDelivery } of items) {
       if (activeDelivery && !open.some((p) => p.driverId === driverId && p.kind === 'assignment' && p.deliveryId === activeDelivery.deliveryId)) {
         void deliver({ deliveryId: activeDelivery.deliveryId, driverId, kind: 'assignment' }, activeDelivery, 'local');
       }
     }
-    await resend(open, readAt);
+    await resend(open, null);
     return items.map(({ driverId }) => open.filter((p) => p.driverId === driverId).length);
   }
 
