@@ -363,7 +363,8 @@ async function run(): Promise<void> {
     },
     `dispatch hub listening on ${hub.port}`,
   );
-  logStartupNotes(config, logger, `http://localhost:${hub.port}`);
+  // Webhooks belong on the API port when there is one.
+  logStartupNotes(config, logger, `http://localhost:${hub.app.apiPort() ?? hub.port}`);
 
   const shutdown = (signal: string) => {
     logger.info({ signal }, 'shutting down');

@@ -95,6 +95,19 @@ describe.skipIf(!hasSharedPostgres())('the API thread (API_THREAD=true)', () => 
     }, 'the position in PostgreSQL');
   });
 
+  it('when the webhook secret was generated, then the signed curl example printed at start targets HTTP_PORT', async () => {
+    const env = envFrom(testConfig(db), { NODE_ID: 'curl', API_THREAD: 'true', HTTP_PORT: '0' });
+    delete env.WEBHOOK_SECRET;
+    const child = await spawnHub(env);
+    try {
+      // The notes follow the listening line.
+      const note = await eventually(() => child.logs.find((line) => line.includes('curl -s -X POST')), 'the curl example in the log');
+      expect(note).toContain(`http://localhost:${child.apiPort}/events/seller-order-ready`);
+    } finally {
+      await child.kill('SIGKILL');
+    }
+  });
+
   it('when the hub gets SIGTERM, then the API thread stops with it and the process exits 0', async () => {
     expect(await hub.kill('SIGTERM')).toBe(0);
     await expect(fetch(`${apiSide.url}/health`)).rejects.toThrow();
