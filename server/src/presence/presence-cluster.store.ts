@@ -2,7 +2,7 @@ import type { Cluster } from 'ioredis';
 import type { DriverStatus } from '#shared/schemas.js';
 import { type CircuitBreaker, RedisUnavailableError, type ShardBreakers } from '../platform/redis.js';
 import { type CellId, cellIdOf, cellsAround } from './cells.js';
-import { DRIVERS_PER_CALL, type Fix, leaseKeys, type NearbyDriver, type PresenceLease, type PresenceStore, type RebuildEntry } from './presence.store.js';
+import { DRIVERS_PER_CALL, EXPIRED_SLICE, type Fix, leaseKeys, type NearbyDriver, type PresenceLease, type PresenceStore, type RebuildEntry } from './presence.store.js';
 import { slicesOf } from '../platform/slices.js';
 
 /**
@@ -36,8 +36,6 @@ import { slicesOf } from '../platform/slices.js';
  * moderate load (docs/scaling.md). Every hub of a deployment must use the same number.
  */
 export const DRIVER_BUCKETS = 64;
-
-const EXPIRED_SLICE = 1000;
 
 export interface ClusterPresenceKeys {
   buckets: number;

@@ -129,7 +129,8 @@ local nextIndex = 0
 if #members == tonumber(ARGV[2]) then nextIndex = first + #members - #expired end
 return { nextIndex, expired }`;
 
-const EXPIRED_SLICE = 1000;
+/** GEO members one sweep step reads (and heartbeats it checks) at a time, in either layout. */
+export const EXPIRED_SLICE = 1000;
 
 export interface Fix {
   id: string;
