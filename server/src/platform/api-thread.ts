@@ -66,17 +66,13 @@ function metricsExchange(send: (message: MainMessage | ThreadMessage) => void, o
       // Series differ by their `thread` label, so merging adds none of them up.
       return theirs ? AggregatorRegistry.aggregate([mine, theirs]).metrics() : own.metrics();
     },
-    async handle(message: MainMessage | ThreadMessage): Promise<boolean> {
+    async handle(message: MainMessage | ThreadMessage): Promise<void> {
       if (message.kind === 'metrics-request') {
         send({ kind: 'metrics-reply', id: message.id, json: await own.getMetricsAsJSON() });
-        return true;
-      }
-      if (message.kind === 'metrics-reply') {
+      } else if (message.kind === 'metrics-reply') {
         waiting.get(message.id)?.(message.json);
         waiting.delete(message.id);
-        return true;
       }
-      return false;
     },
     cancelAll(): void {
       for (const resolve of waiting.values()) resolve(null);
