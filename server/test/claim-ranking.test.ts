@@ -87,7 +87,7 @@ describe.skipIf(!hasSharedPostgres())('the claim ranks as scoring.ts does', () =
       );
       if (!created.created) throw new Error('the order was new');
       expect(created.delivery.driverId).toBe(expected[0].driverId);
-      const stored = created.delivery.candidates as unknown as { driverId: string; rank: number; idleSeconds: number | null; deliveriesToday: number | null; outcome: string }[];
+      const stored = (await stores.deliveries.get(created.delivery.id))!.candidates as unknown as { driverId: string; rank: number; idleSeconds: number | null; deliveriesToday: number | null; outcome: string }[];
       expect(stored.map((c) => [c.driverId, c.rank, c.deliveriesToday])).toEqual(expected.map((c) => [c.driverId, c.rank, c.deliveriesToday]));
       expect(stored.map((c) => c.outcome)).toEqual(expected.map((_, i) => (i === 0 ? 'chosen' : 'not-tried')));
       stored.forEach((c, i) => expect(c.idleSeconds === null).toBe(expected[i].idleSeconds === null));

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { DeliveryRow } from '../src/deliveries/deliveries.store.js';
+import type { DeliveryRecord } from '../src/deliveries/deliveries.store.js';
 import type { DeliveryChange } from '../src/deliveries/delivery-announcer.js';
 import { createDispatchService } from '../src/dispatch/dispatch.service.js';
 import type { EndedOffer, OfferRow } from '../src/dispatch/offers.store.js';
@@ -86,7 +86,7 @@ describe('candidate pools and the fairness band in the search', () => {
 });
 
 describe('offer mode in the dispatch service', () => {
-  function row(status: DeliveryRow['status'], driverId: string | null): DeliveryRow {
+  function row(status: DeliveryRecord['status'], driverId: string | null): DeliveryRecord {
     const now = new Date();
     return {
       id: DELIVERY, sellerOrderId: 'so-1', orderCode: 'T1', sellerId: null, status, driverId, pickupLat: POINT.lat, pickupLng: POINT.lng,

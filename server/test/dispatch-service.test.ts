@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { DeliveryStatus } from '#shared/schemas.js';
 import { createDeliveriesService } from '../src/deliveries/deliveries.service.js';
-import type { Candidate, DeliveriesStore, DeliveryRow, TransitionResult } from '../src/deliveries/deliveries.store.js';
+import type { Candidate, DeliveriesStore, DeliveryRecord, TransitionResult } from '../src/deliveries/deliveries.store.js';
 import { createDeliveryAnnouncer, type DeliveryChange } from '../src/deliveries/delivery-announcer.js';
 import { createDispatchService } from '../src/dispatch/dispatch.service.js';
 import { HubError } from '../src/platform/errors.js';
@@ -20,7 +20,7 @@ const TOKEN = 'Tk9UX0FfUkVBTF9UT0tFTl9KVVNUX0FfVEVTVF8wMDE';
 const links = createTrackingLinks(() => 'https://hub.test');
 const TRACKING_URL = `https://hub.test/track/${TOKEN}`;
 
-function deliveryRow(status: DeliveryStatus, driverId: string | null = null): DeliveryRow {
+function deliveryRow(status: DeliveryStatus, driverId: string | null = null): DeliveryRecord {
   const at = new Date('2026-01-01T00:00:00Z');
   return {
     id: DELIVERY,

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { and, asc, desc, eq, inArray, type SQL, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, getTableColumns, inArray, type SQL, sql } from 'drizzle-orm';
 import type { AssignmentPush, DeliveryStatus, DeliveryView, ListDeliveriesQuery, SellerOrderReady } from '#shared/schemas.js';
 import { OUTBOX_INSERT, type OutboxEventType } from '../outbox/outbox.store.js';
 import { PUSH_UPSERT, PUSH_UPSERT_CONFLICT, type PushesStore } from '../pushes/pushes.store.js';
@@ -7,7 +7,14 @@ import { type Database, type DbOrTx, isRetryableConflict, retryOnConflict, rowMa
 import { ACTIVE_STATUSES_LIST, ACTIVE_STATUSES_SQL, deliveries, deliveryEvents, fleets } from '../platform/schema.js';
 import { type DriverPresenceRow, type DriversStore, fairnessFactsOf, haversineSql } from '../drivers/drivers.store.js';
 
-export type DeliveryRow = typeof deliveries.$inferSelect;
+/** A delivery as stored, with the ranked candidates its assignment considered (read by the detail view). */
+export type DeliveryRecord = typeof deliveries.$inferSelect;
+/**
+ * A delivery as the hub acts on it: every column but the audit of its candidates, which only the
+ * detail view reads. The webhook's claim returns this and no more: its candidates are the largest
+ * column of the row, serialized by PostgreSQL and parsed by the hub for nothing on every order.
+ */
+export type DeliveryRow = Omit<DeliveryRecord, 'candidates'>;
 export type Candidate = { driverId: string; distanceMeters: number };
 export type RankedCandidate = Candidate & { outcome: 'chosen' | 'taken' | 'not-tried' } & Record<string, unknown>;
 
@@ -45,7 +52,13 @@ export function lostClaim(err: unknown): boolean {
   return isRetryableConflict(err) || uniqueViolation(err) === ONE_ACTIVE_PER_DRIVER_KEY;
 }
 
-const toDeliveryRow = rowMapper(deliveries);
+const toDeliveryRow = rowMapper(deliveries, ['candidates']);
+
+/** A DeliveryRow's columns: every column of the table but the stored candidates. */
+const ROW_COLUMNS = Object.values(getTableColumns(deliveries))
+  .map((column) => column.name)
+  .filter((name) => name !== deliveries.candidates.name)
+  .join(', ');
 
 /** Index of CREATE_AND_ASSIGN's $13, the candidates. */
 const CANDIDATES_PARAM = 12;
@@ -77,7 +90,7 @@ with input as (
       f.idle desc nulls last, f.today asc nulls last, i.dist, i.ord))::int - 1 as place
   from input i left join facts f on f.id = i.id
 ), known as (
-  select * from deliveries where seller_order_id = $2::text
+  select ${ROW_COLUMNS} from deliveries where seller_order_id = $2::text
 ), pick as (
   select d.id, i.dist, i.place
   from ranked i join drivers d on d.id = i.id
@@ -111,7 +124,7 @@ with input as (
     case when c.id is null then null else $14::timestamptz end, $14::timestamptz, $14::timestamptz
   from (select 1) as one left join claimed c on true
   where not exists (select 1 from known)
-  returning *
+  returning ${ROW_COLUMNS}
 ), audit as (
   insert into delivery_events (delivery_id, from_status, to_status, driver_id, actor, at)
   select id, null, 'PENDING', null, 'webhook', created_at from created
@@ -316,7 +329,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
     /** The drivers a delivery was taken from: the search for its next driver looks past them. */
     takenFrom: (deliveryId: string): Promise<Set<string>> => takenFrom(db, deliveryId),
 
-    async get(id: string): Promise<DeliveryRow | null> {
+    async get(id: string): Promise<DeliveryRecord | null> {
       const [row] = await db.select().from(deliveries).where(eq(deliveries.id, id)).limit(1);
       return row ?? null;
     },

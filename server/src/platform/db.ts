@@ -48,16 +48,24 @@ function rowsOf<T>(result: unknown): T[] {
   return Array.isArray(result) ? (result as T[]) : ((result as { rows: T[] }).rows ?? []);
 }
 
-/** Maps raw snake_case rows of `table` (from `Database.query`) to what drizzle's own selects return. */
-export function rowMapper<TTable extends PgTable>(table: TTable): (raw: Record<string, unknown>) => TTable['$inferSelect'] {
-  const columns = Object.entries(getTableColumns(table)).map(([key, column]) => ({ key, name: column.name, column }));
+/**
+ * Maps raw snake_case rows of `table` (from `Database.query`) to what drizzle's own selects return,
+ * without the columns in `omit` (a statement that does not read them).
+ */
+export function rowMapper<TTable extends PgTable, TOmit extends keyof TTable['$inferSelect'] = never>(
+  table: TTable,
+  omit: readonly TOmit[] = [],
+): (raw: Record<string, unknown>) => Omit<TTable['$inferSelect'], TOmit> {
+  const columns = Object.entries(getTableColumns(table))
+    .filter(([key]) => !(omit as readonly string[]).includes(key))
+    .map(([key, column]) => ({ key, name: column.name, column }));
   return (raw) => {
     const row: Record<string, unknown> = {};
     for (const { key, name, column } of columns) {
       const value = raw[name];
       row[key] = value === null || value === undefined ? null : column.mapFromDriverValue(value);
     }
-    return row as TTable['$inferSelect'];
+    return row as Omit<TTable['$inferSelect'], TOmit>;
   };
 }
 
