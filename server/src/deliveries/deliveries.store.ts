@@ -203,6 +203,11 @@ export function statusEvent(
   };
 }
 
+/** A pickup or dropoff point; the address only when there is one. */
+function place(lat: number, lng: number, address: string | null): DeliveryView['pickup'] {
+  return address ? { lat, lng, address } : { lat, lng };
+}
+
 export function toDeliveryView(row: DeliveryRow): DeliveryView {
   return {
     id: row.id,
@@ -210,8 +215,8 @@ export function toDeliveryView(row: DeliveryRow): DeliveryView {
     orderCode: row.orderCode,
     status: row.status,
     driverId: row.driverId,
-    pickup: { lat: row.pickupLat, lng: row.pickupLng, ...(row.pickupAddress ? { address: row.pickupAddress } : {}) },
-    dropoff: { lat: row.dropoffLat, lng: row.dropoffLng, ...(row.dropoffAddress ? { address: row.dropoffAddress } : {}) },
+    pickup: place(row.pickupLat, row.pickupLng, row.pickupAddress),
+    dropoff: place(row.dropoffLat, row.dropoffLng, row.dropoffAddress),
     createdAt: row.createdAt.toISOString(),
     updatedAt: row.updatedAt.toISOString(),
     acknowledgedAt: row.acknowledgedAt?.toISOString() ?? null,
@@ -220,13 +225,23 @@ export function toDeliveryView(row: DeliveryRow): DeliveryView {
 
 /** What every push about a job tells the app of it: which order, where from, where to. */
 export function jobFields(row: DeliveryRow): Pick<AssignmentPush, 'deliveryId' | 'sellerOrderId' | 'orderCode' | 'pickup' | 'dropoff'> {
-  const view = toDeliveryView(row);
-  return { deliveryId: row.id, sellerOrderId: row.sellerOrderId, orderCode: row.orderCode, pickup: view.pickup, dropoff: view.dropoff };
+  return {
+    deliveryId: row.id,
+    sellerOrderId: row.sellerOrderId,
+    orderCode: row.orderCode,
+    pickup: place(row.pickupLat, row.pickupLng, row.pickupAddress),
+    dropoff: place(row.dropoffLat, row.dropoffLng, row.dropoffAddress),
+  };
 }
 
 export function toAssignmentPush(row: DeliveryRow): AssignmentPush {
+  const { deliveryId, sellerOrderId, orderCode, pickup, dropoff } = jobFields(row);
   return {
-    ...jobFields(row),
+    deliveryId,
+    sellerOrderId,
+    orderCode,
+    pickup,
+    dropoff,
     assignedAt: (row.assignedAt ?? row.updatedAt).toISOString(),
     status: row.status === 'PICKED_UP' ? 'PICKED_UP' : 'ASSIGNED',
   };
