@@ -11,6 +11,8 @@
  * Common options:
  *   --quick                smaller and shorter (smoke run)
  *   --profile              CPU-profile the hub during the measured window (load-tests/results/profiles)
+ *   --allocations          with --profile, also sample what the hub allocates in the same window
+ *                          (a .heapprofile, collected objects included: what feeds the collector)
  *   --env KEY=VALUE        extra hub environment, repeatable (e.g. --env LOCATION_TICK_MS=10)
  *   --sockets N, --drivers N, --generators N, ...  scenario knobs (see each scenario file)
  */
@@ -37,7 +39,7 @@ const SCENARIOS: Record<string, Scenario> = { ingest, connections, assignment, f
 const ALL = ['ingest', 'connections', 'assignment', 'fanout', 'recovery', 'storm'];
 
 function usage(): never {
-  console.error(`usage: npm run bench -- <${[...Object.keys(SCENARIOS), 'all'].join('|')}> [--quick] [--profile] [--env KEY=VALUE ...] [--<knob> N ...]`);
+  console.error(`usage: npm run bench -- <${[...Object.keys(SCENARIOS), 'all'].join('|')}> [--quick] [--profile [--allocations]] [--env KEY=VALUE ...] [--<knob> N ...]`);
   process.exit(2);
 }
 
@@ -126,7 +128,7 @@ async function waitForQuiet(log: (m: string) => void, maxWaitMs: number): Promis
   }
 }
 
-const BOOLEAN_FLAGS = new Set(['quick', 'profile', 'help']);
+const BOOLEAN_FLAGS = new Set(['quick', 'profile', 'allocations', 'help']);
 
 /** `--name value`, `--name=value`, boolean flags, `--env K=V` repeatable; the rest are positionals. */
 function parseCli(argv: string[]): { values: Record<string, string | boolean | string[] | undefined>; positionals: string[] } {
@@ -186,6 +188,7 @@ async function main(): Promise<void> {
       runId,
       logDir,
       profileDir,
+      allocations: values.allocations === true,
       hubEnv,
       num(option, full, quickValue) {
         const raw = values[option];

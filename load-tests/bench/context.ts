@@ -13,6 +13,8 @@ export interface RunContext {
   logDir: string;
   /** Set with --profile: CPU profiles of the hub's measured window are written here. */
   profileDir: string | null;
+  /** Set with --allocations: beside each CPU profile, a sampled allocation profile of the same window. */
+  allocations?: boolean;
   /** Extra hub environment from --env KEY=VALUE. */
   hubEnv: Record<string, string>;
   /** A numeric option: --name value, else the quick or full default. */
@@ -63,11 +65,11 @@ export async function profiled<T>(
 ): Promise<T> {
   if (!ctx.profileDir) return during();
   const path = join(ctx.profileDir, `${ctx.runId}-${label}.cpuprofile`);
-  await server.rpc.call('profileStart', { intervalUs: 1000 });
+  await server.rpc.call('profileStart', { intervalUs: 1000, allocations: ctx.allocations === true });
   try {
     return await during();
   } finally {
-    await server.rpc.call('profileStop', { path });
+    await server.rpc.call('profileStop', { path, allocationsPath: ctx.allocations ? path.replace(/\.cpuprofile$/, '.heapprofile') : undefined });
     const summary = summarizeProfile(readProfile(path), 30);
     profiles[label] = summary;
     ctx.log(`CPU profile of ${server.name} (${label}) written to ${path}\n${formatProfile(summary, 15)}`);

@@ -173,17 +173,26 @@ function countWire(ports: { pg: number; redis: number }): void {
 let profiler: Session | null = null;
 
 serveRpc({
-  profileStart: async ({ intervalUs = 1000 }: { intervalUs?: number } = {}) => {
+  profileStart: async ({ intervalUs = 1000, allocations = false }: { intervalUs?: number; allocations?: boolean } = {}) => {
     profiler = new Session();
     profiler.connect();
     await profiler.post('Profiler.enable');
     await profiler.post('Profiler.setSamplingInterval', { interval: intervalUs });
+    if (allocations) {
+      // Objects the collector has already freed are kept in the samples: what is allocated, not what survives.
+      await profiler.post('HeapProfiler.enable');
+      await profiler.post('HeapProfiler.startSampling', { samplingInterval: 16384, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+    }
     await profiler.post('Profiler.start');
     return true;
   },
-  profileStop: async ({ path }: { path: string }) => {
+  profileStop: async ({ path, allocationsPath }: { path: string; allocationsPath?: string }) => {
     if (!profiler) return false;
     const { profile } = await profiler.post('Profiler.stop');
+    if (allocationsPath) {
+      const { profile: allocated } = await profiler.post('HeapProfiler.stopSampling');
+      writeFileSync(allocationsPath, JSON.stringify(allocated));
+    }
     profiler.disconnect();
     profiler = null;
     writeFileSync(path, JSON.stringify(profile));
