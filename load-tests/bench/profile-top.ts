@@ -1,8 +1,9 @@
 /**
  * Reads a V8 .cpuprofile (from --cpu-prof or the bench's --profile) and lists the functions with
- * the most self time, and self time per package or source file.
+ * the most self time, and self time per package or source file. A .heapprofile (the bench's
+ * --allocations) is listed the same way in bytes allocated, per order when --per is given.
  *
- *   npx tsx load-tests/bench/profile-top.ts <file.cpuprofile> [--top 25]
+ *   npx tsx load-tests/bench/profile-top.ts <file.cpuprofile|file.heapprofile> [--top 25] [--per 3000]
  */
 import { readFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
@@ -133,6 +134,54 @@ export function summarizeProfile(profile: CpuProfile, top = 25): ProfileSummary 
   };
 }
 
+interface HeapNode {
+  callFrame: ProfileNode['callFrame'];
+  selfSize: number;
+  children: HeapNode[];
+}
+
+/** Bytes allocated per function, per module, and per owner (as for CPU time), biggest first. */
+export function summarizeAllocations(profile: { head: HeapNode }): { totalBytes: number; top: [string, number][]; byModule: [string, number][]; byOwner: [string, number][] } {
+  const byFunction = new Map<string, number>();
+  const byModule = new Map<string, number>();
+  const byOwner = new Map<string, number>();
+  const add = (map: Map<string, number>, key: string, bytes: number) => map.set(key, (map.get(key) ?? 0) + bytes);
+  let totalBytes = 0;
+  const stack: { node: HeapNode; owner: string }[] = [{ node: profile.head, owner: '(native)' }];
+  while (stack.length > 0) {
+    const { node, owner: above } = stack.pop()!;
+    const { functionName, url, lineNumber } = node.callFrame;
+    const module = moduleOf(url, functionName);
+    const owner = isOwner(module) ? module : above;
+    if (node.selfSize > 0) {
+      totalBytes += node.selfSize;
+      add(byFunction, `${functionName || '(anonymous)'}  (${module}:${lineNumber + 1})`, node.selfSize);
+      add(byModule, module, node.selfSize);
+      add(byOwner, owner, node.selfSize);
+    }
+    for (const child of node.children) stack.push({ node: child, owner });
+  }
+  const sorted = (map: Map<string, number>) => [...map].sort((a, b) => b[1] - a[1]);
+  return { totalBytes, top: sorted(byFunction), byModule: sorted(byModule), byOwner: sorted(byOwner) };
+}
+
+function formatAllocations(summary: ReturnType<typeof summarizeAllocations>, top: number, per: number): string {
+  const unit = per > 1 ? 'KB each' : 'KB';
+  const kb = (bytes: number) => (bytes / 1024 / per).toFixed(2).padStart(10);
+  return [
+    `allocated ${(summary.totalBytes / 2 ** 20).toFixed(1)} MB (sampled)${per > 1 ? `, ${(summary.totalBytes / 1024 / per).toFixed(1)} KB for each of ${per}` : ''}`,
+    '',
+    `${unit.padStart(10)}  function  (where)`,
+    ...summary.top.slice(0, top).map(([name, bytes]) => `${kb(bytes)}  ${name}`),
+    '',
+    `${unit.padStart(10)}  module`,
+    ...summary.byModule.slice(0, 15).map(([name, bytes]) => `${kb(bytes)}  ${name}`),
+    '',
+    `${unit.padStart(10)}  owner`,
+    ...summary.byOwner.slice(0, 20).map(([name, bytes]) => `${kb(bytes)}  ${name}`),
+  ].join('\n');
+}
+
 export function readProfile(path: string): CpuProfile {
   return JSON.parse(readFileSync(path, 'utf8')) as CpuProfile;
 }
@@ -154,14 +203,17 @@ export function formatProfile(summary: ProfileSummary, top = 25): string {
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string' } } });
+  const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string' }, per: { type: 'string' } } });
   if (positionals.length === 0) {
-    console.error('usage: tsx load-tests/bench/profile-top.ts <file.cpuprofile> [--top 25]');
+    console.error('usage: tsx load-tests/bench/profile-top.ts <file.cpuprofile|file.heapprofile> [--top 25] [--per N]');
     process.exit(2);
   }
   const top = Number(values.top ?? 25);
   for (const path of positionals) {
     console.log(`== ${path}`);
-    console.log(formatProfile(summarizeProfile(readProfile(path), top), top));
+    if (path.endsWith('.heapprofile')) {
+      const profile = JSON.parse(readFileSync(path, 'utf8')) as { head: HeapNode };
+      console.log(formatAllocations(summarizeAllocations(profile), top, Math.max(1, Number(values.per ?? 1))));
+    } else console.log(formatProfile(summarizeProfile(readProfile(path), top), top));
   }
 }
