@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { and, asc, desc, eq, getTableColumns, inArray, type SQL, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, inArray, type SQL, sql } from 'drizzle-orm';
 import type { AssignmentPush, DeliveryStatus, DeliveryView, ListDeliveriesQuery, SellerOrderReady } from '#shared/schemas.js';
 import { OUTBOX_INSERT, type OutboxEventType } from '../outbox/outbox.store.js';
 import { PUSH_UPSERT, PUSH_UPSERT_CONFLICT, type PushesStore } from '../pushes/pushes.store.js';
-import { type Database, type DbOrTx, isRetryableConflict, retryOnConflict, rowMapper, type Tx, uniqueViolation } from '../platform/db.js';
+import { columnNames, type Database, type DbOrTx, isRetryableConflict, retryOnConflict, rowMapper, type Tx, uniqueViolation } from '../platform/db.js';
 import { ACTIVE_STATUSES_LIST, ACTIVE_STATUSES_SQL, deliveries, deliveryEvents, fleets } from '../platform/schema.js';
 import { type DriverPresenceRow, type DriversStore, fairnessFactsOf, haversineSql } from '../drivers/drivers.store.js';
 
@@ -52,13 +52,10 @@ export function lostClaim(err: unknown): boolean {
   return isRetryableConflict(err) || uniqueViolation(err) === ONE_ACTIVE_PER_DRIVER_KEY;
 }
 
-const toDeliveryRow = rowMapper(deliveries, ['candidates']);
-
-/** A DeliveryRow's columns: every column of the table but the stored candidates. */
-const ROW_COLUMNS = Object.values(getTableColumns(deliveries))
-  .map((column) => column.name)
-  .filter((name) => name !== deliveries.candidates.name)
-  .join(', ');
+/** What the webhook's claim leaves out of the row it returns (see DeliveryRow). */
+const NOT_RETURNED = ['candidates'] as const;
+const toDeliveryRow = rowMapper(deliveries, NOT_RETURNED);
+const ROW_COLUMNS = columnNames(deliveries, NOT_RETURNED);
 
 /** Index of CREATE_AND_ASSIGN's $13, the candidates. */
 const CANDIDATES_PARAM = 12;
@@ -235,13 +232,8 @@ export function jobFields(row: DeliveryRow): Pick<AssignmentPush, 'deliveryId' |
 }
 
 export function toAssignmentPush(row: DeliveryRow): AssignmentPush {
-  const { deliveryId, sellerOrderId, orderCode, pickup, dropoff } = jobFields(row);
   return {
-    deliveryId,
-    sellerOrderId,
-    orderCode,
-    pickup,
-    dropoff,
+    ...jobFields(row),
     assignedAt: (row.assignedAt ?? row.updatedAt).toISOString(),
     status: row.status === 'PICKED_UP' ? 'PICKED_UP' : 'ASSIGNED',
   };

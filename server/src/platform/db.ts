@@ -48,17 +48,20 @@ function rowsOf<T>(result: unknown): T[] {
   return Array.isArray(result) ? (result as T[]) : ((result as { rows: T[] }).rows ?? []);
 }
 
+/** The columns of `table` but those in `omit`, as [property, column]. */
+function columnsBut<TTable extends PgTable>(table: TTable, omit: readonly PropertyKey[]) {
+  return Object.entries(getTableColumns(table)).filter(([key]) => !omit.includes(key));
+}
+
 /**
  * Maps raw snake_case rows of `table` (from `Database.query`) to what drizzle's own selects return,
- * without the columns in `omit` (a statement that does not read them).
+ * without the columns in `omit` (a statement that does not read them; see `columnNames`).
  */
 export function rowMapper<TTable extends PgTable, TOmit extends keyof TTable['$inferSelect'] = never>(
   table: TTable,
   omit: readonly TOmit[] = [],
 ): (raw: Record<string, unknown>) => Omit<TTable['$inferSelect'], TOmit> {
-  const columns = Object.entries(getTableColumns(table))
-    .filter(([key]) => !(omit as readonly string[]).includes(key))
-    .map(([key, column]) => ({ key, name: column.name, column }));
+  const columns = columnsBut(table, omit).map(([key, column]) => ({ key, name: column.name, column }));
   return (raw) => {
     const row: Record<string, unknown> = {};
     for (const { key, name, column } of columns) {
@@ -67,6 +70,13 @@ export function rowMapper<TTable extends PgTable, TOmit extends keyof TTable['$i
     }
     return row as Omit<TTable['$inferSelect'], TOmit>;
   };
+}
+
+/** The column list (`a, b, c`) a statement selects or returns for `rowMapper(table, omit)`. */
+export function columnNames<TTable extends PgTable>(table: TTable, omit: readonly (keyof TTable['$inferSelect'])[] = []): string {
+  return columnsBut(table, omit)
+    .map(([, column]) => column.name)
+    .join(', ');
 }
 
 /** The constraint a unique violation (SQLSTATE 23505) broke, wherever the driver put it; null for any other error. */
