@@ -2,7 +2,7 @@ import cluster, { type Worker } from 'node:cluster';
 import { randomBytes } from 'node:crypto';
 import { availableParallelism, hostname } from 'node:os';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { type Config, ConfigError, parseConfig } from './platform/config.js';
+import { type Config, ConfigError, envFlag, parseConfig } from './platform/config.js';
 import { openDatabase } from './platform/db.js';
 import { createLogger, wantsPrettyLogs } from './platform/logger.js';
 import { logStartupNotes } from './platform/startup-notes.js';
@@ -37,7 +37,7 @@ export function clusterProblems(env: Record<string, string | undefined>, count: 
   if (!env.REDIS_URL?.trim() && !env.REDIS_CLUSTER_NODES?.trim()) problems.push('REDIS_URL: required for more than one worker (the Socket.IO Redis adapter connects them)');
   // node:cluster shares a port between worker processes, not with their threads: the second
   // worker's API thread would find HTTP_PORT taken.
-  if (['true', '1'].includes(env.API_THREAD?.trim() ?? '')) problems.push('API_THREAD: not with more than one worker (their API threads cannot share HTTP_PORT); unset it, or run one process per hub');
+  if (envFlag(env.API_THREAD, false)) problems.push('API_THREAD: not with more than one worker (their API threads cannot share HTTP_PORT); unset it, or run one process per hub');
   return problems;
 }
 

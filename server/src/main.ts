@@ -54,7 +54,7 @@ export interface HubExtensions {
 /** The composition root: clients, stores, services, then the app. Nothing connects at import time. */
 export async function startHub(config: Config, logger: Logger, extensions: HubExtensions = {}): Promise<RunningHub> {
   const parts = await composeHub(config, logger, null);
-  const { metrics, database, redis, events, deliveriesStore, outboxStore, pushesStore, fleetDirectory, presence, dispatch, links, load } = parts;
+  const { metrics, redis, events, deliveriesStore, outboxStore, pushesStore, presence, dispatch, links } = parts;
   // The pushes' tracking lives where the sockets are: the API thread's pushes come here as events.
   const pushes = createPushService({
     store: pushesStore,
@@ -125,14 +125,10 @@ export async function startHub(config: Config, logger: Logger, extensions: HubEx
 
   async function stopParts(): Promise<void> {
     dispatch.stop();
-    fleetDirectory.stop();
     await app.close();
     await pushes.stop();
-    await presence.stop();
     await relay.stop();
-    await redis?.close();
-    await database.close();
-    load.stop();
+    await parts.close();
   }
   let stopping: Promise<void> | null = null;
   return {
@@ -171,11 +167,7 @@ export async function startApiThreadHub(config: Config, logger: Logger, link: (r
       server.closeIdleConnections?.();
       await Promise.race([closed, new Promise<void>((resolve) => setTimeout(resolve, config.SHUTDOWN_TIMEOUT_MS).unref())]);
       server.closeAllConnections?.();
-      parts.fleetDirectory.stop();
-      await parts.presence.stop();
-      await parts.redis?.close();
-      await parts.database.close();
-      parts.load.stop();
+      await parts.close();
     },
   };
 }
@@ -309,21 +301,26 @@ async function composeHub(config: Config, logger: Logger, link: ((registry: Regi
   return {
     metrics,
     thread,
-    database,
     redis,
     events,
     deliveriesStore,
     outboxStore,
     pushesStore,
-    fleetDirectory,
     presence,
     dispatch,
     links,
-    load,
     httpDeps,
     /** Unset, PUBLIC_URL names the port the hub listens on, known only once it listens (PORT=0). */
     listeningOn(port: number) {
       if (!config.PUBLIC_URL) publicUrl = `http://localhost:${port}`;
+    },
+    /** Stops what was composed here and closes its clients, once the edges that use them are closed. */
+    async close(): Promise<void> {
+      fleetDirectory.stop();
+      await presence.stop();
+      await redis?.close();
+      await database.close();
+      load.stop();
     },
   };
 }

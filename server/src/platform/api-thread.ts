@@ -33,8 +33,8 @@ const METRICS_WAIT_MS = 1000;
 const RESTART_DELAYS_MS = [1000, 2000, 5000, 10_000];
 
 export interface ApiThread {
-  /** The port the thread listens on; null until it first does. */
-  port(): number | null;
+  /** The port the thread listens on (a restarted thread listens there again). */
+  port(): number;
   /** Both threads' metrics in one exposition. */
   metricsText(): Promise<string>;
   stop(): Promise<void>;
@@ -98,7 +98,6 @@ export async function startApiThread(deps: {
   const { entry, logger, events } = deps;
   let data = deps.data;
   let worker: Worker;
-  let port: number | null = null;
   let stopping = false;
   let restarts = 0;
   const metrics = metricsExchange((message) => worker.postMessage(message), deps.registry);
@@ -138,7 +137,7 @@ export async function startApiThread(deps: {
       });
     });
 
-  port = await spawn();
+  const port = await spawn();
   // A restarted thread listens where the first one did, even when HTTP_PORT was 0.
   data = { ...data, config: { ...data.config, HTTP_PORT: port } };
   return {

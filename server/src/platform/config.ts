@@ -10,8 +10,12 @@ const optionalString = z
 const intFromEnv = (def: number, min: number, max: number) =>
   z.preprocess((v) => (v === undefined || v === '' ? def : Number(v)), z.number().int().min(min).max(max));
 
-const boolFromEnv = (def: boolean) =>
-  z.preprocess((v) => (v === undefined || v === '' ? def : v === 'true' || v === '1'), z.boolean());
+/** How the hub reads an on/off variable: `true` or `1` is on, unset or empty is `def`, anything else off. */
+export function envFlag(value: unknown, def: boolean): boolean {
+  return value === undefined || value === '' ? def : value === 'true' || value === '1';
+}
+
+const boolFromEnv = (def: boolean) => z.preprocess((v) => envFlag(v, def), z.boolean());
 
 /**
  * A secret an attacker must not guess: 32 characters or more, and not a short pattern repeated
