@@ -160,9 +160,12 @@ describe('push re-sends', () => {
     expect(await pushes.resendOpenTo(DRIVER)).toBe(1);
     await settle();
     expect(store.rows.get(`${DELIVERY}/${DRIVER}/assignment`)!.acknowledged).toBe(true);
+    // Kept while the read that may list it runs, and not a moment longer.
+    expect(pushes.answersRemembered).toBe(1);
     release();
     expect(await pass).toBe(0);
     expect(sent).toHaveLength(1);
+    expect(pushes.answersRemembered).toBe(0);
 
     // An answer that was written before a read began holds nothing back: a new push is sent.
     const later = '44444444-4444-4444-8444-444444444444';
@@ -170,6 +173,22 @@ describe('push re-sends', () => {
     store.tick(2000);
     store.due = due;
     expect(await pushes.pass()).toBe(1);
+  });
+
+  it('when apps answer while no read of open pushes is running, then no answer is kept in memory', async () => {
+    const store = fakeStore(3);
+    const { pushes, events } = service(store);
+    const { transport } = fakeTransport([DRIVER, OTHER], () => ({ ok: true }));
+    pushes.useTransport(transport);
+    for (let i = 0; i < 50; i++) {
+      const deliveryId = `33333333-3333-4333-8333-${String(i).padStart(12, '0')}`;
+      store.add({ deliveryId, driverId: DRIVER, kind: 'assignment', payload: {}, resends: 0 });
+      const assignment = { deliveryId, sellerOrderId: `s${i}`, orderCode: `c${i}`, pickup: { lat: 0, lng: 0 }, dropoff: { lat: 0, lng: 0 }, assignedAt: '' };
+      events.emit('delivery:assigned', { driverId: DRIVER, assignment });
+    }
+    await settle();
+    expect([...store.rows.values()].every((r) => r.acknowledged)).toBe(true);
+    expect(pushes.answersRemembered).toBe(0);
   });
 
   it('when several drivers reconnect at once, then their open pushes are read in one go, every open one is sent again and an active job not open goes out too', async () => {

@@ -56,8 +56,6 @@ const RECONNECT_WINDOW_MS = 2;
  */
 export const ACK_WINDOW_MS = 50;
 
-/** How long an answer's write is remembered: longer than any read of open pushes takes. */
-const ANSWER_MEMORY_MS = 60_000;
 
 /** The app's acknowledgement: `{ ok: true }` by the contract's own schema, nothing else. */
 export function isAcknowledgement(reply: unknown): boolean {
@@ -86,16 +84,34 @@ export function createPushService(deps: PushDeps) {
   /**
    * Answers this node took, by push, with when their write finished (null while it is pending). A
    * read of open pushes that started before the write may still list the push: what it lists is
-   * not sent again, or the app would get a push it has already answered.
+   * not sent again, or the app would get a push it has already answered. An answer is kept exactly
+   * as long as such a read is running, so at a thousand acknowledgements a second the map holds
+   * those of one read's duration, not of a fixed minute.
    */
   const answered = new Map<string, { writtenAt: number | null }>();
   const answerKey = (key: PushKey) => `${key.kind}|${key.deliveryId}|${key.driverId}`;
+  /** Reads of open pushes in progress whose listings are checked against `answered`, by start. */
+  const reads = new Set<{ at: number }>();
   function answeredSince(key: PushKey, readAt: number): boolean {
     const answer = answered.get(answerKey(key));
     return answer !== undefined && (answer.writtenAt === null || answer.writtenAt >= readAt);
   }
-  function forgetOldAnswers(now: number): void {
-    for (const [key, { writtenAt }] of answered) if (writtenAt !== null && now - writtenAt > ANSWER_MEMORY_MS) answered.delete(key);
+  /** Forgets the written answers no running read can have listed as open: written before it began. */
+  function forgetAnswersNoReadNeeds(): void {
+    let oldest = Number.POSITIVE_INFINITY;
+    for (const read of reads) oldest = Math.min(oldest, read.at);
+    for (const [key, { writtenAt }] of answered) if (writtenAt !== null && writtenAt < oldest) answered.delete(key);
+  }
+  /** Runs `read` (a read of open pushes and their re-send) with the answers written meanwhile kept. */
+  async function whileReading<T>(read: (readAt: number) => Promise<T>): Promise<T> {
+    const started = { at: Date.now() };
+    reads.add(started);
+    try {
+      return await read(started.at);
+    } finally {
+      reads.delete(started);
+      forgetAnswersNoReadNeeds();
+    }
   }
 
   function track<T>(work: Promise<T>): Promise<T> {
@@ -113,12 +129,15 @@ export function createPushService(deps: PushDeps) {
       return;
     }
     const answer = { writtenAt: null as number | null };
-    answered.set(answerKey(key), answer);
+    const answerAt = answerKey(key);
+    answered.set(answerAt, answer);
     let recorded: Awaited<ReturnType<typeof acknowledgements.add>>;
     try {
       recorded = await acknowledgements.add(key);
     } finally {
       answer.writtenAt = Date.now();
+      // Every read running now began before this write ended; with none, no read needs it.
+      if (reads.size === 0 && answered.get(answerAt) === answer) answered.delete(answerAt);
     }
     if (!recorded) return;
     metrics.pushesAcknowledged.inc({ kind: key.kind });
@@ -167,10 +186,7 @@ export function createPushService(deps: PushDeps) {
   /** One pass: due pushes of this node's drivers go out again. */
   async function pass(): Promise<number> {
     if (!transport) return 0;
-    const readAt = Date.now();
-    forgetOldAnswers(readAt);
-    const due = await store.due(deps.config.retryMs, batch);
-    return resend(due, readAt);
+    return whileReading(async (readAt) => resend(await store.due(deps.config.retryMs, batch), readAt));
   }
 
   function passSoon(): void {
@@ -199,8 +215,7 @@ export function createPushService(deps: PushDeps) {
     const drivers = [...transport.localDrivers()];
     void (async () => {
       for (const slice of slicesOf(drivers, 1000)) {
-        const readAt = Date.now();
-        await resend(await store.openForMany(slice), readAt);
+        await whileReading(async (readAt) => resend(await store.openForMany(slice), readAt));
       }
     })().catch((err) => log.warn({ err: (err as Error).message }, 'push re-send after redis returned failed'));
   });
@@ -243,6 +258,11 @@ export function createPushService(deps: PushDeps) {
 
     /** One re-send pass now (tests, and what the timer runs). */
     pass,
+
+    /** Answers kept for reads of open pushes still running (bounded by those reads, not by time). */
+    get answersRemembered(): number {
+      return answered.size;
+    },
 
     start(): void {
       timer = setInterval(passSoon, Math.max(50, Math.floor(deps.config.retryMs / 3)));
