@@ -339,7 +339,9 @@ async function runStorm(
     const calmCpu = cpuByGroup(calmProcs, killProcs, groups);
     const cpuAtKill = readCpuTimes();
     const killedAt = wallMs();
-    const profilePath = ctx.profileDir && hubRun ? join(ctx.profileDir, `${ctx.runId}-storm-${jitter}-b.cpuprofile`) : null;
+    // The bare servers are profiled too: what a survivor pays per handshake beyond theirs.
+    const profileKey = hubRun ? `storm-${jitter}-b` : `storm-${target}-${jitter}-b`;
+    const profilePath = ctx.profileDir ? join(ctx.profileDir, `${ctx.runId}-${profileKey}.cpuprofile`) : null;
     if (profilePath) await b.rpc.call('profileStart', { intervalUs: 1000 });
     await a.kill();
     ctx.log(`[${label}] ${a.name} killed (SIGKILL); ${initial.connected} sockets coming back to ${b.name} and ${c.name}`);
@@ -368,7 +370,7 @@ async function runStorm(
     if (profilePath) {
       await b.rpc.call('profileStop', { path: profilePath });
       const summary = summarizeProfile(readProfile(profilePath), 30);
-      profiles[`storm-${jitter}-b`] = summary;
+      profiles[profileKey] = summary;
       ctx.log(`CPU profile of ${b.name} during the storm written to ${profilePath}\n${formatProfile(summary, 20)}`);
     }
     const endWire = await readWire();
