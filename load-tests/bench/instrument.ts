@@ -72,6 +72,20 @@ export type ServerStats = ReturnType<typeof stats>;
 const wire = { pgStatements: 0, pgWrites: 0, redisCommands: 0, redisWrites: 0 };
 let wirePorts: { pg: number; redis: number } | null = null;
 const socketKind = new WeakMap<Socket, { kind: 'pg' | 'redis' | 'other'; skip: number }>();
+/**
+ * The port each socket this process opened connects to, noted from the start: the count tells
+ * PostgreSQL's and Redis's sockets by it without a `getpeername` on every socket a server accepted
+ * (one per driver in a storm, a cost the bare baselines never paid).
+ */
+const outgoingPort = new WeakMap<Socket, number>();
+const connect = Socket.prototype.connect;
+Socket.prototype.connect = function notedConnect(this: Socket, ...args: unknown[]) {
+  // net.createConnection hands over its normalized arguments as one array: [options, callback].
+  const first = Array.isArray(args[0]) ? (args[0] as unknown[])[0] : args[0];
+  const port = Number(first !== null && typeof first === 'object' ? (first as { port?: unknown }).port : first);
+  if (Number.isInteger(port) && port > 0) outgoingPort.set(this, port);
+  return (connect as (...a: unknown[]) => Socket).apply(this, args);
+} as typeof Socket.prototype.connect;
 
 function pgMessages(state: { skip: number }, buf: Buffer): void {
   let i = state.skip;
@@ -151,8 +165,10 @@ function countWire(ports: { pg: number; redis: number }): void {
   const write = Socket.prototype.write;
   Socket.prototype.write = function countedWrite(this: Socket, chunk: unknown, ...rest: unknown[]) {
     let state = socketKind.get(this);
-    if (!state && this.remotePort !== undefined) {
-      state = { kind: this.remotePort === wirePorts!.pg ? 'pg' : this.remotePort === wirePorts!.redis ? 'redis' : 'other', skip: 0 };
+    if (!state) {
+      const port = outgoingPort.get(this);
+      if (port === undefined) return (write as (...args: unknown[]) => boolean).call(this, chunk, ...rest);
+      state = { kind: port === wirePorts!.pg ? 'pg' : port === wirePorts!.redis ? 'redis' : 'other', skip: 0 };
       socketKind.set(this, state);
     }
     if (state && state.kind !== 'other') {
