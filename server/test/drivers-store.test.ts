@@ -64,6 +64,30 @@ describe.skipIf(!hasSharedPostgres())('drivers in PostgreSQL: the heartbeat swee
     await sql`delete from drivers where id = any(${ids}::uuid[])`;
   });
 
+  it('when many sockets close at once, then one statement takes offline exactly the drivers whose closing socket still speaks for them', async () => {
+    const ids = (
+      await sql<{ id: string }[]>`
+        insert into drivers (name, status, on_duty, session_id)
+        select 'Closing ' || i, 'AVAILABLE', true, '000000000000002.s' || i from generate_series(1, 300) as i
+        returning id`
+    ).map((row) => row.id);
+    await sql`insert into driver_positions (driver_id, lat, lng, last_seen_at) select id, 52.5, 13.4, now() from drivers where id = any(${ids}::uuid[])`;
+    const sessionOf = async (id: string) => (await sql<{ session_id: string }[]>`select session_id from drivers where id = ${id}`)[0].session_id;
+    // Every third socket closing is an older connection: its driver has a newer one and stays.
+    const closing = await Promise.all(ids.map(async (id, i) => ({ driverId: id, sessionId: i % 3 === 0 ? '000000000000001.old' : await sessionOf(id) })));
+    const rows = await drivers.disconnectMany([...closing, { driverId: 'not-a-uuid', sessionId: 'x' }]);
+
+    const expected = closing.filter((_, i) => i % 3 !== 0).map((c) => c.driverId);
+    expect(rows.map((row) => row.id).sort()).toEqual([...expected].sort());
+    expect(rows.every((row) => row.status === 'OFFLINE' && row.lat === 52.5 && row.lng === 13.4)).toBe(true);
+    const states = await sql<{ id: string; status: string; session_id: string | null }[]>`select id, status, session_id from drivers where id = any(${ids}::uuid[])`;
+    for (const state of states) {
+      const kept = ids.indexOf(state.id) % 3 === 0;
+      expect(kept ? state.status === 'AVAILABLE' && state.session_id !== null : state.status === 'OFFLINE' && state.session_id === null).toBe(true);
+    }
+    await sql`delete from drivers where id = any(${ids}::uuid[])`;
+  });
+
   it('when a driver stays silent past the heartbeat, then the sweep takes it offline', async () => {
     const driver = await drivers.create({ name: 'Gone quiet' });
     await sql`update drivers set status = 'AVAILABLE', on_duty = true, session_id = '000000000000001.x', updated_at = now() - interval '1 minute' where id = ${driver.id}`;

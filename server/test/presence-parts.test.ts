@@ -438,7 +438,7 @@ describe('driver sessions', () => {
     const failed: string[] = [];
     const heardFrom: { ids: string[]; redis: boolean }[] = [];
     const sessions = createDriverSessions({
-      drivers: { connectMany: async () => new Map(), disconnect: async () => null, setDuty: async () => null, ...drivers },
+      drivers: { connectMany: async () => new Map(), disconnectMany: async () => [], setDuty: async () => null, ...drivers },
       store,
       positions: {
         flushToPostgres: async () => void steps.push('flush'),
@@ -542,13 +542,32 @@ describe('driver sessions', () => {
   });
 
   it('when an older connection closes after a newer one connected on this node, then the driver keeps its status and its fixes', async () => {
-    const { sessions, steps } = sessionsWith({ connectMany: async ([entry]) => new Map([[DRIVER, written(held(entry.sessionId))]]), disconnect: async () => held('x', 'OFFLINE') });
+    const { sessions, steps } = sessionsWith({ connectMany: async ([entry]) => new Map([[DRIVER, written(held(entry.sessionId))]]), disconnectMany: async (entries) => entries.map(() => held('x', 'OFFLINE')) });
     await sessions.connect(DRIVER, '000000000000002.b', 0);
     steps.length = 0;
     await sessions.disconnect(DRIVER, '000000000000001.a');
     expect(steps).toEqual([]);
     await sessions.disconnect(DRIVER, '000000000000002.b');
     expect(steps).toEqual(['forget', 'heartbeat drop', 'event OFFLINE']);
+  });
+
+  it('when many sockets close at once, then one statement and one Redis round trip serve them all', async () => {
+    const batches: number[] = [];
+    const redisCalls: number[] = [];
+    const { store } = fakeStore();
+    const { sessions } = sessionsWith(
+      {
+        disconnectMany: async (entries) => {
+          batches.push(entries.length);
+          return entries.map((entry) => ({ ...held('x', 'OFFLINE'), id: entry.driverId }));
+        },
+      },
+      { ...store, setStatuses: async (rows) => void redisCalls.push(rows.length) },
+    );
+    const ids = Array.from({ length: 40 }, (_, i) => `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`);
+    await Promise.all(ids.map((id) => sessions.disconnect(id, '000000000000001.a')));
+    expect(batches).toEqual([40]);
+    expect(redisCalls).toEqual([40]);
   });
 
   it('when a driver goes on duty, then its newest position reaches PostgreSQL before the duty change', async () => {

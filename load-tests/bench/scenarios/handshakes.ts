@@ -4,8 +4,11 @@
  * connect again, R rounds. Per handshake of each round: the server's CPU, PostgreSQL's and
  * Redis's, and the wall time until the last one was back (hub: its `session`, so its bookkeeping
  * is done). The storm scenario's time until assignable is bounded by this cost times the sockets
- * a survivor takes, over the CPU it gets.
+ * a survivor takes, over the CPU it gets. Hub: the same for the disconnects between rounds, until
+ * every driver is OFFLINE in PostgreSQL (all sockets closed at once, as a shutdown or a cut
+ * network closes them).
  */
+import postgres from 'postgres';
 import {
   Cleanup,
   createBenchDatabase,
@@ -22,7 +25,7 @@ import {
   type Wire,
   WIRE_PORTS,
 } from '../infra.js';
-import { cpuByGroup, ratio, round, sampleProcesses, sleep, summarize, table } from '../lib.js';
+import { cpuByGroup, ratio, round, sampleProcesses, sleep, summarize, table, waitFor } from '../lib.js';
 import { profiled, type RunContext, type ScenarioOutput, type TargetCheck } from '../context.js';
 import type { ProfileSummary } from '../profile-top.js';
 
@@ -33,6 +36,8 @@ interface Round {
   cpuMsPerHandshake: Record<string, number>;
   /** Hub: PostgreSQL statements and Redis commands sent, and socket writes to each, per handshake. */
   wirePerHandshake?: Record<string, number>;
+  /** Hub: the disconnects after the round, until every driver was OFFLINE, and their CPU per socket. */
+  disconnect?: { seconds: number; cpuMsPerSocket: Record<string, number> };
 }
 
 export async function handshakes(ctx: RunContext): Promise<ScenarioOutput> {
@@ -75,21 +80,41 @@ export async function handshakes(ctx: RunContext): Promise<ScenarioOutput> {
             // The first round puts every driver on duty and on the map; the measured rounds reconnect them.
             ctx.log(`[${target}] status ${JSON.stringify(await group.all('goAvailable', { concurrency: 100 }))}, positions ${JSON.stringify(await group.all('placeAll', { concurrency: 100 }))}`);
           }
+          const beforeClose = sampleProcesses();
+          const closedAt = performance.now();
           await group.close();
-          // Disconnect bookkeeping is not what is measured: it settles before the next round.
-          await sleep(hub ? 8000 : 1500);
+          let disconnect: Round['disconnect'];
+          if (hub) {
+            const sql = postgres(db!.url, { max: 1, onnotice: () => {} });
+            try {
+              await waitFor(
+                'every driver offline',
+                async () => ((await sql<{ n: number }[]>`select count(*)::int as n from drivers where id = any(${ids}::uuid[]) and status <> 'OFFLINE'`)[0].n === 0 ? true : undefined),
+                60_000,
+                50,
+              );
+            } finally {
+              await sql.end();
+            }
+            const seconds = (performance.now() - closedAt) / 1000;
+            const percent = cpuByGroup(beforeClose, sampleProcesses(), groups);
+            disconnect = { seconds: round(seconds, 2)!, cpuMsPerSocket: Object.fromEntries(Object.entries(percent).map(([k, v]) => [k, round(((v / 100) * seconds * 1000) / Math.max(1, c.connected), 3)!])) };
+          }
+          // What is left of the disconnects (Redis, the map) settles before the next round.
+          await sleep(1500);
           if (r === 0) continue;
           const percent = cpuByGroup(before, after, groups);
           const round_: Round = {
             seconds: round(c.seconds, 2)!,
             connected: c.connected,
             cpuMsPerHandshake: Object.fromEntries(Object.entries(percent).map(([k, v]) => [k, round((v / 100) * c.seconds * 1000 / Math.max(1, c.connected), 3)!])),
+            ...(disconnect ? { disconnect } : {}),
           };
           if (wireBefore && wireAfter) {
             round_.wirePerHandshake = Object.fromEntries(Object.entries(wireAfter).map(([k, v]) => [k, round((v - wireBefore[k as keyof Wire]) / Math.max(1, c.connected), 2)!]));
           }
           list.push(round_);
-          ctx.log(`[${target}] round ${r}: ${c.connected} back in ${round_.seconds} s (${c.failed} failed); CPU ms per handshake ${JSON.stringify(round_.cpuMsPerHandshake)}${round_.wirePerHandshake ? `; wire per handshake ${JSON.stringify(round_.wirePerHandshake)}` : ''}`);
+          ctx.log(`[${target}] round ${r}: ${c.connected} back in ${round_.seconds} s (${c.failed} failed); CPU ms per handshake ${JSON.stringify(round_.cpuMsPerHandshake)}${round_.wirePerHandshake ? `; wire per handshake ${JSON.stringify(round_.wirePerHandshake)}` : ''}${disconnect ? `; all offline ${disconnect.seconds} s after the close, CPU ms per socket ${JSON.stringify(disconnect.cpuMsPerSocket)}` : ''}`);
         }
         results[target] = list;
       } finally {
@@ -107,9 +132,24 @@ export async function handshakes(ctx: RunContext): Promise<ScenarioOutput> {
     const r = ratio(serverMs('hub'), serverMs('sio-bare'));
     checks.push({ name: 'server CPU per handshake, hub vs bare Socket.IO (median round)', target: 'report', measured: `${r}x (${serverMs('hub')} vs ${serverMs('sio-bare')} ms)`, met: null });
   }
-  const rows: unknown[][] = [['target', 'round', 'sockets', 'seconds', 'server ms/hs', 'postgres ms/hs', 'redis ms/hs', 'other ms/hs', 'PG stmts/writes per hs', 'Redis cmds/writes per hs']];
+  const rows: unknown[][] = [['target', 'round', 'sockets', 'seconds', 'server ms/hs', 'postgres ms/hs', 'redis ms/hs', 'other ms/hs', 'PG stmts/writes per hs', 'Redis cmds/writes per hs', 'offline s', 'server/postgres ms per close']];
   for (const [target, list] of Object.entries(results)) {
-    list.forEach((r, i) => rows.push([target, i + 1, r.connected, r.seconds, r.cpuMsPerHandshake.server, r.cpuMsPerHandshake.postgres, r.cpuMsPerHandshake.redis, r.cpuMsPerHandshake.other, r.wirePerHandshake ? `${r.wirePerHandshake.pgStatements}/${r.wirePerHandshake.pgWrites}` : null, r.wirePerHandshake ? `${r.wirePerHandshake.redisCommands}/${r.wirePerHandshake.redisWrites}` : null]));
+    list.forEach((r, i) =>
+      rows.push([
+        target,
+        i + 1,
+        r.connected,
+        r.seconds,
+        r.cpuMsPerHandshake.server,
+        r.cpuMsPerHandshake.postgres,
+        r.cpuMsPerHandshake.redis,
+        r.cpuMsPerHandshake.other,
+        r.wirePerHandshake ? `${r.wirePerHandshake.pgStatements}/${r.wirePerHandshake.pgWrites}` : null,
+        r.wirePerHandshake ? `${r.wirePerHandshake.redisCommands}/${r.wirePerHandshake.redisWrites}` : null,
+        r.disconnect?.seconds ?? null,
+        r.disconnect ? `${r.disconnect.cpuMsPerSocket.server}/${r.disconnect.cpuMsPerSocket.postgres}` : null,
+      ]),
+    );
   }
   return { results: { drivers, rounds, concurrency, runs: results }, checks, table: table(rows), profiles };
 }

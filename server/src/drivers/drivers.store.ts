@@ -109,6 +109,25 @@ select l.id, l.token_version as "tokenVersion", c.id is not null as written, c.s
 from locked l left join changed c on c.id = l.id left join seen s on s.driver_id = l.id`;
 
 /**
+ * DISCONNECT_MANY: $1 [[driverId, sessionId], ...], sockets that closed. Each takes its driver
+ * offline only while its session still speaks for the driver (a newer connection's row is left
+ * alone). Rows are locked in id order, as CONNECT_MANY locks them. Answers each row it changed,
+ * with the driver's last known coordinate.
+ */
+const DISCONNECT_MANY = `
+with input as (
+  select (e->>0)::uuid as id, e->>1 as session_id from jsonb_array_elements($1::jsonb) as e
+), locked as materialized (
+  select d.id from drivers d where d.id = any(array(select id from input)) order by d.id for update of d
+), changed as (
+  update drivers set session_id = null, status = 'OFFLINE', updated_at = now()
+  from input i
+  where drivers.id = any(array(select id from locked)) and i.id = drivers.id and drivers.session_id = i.session_id
+  returning drivers.id, drivers.status
+)
+select c.id, c.status, p.lat, p.lng from changed c left join driver_positions p on p.driver_id = c.id`;
+
+/**
  * The fairness facts of the drivers `ids` names (a query for their ids): seconds since each last
  * came free (or was created), and its deliveries created and assigned since midnight UTC. Read on
  * its own (SCORE_FACTS) and inside the webhook's claim, which ranks by them without a round trip
@@ -262,9 +281,17 @@ export function createDriversStore(database: Database) {
       );
     },
 
-    /** Only the socket that still speaks for the driver may take it offline. */
-    async disconnect(id: string, sessionId: string): Promise<DriverPresenceRow | null> {
-      return updatePresence(db, { sessionId: null, status: 'OFFLINE' }, and(eq(drivers.id, id), eq(drivers.sessionId, sessionId)));
+    /**
+     * Sockets that closed, in one statement (a node's shutdown or a network cut closes thousands
+     * at once): only the socket that still speaks for a driver may take it offline. Answers the
+     * rows it changed.
+     */
+    async disconnectMany(entries: readonly { driverId: string; sessionId: string }[]): Promise<DriverPresenceRow[]> {
+      const valid = entries.filter((e) => UUID.test(e.driverId));
+      if (valid.length === 0) return [];
+      const input = JSON.stringify(valid.map((e) => [e.driverId, e.sessionId]));
+      const rows = await retryOnConflict(() => database.query<DriverPresenceRow>(DISCONNECT_MANY, [input]));
+      return rows.map((row) => ({ ...row, lat: numberOrNull(row.lat), lng: numberOrNull(row.lng) }));
     },
 
     async setDuty(id: string, onDuty: boolean): Promise<HeldPresenceRow | null> {

@@ -36,7 +36,7 @@ export interface DriverSessions {
 }
 
 export interface DriverSessionsDeps {
-  drivers: Pick<DriversStore, 'connectMany' | 'disconnect' | 'setDuty'>;
+  drivers: Pick<DriversStore, 'connectMany' | 'disconnectMany' | 'setDuty'>;
   store: Pick<PresenceStore, 'setStatus' | 'setStatuses'>;
   positions: Pick<PositionPipeline, 'flushToPostgres' | 'heartbeatChanged' | 'heartbeatsWritten' | 'forget' | 'restartConfirmations'>;
   repair: Pick<RedisRepair, 'bestEffort'>;
@@ -127,6 +127,26 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
     });
   }
 
+  /**
+   * One batch of disconnects: one statement for every write, one Redis round trip for the statuses
+   * of the drivers it took offline. A driver with a newer socket on this node by then keeps the
+   * status that socket gave it.
+   */
+  async function disconnectBatch(items: readonly { driverId: string; sessionId: string }[]): Promise<void[]> {
+    const rows = await drivers.disconnectMany(items);
+    const dropped = rows.filter((row) => !local.has(row.id));
+    if (dropped.length > 0) await publishStatuses(dropped, 'drop');
+    return items.map(() => undefined);
+  }
+
+  const disconnecting = createBatchWindow<{ driverId: string; sessionId: string }, void>({
+    windowMs: deps.connectWindowMs ?? CONNECT_WINDOW_MS,
+    maxWindowMs: Math.max(deps.connectWindowMs ?? CONNECT_WINDOW_MS, BUSY_WINDOW_MS),
+    maxBatch: CONNECTS_PER_BATCH,
+    concurrency: 2,
+    run: disconnectBatch,
+  });
+
   const connecting = createBatchWindow<Connecting, DriverSession | null | HubError>({
     windowMs: deps.connectWindowMs ?? CONNECT_WINDOW_MS,
     maxWindowMs: Math.max(deps.connectWindowMs ?? CONNECT_WINDOW_MS, BUSY_WINDOW_MS),
@@ -146,11 +166,7 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
       if (local.get(driverId) === sessionId) local.delete(driverId);
       // A newer connection on this node still speaks for the driver: its heartbeat and fixes stay.
       if (!local.has(driverId)) positions.forget(driverId);
-      const work = (async () => {
-        const row = await drivers.disconnect(driverId, sessionId);
-        // A newer socket on this node already speaks for the driver: its status must not be overwritten.
-        if (row && !local.has(driverId)) await publishStatus(row, 'drop');
-      })();
+      const work = disconnecting.add({ driverId, sessionId });
       inflight.add(work);
       try {
         await work;
@@ -184,6 +200,7 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
 
     async settle() {
       await connecting.settle();
+      await disconnecting.settle();
       await Promise.allSettled([...inflight]);
     },
   };
