@@ -67,8 +67,6 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
   const { drivers, store, positions, repair, statuses, events } = deps;
   /** driverId -> session id of the connection that speaks for it, for drivers whose socket lives on this node. */
   const local = new Map<string, string>();
-  /** Disconnect bookkeeping still running; shutdown waits for it before closing PostgreSQL. */
-  const inflight = new Set<Promise<unknown>>();
 
   async function publishStatus(row: DriverPresenceRow, heartbeat: HeartbeatChange): Promise<void> {
     await publishStatuses([row], heartbeat);
@@ -139,21 +137,11 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
     return items.map(() => undefined);
   }
 
-  const disconnecting = createBatchWindow<{ driverId: string; sessionId: string }, void>({
-    windowMs: deps.connectWindowMs ?? CONNECT_WINDOW_MS,
-    maxWindowMs: Math.max(deps.connectWindowMs ?? CONNECT_WINDOW_MS, BUSY_WINDOW_MS),
-    maxBatch: CONNECTS_PER_BATCH,
-    concurrency: 2,
-    run: disconnectBatch,
-  });
-
-  const connecting = createBatchWindow<Connecting, DriverSession | null | HubError>({
-    windowMs: deps.connectWindowMs ?? CONNECT_WINDOW_MS,
-    maxWindowMs: Math.max(deps.connectWindowMs ?? CONNECT_WINDOW_MS, BUSY_WINDOW_MS),
-    maxBatch: CONNECTS_PER_BATCH,
-    concurrency: 2,
-    run: connectBatch,
-  });
+  /** Connects and disconnects gather alike: a short window alone, a longer one under a storm. */
+  const windowMs = deps.connectWindowMs ?? CONNECT_WINDOW_MS;
+  const sessionWindow = { windowMs, maxWindowMs: Math.max(windowMs, BUSY_WINDOW_MS), maxBatch: CONNECTS_PER_BATCH, concurrency: 2 };
+  const disconnecting = createBatchWindow<{ driverId: string; sessionId: string }, void>({ ...sessionWindow, run: disconnectBatch });
+  const connecting = createBatchWindow<Connecting, DriverSession | null | HubError>({ ...sessionWindow, run: connectBatch });
 
   return {
     async connect(driverId, sessionId, tokenVersion) {
@@ -166,13 +154,7 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
       if (local.get(driverId) === sessionId) local.delete(driverId);
       // A newer connection on this node still speaks for the driver: its heartbeat and fixes stay.
       if (!local.has(driverId)) positions.forget(driverId);
-      const work = disconnecting.add({ driverId, sessionId });
-      inflight.add(work);
-      try {
-        await work;
-      } finally {
-        inflight.delete(work);
-      }
+      await disconnecting.add({ driverId, sessionId });
     },
 
     async setDuty(driverId, status) {
@@ -201,7 +183,6 @@ export function createDriverSessions(deps: DriverSessionsDeps): DriverSessions {
     async settle() {
       await connecting.settle();
       await disconnecting.settle();
-      await Promise.allSettled([...inflight]);
     },
   };
 }

@@ -56,7 +56,6 @@ const RECONNECT_WINDOW_MS = 2;
  */
 export const ACK_WINDOW_MS = 50;
 
-
 /** The app's acknowledgement: `{ ok: true }` by the contract's own schema, nothing else. */
 export function isAcknowledgement(reply: unknown): boolean {
   const parsed = pushAckReply.safeParse(reply);
