@@ -65,16 +65,14 @@ describe.skipIf(!hasSharedPostgres())('drivers in PostgreSQL: the heartbeat swee
   });
 
   it('when many sockets close at once, then one statement takes offline exactly the drivers whose closing socket still speaks for them', async () => {
-    const ids = (
-      await sql<{ id: string }[]>`
-        insert into drivers (name, status, on_duty, session_id)
-        select 'Closing ' || i, 'AVAILABLE', true, '000000000000002.s' || i from generate_series(1, 300) as i
-        returning id`
-    ).map((row) => row.id);
+    const inserted = await sql<{ id: string; session_id: string }[]>`
+      insert into drivers (name, status, on_duty, session_id)
+      select 'Closing ' || i, 'AVAILABLE', true, '000000000000002.s' || i from generate_series(1, 300) as i
+      returning id, session_id`;
+    const ids = inserted.map((row) => row.id);
     await sql`insert into driver_positions (driver_id, lat, lng, last_seen_at) select id, 52.5, 13.4, now() from drivers where id = any(${ids}::uuid[])`;
-    const sessionOf = async (id: string) => (await sql<{ session_id: string }[]>`select session_id from drivers where id = ${id}`)[0].session_id;
     // Every third socket closing is an older connection: its driver has a newer one and stays.
-    const closing = await Promise.all(ids.map(async (id, i) => ({ driverId: id, sessionId: i % 3 === 0 ? '000000000000001.old' : await sessionOf(id) })));
+    const closing = inserted.map((row, i) => ({ driverId: row.id, sessionId: i % 3 === 0 ? '000000000000001.old' : row.session_id }));
     const rows = await drivers.disconnectMany([...closing, { driverId: 'not-a-uuid', sessionId: 'x' }]);
 
     const expected = closing.filter((_, i) => i % 3 !== 0).map((c) => c.driverId);
