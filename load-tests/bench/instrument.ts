@@ -9,6 +9,7 @@ import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import { Socket } from 'node:net';
 import { constants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+import { getHeapSpaceStatistics } from 'node:v8';
 import { serveRpc, wallMs } from './lib.js';
 
 const RESOLUTION_MS = 10;
@@ -16,6 +17,10 @@ const histogram = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
 histogram.enable();
 let cpuAt = process.cpuUsage();
 let wallAt = performance.now();
+/** The old generation's used bytes: grown by what scavenges promote, shrunk only by a full collection. */
+const oldGenerationBytes = () =>
+  getHeapSpaceStatistics().reduce((sum, space) => (space.space_name === 'old_space' || space.space_name === 'large_object_space' ? sum + space.space_used_size : sum), 0);
+let oldGenerationAt = oldGenerationBytes();
 
 /** GC pauses in the current window: count, total and longest, by kind (minor = scavenge). */
 let gc = { minorCount: 0, minorMs: 0, majorCount: 0, majorMs: 0, maxPauseMs: 0 };
@@ -50,6 +55,11 @@ function stats() {
     sysPercent: elapsedMs > 0 ? (cpu.system / 1000 / elapsedMs) * 100 : 0,
     windowMs: elapsedMs,
     gc: { ...gc, minorMs: Math.round(gc.minorMs), majorMs: Math.round(gc.majorMs), maxPauseMs: Math.round(gc.maxPauseMs) },
+    /**
+     * What the window moved into the old generation (objects that outlived two scavenges, and
+     * the few allocated there directly); null when a full collection ran in it and freed some.
+     */
+    oldGenerationGrowthBytes: gc.majorCount === 0 ? oldGenerationBytes() - oldGenerationAt : null,
     rssBytes: memory.rss,
     heapUsedBytes: memory.heapUsed,
     externalBytes: memory.external,
@@ -230,6 +240,7 @@ serveRpc({
     gc = { minorCount: 0, minorMs: 0, majorCount: 0, majorMs: 0, maxPauseMs: 0 };
     cpuAt = process.cpuUsage();
     wallAt = performance.now();
+    oldGenerationAt = oldGenerationBytes();
     return true;
   },
   gc: async () => {

@@ -57,6 +57,14 @@ function statementDelta(from: Record<string, number>, to: Record<string, number>
   return Object.fromEntries(Object.entries(to).map(([k, v]) => [k, v - (from[k] ?? 0)]).filter(([, v]) => (v as number) > 0));
 }
 
+/**
+ * Kilobytes each order left in the hub's old generation during a window (null if a full collection
+ * ran in it): what outlived two scavenges, copied twice and then kept until the next full one.
+ */
+function promotedPerOrder(stats: { oldGenerationGrowthBytes: number | null }, orders: number): number | null {
+  return stats.oldGenerationGrowthBytes === null || orders === 0 ? null : round(stats.oldGenerationGrowthBytes / 1024 / orders, 1);
+}
+
 /** Round trips per order: the fixed phase's counts less what the background pings alone sent in as long. */
 function perOrderWire(idle: WireWindow, busy: WireWindow, orders: number) {
   const scale = busy.seconds / idle.seconds;
@@ -311,7 +319,7 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
         : null;
     if (perOrder) ctx.log(`fixed rate, per order net of the background pings: ${JSON.stringify(perOrder)}`);
     await collectPushes(fixedPosted.filter((p) => p.outcome === served(mode)).length);
-    const fixed = { ...analyse(fixedPosted, pushes, seconds, mode), machineBusyPercent: machineBusyPercent(fixedCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(fixedProcs, sampleProcesses()), hubLagP99Ms: round(fixedStats.lagP99Ms), hubCpuPercent: round(fixedStats.cpuPercent, 0), hubSysPercent: round(fixedStats.sysPercent, 0), hubGc: fixedStats.gc, hubHeapUsedMb: round(fixedStats.heapUsedBytes / 2 ** 20, 0) };
+    const fixed = { ...analyse(fixedPosted, pushes, seconds, mode), machineBusyPercent: machineBusyPercent(fixedCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(fixedProcs, sampleProcesses()), hubLagP99Ms: round(fixedStats.lagP99Ms), hubCpuPercent: round(fixedStats.cpuPercent, 0), hubSysPercent: round(fixedStats.sysPercent, 0), hubGc: fixedStats.gc, hubPromotedKbPerOrder: promotedPerOrder(fixedStats, fixedPosted.length), hubHeapUsedMb: round(fixedStats.heapUsedBytes / 2 ** 20, 0) };
     ctx.log(`fixed rate: ${JSON.stringify(fixed)}`);
     await sleep(2000);
 
@@ -344,7 +352,7 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
     const maxSeconds = (performance.now() - maxStarted) / 1000;
     const maxStats = await hub.stats();
     await collectPushes(pushes.size + maxPosted.filter((p) => p.outcome === served(mode)).length);
-    const max = { ...analyse(maxPosted, pushes, maxSeconds, mode), concurrency, machineBusyPercent: machineBusyPercent(maxCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(maxProcs, sampleProcesses()), hubLagP99Ms: round(maxStats.lagP99Ms), hubCpuPercent: round(maxStats.cpuPercent, 0), hubSysPercent: round(maxStats.sysPercent, 0), hubGc: maxStats.gc, hubHeapUsedMb: round(maxStats.heapUsedBytes / 2 ** 20, 0) };
+    const max = { ...analyse(maxPosted, pushes, maxSeconds, mode), concurrency, machineBusyPercent: machineBusyPercent(maxCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(maxProcs, sampleProcesses()), hubLagP99Ms: round(maxStats.lagP99Ms), hubCpuPercent: round(maxStats.cpuPercent, 0), hubSysPercent: round(maxStats.sysPercent, 0), hubGc: maxStats.gc, hubPromotedKbPerOrder: promotedPerOrder(maxStats, maxPosted.length), hubHeapUsedMb: round(maxStats.heapUsedBytes / 2 ** 20, 0) };
     /** Hub CPU time each assignment costs on top of the background pings: what one core would sustain. */
     const hubCpuMsPerAssignment = max.assignedPerSec ? round(((maxStats.cpuPercent - idleCpuPercent) * 10) / max.assignedPerSec, 2) : null;
     const perCoreEstimate = hubCpuMsPerAssignment ? Math.round(1000 / hubCpuMsPerAssignment) : null;

@@ -117,6 +117,40 @@ export class CircuitBreaker extends EventEmitter {
   }
 }
 
+/**
+ * ioredis gives every pipeline a `length` getter of its own (a closure defined on the instance in
+ * Pipeline's constructor), and with auto-pipelining every tick that sends a command builds one.
+ * V8 keeps an object that was given its own accessor alive through young-generation collections
+ * until the next full one, and with it everything the pipeline holds: its commands, their
+ * arguments, replies and callbacks. On the webhook path that was about 2.5 MB copied and promoted
+ * at each scavenge, against 0.5 MB once pipelines share one getter (docs/performance.md, tenth
+ * pass). So the getter goes on the prototype, and `pipeline()` builds pipelines without their own.
+ * `multi()` builds its pipelines directly and keeps ioredis's behaviour; the hub rarely uses it.
+ */
+export function sharePipelineLength(client: Redis | Cluster): void {
+  const build = client.pipeline.bind(client) as (commands?: unknown[][]) => ReturnType<Redis['pipeline']>;
+  const prototype = Object.getPrototypeOf(build()) as object;
+  if (!Object.prototype.hasOwnProperty.call(prototype, 'length')) {
+    Object.defineProperty(prototype, 'length', {
+      get(this: { _queue: unknown[] }) {
+        return this._queue.length;
+      },
+    });
+  }
+  const defineProperty = Object.defineProperty;
+  const skipOwnLength = <T>(target: T, key: PropertyKey, descriptor: PropertyDescriptor): T =>
+    key === 'length' && (target as { isPipeline?: unknown }).isPipeline === true ? target : defineProperty(target, key, descriptor);
+  (client as unknown as { pipeline: typeof build }).pipeline = (commands) => {
+    // The constructor runs synchronously: nothing else can call Object.defineProperty meanwhile.
+    Object.defineProperty = skipOwnLength;
+    try {
+      return build(commands);
+    } finally {
+      Object.defineProperty = defineProperty;
+    }
+  };
+}
+
 export function createRedisClients(opts: RedisClientOptions): SingleRedisClients {
   const base: RedisOptions = {
     connectTimeout: Math.max(1000, opts.commandTimeoutMs * 2),
@@ -131,6 +165,7 @@ export function createRedisClients(opts: RedisClientOptions): SingleRedisClients
     maxRetriesPerRequest: 0,
     enableAutoPipelining: true,
   });
+  sharePipelineLength(command);
   const publisher = new Redis(opts.url, {
     ...base,
     connectionName: 'hub-publisher',
@@ -264,6 +299,7 @@ export function createRedisClusterClients(opts: ClusterClientOptions): ClusterRe
     enableAutoPipelining: true,
     redisOptions: { ...redisOptions, connectionName: 'hub-command' },
   });
+  sharePipelineLength(command);
   const publisher = new Cluster(opts.nodes, { ...base, enableOfflineQueue: false, redisOptions: { ...redisOptions, connectionName: 'hub-publisher' } });
   // The adapter publishes without awaiting; while a shard is away a broadcast is dropped, never left unhandled.
   const spublish = publisher.spublish.bind(publisher) as (channel: string, message: string | Buffer) => Promise<number>;
