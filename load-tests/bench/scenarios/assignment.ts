@@ -260,7 +260,9 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
     const idleStats = await hub.stats();
     const idleCpuPercent = idleStats.cpuPercent;
     const idleWire = idleWireFrom ? { wire: wireDelta(idleWireFrom, await readWire()), statements: statementDelta(idleStatementsFrom, await readStatements()), seconds: (performance.now() - idleStarted) / 1000 } : null;
-    ctx.log(`hub CPU with background pings only: ${round(idleCpuPercent, 0)}%, GC ${JSON.stringify(idleStats.gc)} over ${round(idleStats.windowMs / 1000, 1)} s, heap ${round(idleStats.heapUsedBytes / 2 ** 20, 0)} MB`);
+    // What the drivers' sockets and the background rounds promote with no order at all, per second.
+    const idlePromotedKbPerSecond = idleStats.oldGenerationGrowthBytes === null ? null : round(idleStats.oldGenerationGrowthBytes / 1024 / (idleStats.windowMs / 1000), 1);
+    ctx.log(`hub CPU with background pings only: ${round(idleCpuPercent, 0)}%, GC ${JSON.stringify(idleStats.gc)} over ${round(idleStats.windowMs / 1000, 1)} s, promoted ${idlePromotedKbPerSecond} KB/s, heap ${round(idleStats.heapUsedBytes / 2 ** 20, 0)} MB`);
 
     const randomOrder = (): [[number, number], [number, number]] => [positionsAround(1, 8)[0], positionsAround(1, 3, { lat: CENTRE.lat + 0.02, lng: CENTRE.lng })[0]];
     const pushes = new Map<string, number>();
@@ -400,6 +402,7 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
         maxThroughput: max,
         hubAssignmentsTotal: metricValue(metrics, 'hub_assignments_total'),
         hubIdleCpuPercent: round(idleCpuPercent, 0),
+        hubIdlePromotedKbPerSecond: idlePromotedKbPerSecond,
         hubCpuMsPerAssignment,
         assignmentsPerHubCoreEstimate: perCoreEstimate,
         ...(perOrder ? { wirePerOrder: perOrder } : {}),
