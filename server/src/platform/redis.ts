@@ -127,7 +127,7 @@ export class CircuitBreaker extends EventEmitter {
  * pass). So the getter goes on the prototype, and `pipeline()` builds pipelines without their own.
  * `multi()` builds its pipelines directly and keeps ioredis's behaviour; the hub rarely uses it.
  */
-export function sharePipelineLength(client: Redis | Cluster): void {
+function sharePipelineLength(client: Redis | Cluster): void {
   const build = client.pipeline.bind(client) as (commands?: unknown[][]) => ReturnType<Redis['pipeline']>;
   const prototype = Object.getPrototypeOf(build()) as object;
   if (!Object.prototype.hasOwnProperty.call(prototype, 'length')) {
