@@ -1,4 +1,4 @@
-import type { z } from 'zod';
+import { z } from 'zod';
 import { validationError } from './errors.js';
 
 /** A UTF-16 half without its other half: not Unicode at all (jsonb refuses it, text would mangle it). */
@@ -25,10 +25,18 @@ export function findUnstorableText(value: unknown): PropertyKey[] | null {
  * refused here too, so it is a 400 and not a 500 halfway through a transaction.
  */
 export function parsePayload<S extends z.ZodType>(schema: S, payload: unknown, what: string): z.infer<S> {
-  const parsed = schema.safeParse(payload);
-  if (!parsed.success) throw validationError(parsed.error.issues, what);
+  let data: z.infer<S>;
+  try {
+    // Not safeParse: its failure result is an object with a getter of its own, which V8 keeps alive
+    // through young collections, with the payload, until a full one: a flood of bad payloads cost
+    // the collector far more than good ones (docs/performance.md, tenth pass).
+    data = schema.parse(payload);
+  } catch (err) {
+    if (err instanceof z.ZodError) throw validationError(err.issues, what);
+    throw err;
+  }
   // After the schema: only known, bounded fields are left to walk.
-  const bad = findUnstorableText(parsed.data);
+  const bad = findUnstorableText(data);
   if (bad) throw validationError([{ path: bad, message: 'text must be valid Unicode without NUL characters' }], what);
-  return parsed.data;
+  return data;
 }
