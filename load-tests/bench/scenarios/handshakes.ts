@@ -40,6 +40,11 @@ interface Round {
   disconnect?: { seconds: number; cpuMsPerSocket: Record<string, number> };
 }
 
+/** Each group's CPU (percent of a core over `seconds`) as milliseconds per socket, for `count` sockets. */
+function cpuMsEach(percent: Record<string, number>, seconds: number, count: number): Record<string, number> {
+  return Object.fromEntries(Object.entries(percent).map(([group, p]) => [group, round(((p / 100) * seconds * 1000) / Math.max(1, count), 3)!]));
+}
+
 export async function handshakes(ctx: RunContext): Promise<ScenarioOutput> {
   const drivers = ctx.num('drivers', 6_000, 2_000);
   const rounds = ctx.num('rounds', 3, 2);
@@ -98,7 +103,7 @@ export async function handshakes(ctx: RunContext): Promise<ScenarioOutput> {
             }
             const seconds = (performance.now() - closedAt) / 1000;
             const percent = cpuByGroup(beforeClose, sampleProcesses(), groups);
-            disconnect = { seconds: round(seconds, 2)!, cpuMsPerSocket: Object.fromEntries(Object.entries(percent).map(([k, v]) => [k, round(((v / 100) * seconds * 1000) / Math.max(1, c.connected), 3)!])) };
+            disconnect = { seconds: round(seconds, 2)!, cpuMsPerSocket: cpuMsEach(percent, seconds, c.connected) };
           }
           // What is left of the disconnects (Redis, the map) settles before the next round.
           await sleep(1500);
@@ -107,7 +112,7 @@ export async function handshakes(ctx: RunContext): Promise<ScenarioOutput> {
           const round_: Round = {
             seconds: round(c.seconds, 2)!,
             connected: c.connected,
-            cpuMsPerHandshake: Object.fromEntries(Object.entries(percent).map(([k, v]) => [k, round((v / 100) * c.seconds * 1000 / Math.max(1, c.connected), 3)!])),
+            cpuMsPerHandshake: cpuMsEach(percent, c.seconds, c.connected),
             ...(disconnect ? { disconnect } : {}),
           };
           if (wireBefore && wireAfter) {
