@@ -466,7 +466,7 @@ export class LoadGroup {
   /** The generators' storm reports as one (latencies only with `full`). */
   async stormReport(full = false): Promise<StormReport> {
     const all = await Promise.all(this.gens.map((g) => g.call<StormReport>('stormReport', { full }, 60_000)));
-    const latest = (k: 'lastConnectedAt' | 'lastSessionAt') => {
+    const latest = (k: 'lastConnectedAt' | 'lastSessionAt' | 'lastClosedAt' | 'lastFirstAttemptAt') => {
       const values = all.map((r) => r[k]).filter((v): v is number => v !== null);
       return values.length ? Math.max(...values) : null;
     };
@@ -477,6 +477,8 @@ export class LoadGroup {
       waiting: all.reduce((s, r) => s + r.waiting, 0),
       lastConnectedAt: latest('lastConnectedAt'),
       lastSessionAt: latest('lastSessionAt'),
+      lastClosedAt: latest('lastClosedAt'),
+      lastFirstAttemptAt: latest('lastFirstAttemptAt'),
       connectMs: all.flatMap((r) => r.connectMs),
       sessionMs: all.flatMap((r) => r.sessionMs),
       attempts: all.reduce((s, r) => s + r.attempts, 0),

@@ -46,6 +46,9 @@ export interface StormReport {
   /** Wall clock of the last socket's namespace connect (`40`) and of the last `session`. */
   lastConnectedAt: number | null;
   lastSessionAt: number | null;
+  /** Wall clock of the last socket's close as the app saw it, and of the last first attempt's start. */
+  lastClosedAt: number | null;
+  lastFirstAttemptAt: number | null;
   /** Per successful attempt, ms from opening the websocket to the namespace connect and to `session`. */
   connectMs: number[];
   sessionMs: number[];
@@ -280,6 +283,8 @@ const stormState = {
   back: 0,
   lastConnectedAt: null as number | null,
   lastSessionAt: null as number | null,
+  lastClosedAt: null as number | null,
+  lastFirstAttemptAt: null as number | null,
   connectMs: [] as number[],
   sessionMs: [] as number[],
   attempts: 0,
@@ -292,6 +297,7 @@ const readySlot = new Map<number, number>();
 function comeBack(dead: Conn): void {
   if (!storm || stormState.down.has(dead.index)) return;
   stormState.down.add(dead.index);
+  stormState.lastClosedAt = wallMs();
   attempt(dead.index, 0, storm.jitter === 'none' ? 0 : fullJitterDelay(0, DEFAULT_BACKOFF, Math.random));
 }
 
@@ -302,6 +308,7 @@ function attempt(index: number, retry: number, delayMs: number): void {
     const url = storm.survivors[index % storm.survivors.length];
     const started = wallMs();
     stormState.attempts += 1;
+    if (retry === 0) stormState.lastFirstAttemptAt = started;
     try {
       const conn = await open(index, storm.timeoutMs, url);
       if (conn.connectedAt !== undefined) stormState.connectMs.push(conn.connectedAt - started);
@@ -480,6 +487,8 @@ serveRpc({
       waiting: stormState.down.size,
       lastConnectedAt: stormState.lastConnectedAt,
       lastSessionAt: stormState.lastSessionAt,
+      lastClosedAt: stormState.lastClosedAt,
+      lastFirstAttemptAt: stormState.lastFirstAttemptAt,
       connectMs: args.full ? stormState.connectMs : [],
       sessionMs: args.full ? stormState.sessionMs : [],
       attempts: stormState.attempts,

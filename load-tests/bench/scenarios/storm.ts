@@ -57,6 +57,12 @@ interface StormResult {
   jitter: StormJitter;
   drivers: number;
   initialConnectSeconds: number;
+  /**
+   * Seconds from the kill until the apps had seen their last socket close, and until the last app
+   * began its first attempt (with jitter, its drawn delay later): what passes before any server works.
+   */
+  closesSeenSeconds: number | null;
+  attemptsStartedSeconds: number | null;
   /** Seconds from the kill until every socket was connected again (namespace connect). */
   connectedSeconds: number | null;
   /** Hub: until every `session` arrived. */
@@ -430,6 +436,8 @@ async function runStorm(
       jitter,
       drivers: initial.connected,
       initialConnectSeconds: round(initial.seconds, 1)!,
+      closesSeenSeconds: since(full.lastClosedAt),
+      attemptsStartedSeconds: since(full.lastFirstAttemptAt),
       connectedSeconds: report.waiting === 0 ? since(report.lastConnectedAt) : null,
       sessionSeconds: hubRun && report.waiting === 0 ? since(report.lastSessionAt) : null,
       assignableSeconds: since(assignableAt),
