@@ -58,11 +58,19 @@ function statementDelta(from: Record<string, number>, to: Record<string, number>
 }
 
 /**
- * Kilobytes each order left in the hub's old generation during a window (null if a full collection
- * ran in it): what outlived two scavenges, copied twice and then kept until the next full one.
+ * Kilobytes the hub's old generation grew by per order (or per second) during a window, null if a
+ * full collection ran in it: what outlived two scavenges, copied twice and kept until the next full one.
  */
-function promotedPerOrder(stats: { oldGenerationGrowthBytes: number | null }, orders: number): number | null {
-  return stats.oldGenerationGrowthBytes === null || orders === 0 ? null : round(stats.oldGenerationGrowthBytes / 1024 / orders, 1);
+function promotedKbPer(stats: { oldGenerationGrowthBytes: number | null }, units: number): number | null {
+  return stats.oldGenerationGrowthBytes === null || units === 0 ? null : round(stats.oldGenerationGrowthBytes / 1024 / units, 1);
+}
+
+/**
+ * Milliseconds of hub CPU each order cost on top of the background pings, from the hub's CPU share
+ * (percent of one core) in a window and with the pings alone.
+ */
+function cpuMsPerOrder(cpuPercent: number, idleCpuPercent: number, ordersPerSecond: number): number | null {
+  return ordersPerSecond > 0 ? round(((cpuPercent - idleCpuPercent) * 10) / ordersPerSecond, 2) : null;
 }
 
 /** Round trips per order: the fixed phase's counts less what the background pings alone sent in as long. */
@@ -261,7 +269,7 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
     const idleCpuPercent = idleStats.cpuPercent;
     const idleWire = idleWireFrom ? { wire: wireDelta(idleWireFrom, await readWire()), statements: statementDelta(idleStatementsFrom, await readStatements()), seconds: (performance.now() - idleStarted) / 1000 } : null;
     // What the drivers' sockets and the background rounds promote with no order at all, per second.
-    const idlePromotedKbPerSecond = idleStats.oldGenerationGrowthBytes === null ? null : round(idleStats.oldGenerationGrowthBytes / 1024 / (idleStats.windowMs / 1000), 1);
+    const idlePromotedKbPerSecond = promotedKbPer(idleStats, idleStats.windowMs / 1000);
     ctx.log(`hub CPU with background pings only: ${round(idleCpuPercent, 0)}%, GC ${JSON.stringify(idleStats.gc)} over ${round(idleStats.windowMs / 1000, 1)} s, promoted ${idlePromotedKbPerSecond} KB/s, heap ${round(idleStats.heapUsedBytes / 2 ** 20, 0)} MB`);
 
     const randomOrder = (): [[number, number], [number, number]] => [positionsAround(1, 8)[0], positionsAround(1, 3, { lat: CENTRE.lat + 0.02, lng: CENTRE.lng })[0]];
@@ -321,7 +329,9 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
         : null;
     if (perOrder) ctx.log(`fixed rate, per order net of the background pings: ${JSON.stringify(perOrder)}`);
     await collectPushes(fixedPosted.filter((p) => p.outcome === served(mode)).length);
-    const fixed = { ...analyse(fixedPosted, pushes, seconds, mode), machineBusyPercent: machineBusyPercent(fixedCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(fixedProcs, sampleProcesses()), hubLagP99Ms: round(fixedStats.lagP99Ms), hubCpuPercent: round(fixedStats.cpuPercent, 0), hubSysPercent: round(fixedStats.sysPercent, 0), hubGc: fixedStats.gc, hubPromotedKbPerOrder: promotedPerOrder(fixedStats, fixedPosted.length), hubHeapUsedMb: round(fixedStats.heapUsedBytes / 2 ** 20, 0) };
+    const fixed = { ...analyse(fixedPosted, pushes, seconds, mode), machineBusyPercent: machineBusyPercent(fixedCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(fixedProcs, sampleProcesses()), hubLagP99Ms: round(fixedStats.lagP99Ms), hubCpuPercent: round(fixedStats.cpuPercent, 0), hubSysPercent: round(fixedStats.sysPercent, 0), hubGc: fixedStats.gc, hubPromotedKbPerOrder: promotedKbPer(fixedStats, fixedPosted.length), hubHeapUsedMb: round(fixedStats.heapUsedBytes / 2 ** 20, 0),
+      // An order handled among few costs the hub several times what it does among many (docs/performance.md, eleventh pass).
+      hubCpuMsPerOrder: cpuMsPerOrder(fixedStats.cpuPercent, idleCpuPercent, fixedPosted.length / seconds) };
     ctx.log(`fixed rate: ${JSON.stringify(fixed)}`);
     await sleep(2000);
 
@@ -354,9 +364,9 @@ async function runMode(ctx: RunContext, mode: DispatchMode): Promise<ScenarioOut
     const maxSeconds = (performance.now() - maxStarted) / 1000;
     const maxStats = await hub.stats();
     await collectPushes(pushes.size + maxPosted.filter((p) => p.outcome === served(mode)).length);
-    const max = { ...analyse(maxPosted, pushes, maxSeconds, mode), concurrency, machineBusyPercent: machineBusyPercent(maxCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(maxProcs, sampleProcesses()), hubLagP99Ms: round(maxStats.lagP99Ms), hubCpuPercent: round(maxStats.cpuPercent, 0), hubSysPercent: round(maxStats.sysPercent, 0), hubGc: maxStats.gc, hubPromotedKbPerOrder: promotedPerOrder(maxStats, maxPosted.length), hubHeapUsedMb: round(maxStats.heapUsedBytes / 2 ** 20, 0) };
+    const max = { ...analyse(maxPosted, pushes, maxSeconds, mode), concurrency, machineBusyPercent: machineBusyPercent(maxCpu, readCpuTimes()), foreignCpuPercent: foreignCpuPercent(maxProcs, sampleProcesses()), hubLagP99Ms: round(maxStats.lagP99Ms), hubCpuPercent: round(maxStats.cpuPercent, 0), hubSysPercent: round(maxStats.sysPercent, 0), hubGc: maxStats.gc, hubPromotedKbPerOrder: promotedKbPer(maxStats, maxPosted.length), hubHeapUsedMb: round(maxStats.heapUsedBytes / 2 ** 20, 0) };
     /** Hub CPU time each assignment costs on top of the background pings: what one core would sustain. */
-    const hubCpuMsPerAssignment = max.assignedPerSec ? round(((maxStats.cpuPercent - idleCpuPercent) * 10) / max.assignedPerSec, 2) : null;
+    const hubCpuMsPerAssignment = cpuMsPerOrder(maxStats.cpuPercent, idleCpuPercent, max.assignedPerSec ?? 0);
     const perCoreEstimate = hubCpuMsPerAssignment ? Math.round(1000 / hubCpuMsPerAssignment) : null;
     ctx.log(`max throughput: ${JSON.stringify(max)}; hub CPU per assignment ${hubCpuMsPerAssignment} ms (one free core: ~${perCoreEstimate}/s)`);
     const metrics = (await hub.metricsText())!;
