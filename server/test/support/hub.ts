@@ -14,6 +14,7 @@ import { type Config, parseConfig } from '../../src/platform/config.js';
 import { createLogger } from '../../src/platform/logger.js';
 import { type HubExtensions, type RunningHub, startHub } from '../../src/main.js';
 import type { LogSink } from './log-sink.js';
+import { rememberTestPrefix } from './test-prefixes.js';
 
 export const WEBHOOK_SECRET = `whsec_${Buffer.from('test-webhook-secret-0123456789').toString('base64')}`;
 export const ADMIN_TOKEN = 'test-admin-token-0123456789-abcdefghij';
@@ -57,7 +58,7 @@ export async function createTestDatabase(opts: { embedded?: boolean } = {}): Pro
 }
 
 export function testConfig(db: TestDatabase, env: Record<string, string | undefined> = {}): Config {
-  return parseConfig(
+  const config = parseConfig(
     {
       PORT: '0',
       HOST: '127.0.0.1',
@@ -85,6 +86,9 @@ export function testConfig(db: TestDatabase, env: Record<string, string | undefi
     },
     () => randomBytes(32).toString('base64url'),
   );
+  // Only the shared Redis: a private redis-server or cluster goes away with its test.
+  if (config.REDIS_URL && config.REDIS_URL === inject('redisUrl')) rememberTestPrefix(config.REDIS_URL, config.REDIS_PREFIX);
+  return config;
 }
 
 export interface TestHub extends RunningHub {
