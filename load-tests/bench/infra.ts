@@ -110,22 +110,8 @@ export function redisPrefix(): string {
   return `bench${randomBytes(4).toString('hex')}:`;
 }
 
-/** Removes this run's keys from a shared Redis (SCAN + UNLINK on the prefix only). */
-export async function deletePrefix(url: string, prefix: string): Promise<number> {
-  const redis = new Redis(url, { maxRetriesPerRequest: 1, lazyConnect: false });
-  let removed = 0;
-  try {
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length > 0) removed += await redis.unlink(...keys);
-    } while (cursor !== '0');
-  } finally {
-    redis.disconnect();
-  }
-  return removed;
-}
+// A run's keys leave the shared Redis by prefix (SCAN + UNLINK); the tests tidy theirs the same way.
+export { deletePrefix } from './redis-keys.js';
 
 export interface PrivateRedis {
   url: string;

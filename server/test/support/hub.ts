@@ -87,7 +87,7 @@ export function testConfig(db: TestDatabase, env: Record<string, string | undefi
     () => randomBytes(32).toString('base64url'),
   );
   // Only the shared Redis: a private redis-server or cluster goes away with its test.
-  if (config.REDIS_URL && config.REDIS_URL === inject('redisUrl')) rememberTestPrefix(config.REDIS_URL, config.REDIS_PREFIX);
+  if (config.REDIS_URL && config.REDIS_URL === inject('redisUrl')) rememberTestPrefix(config.REDIS_PREFIX);
   return config;
 }
 

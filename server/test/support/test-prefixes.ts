@@ -3,17 +3,15 @@
  * behind (keys without a TTL, such as the status hash and the presence marker) can be deleted once
  * the file is done (`redis-cleanup.ts`). Every file runs in its own worker with its own copy.
  */
-const used = new Map<string, Set<string>>();
+const used = new Set<string>();
 
-export function rememberTestPrefix(redisUrl: string, prefix: string): void {
-  let prefixes = used.get(redisUrl);
-  if (!prefixes) used.set(redisUrl, (prefixes = new Set()));
-  prefixes.add(prefix);
+export function rememberTestPrefix(prefix: string): void {
+  used.add(prefix);
 }
 
-/** Every prefix remembered so far, by Redis URL; forgets them. */
-export function takeTestPrefixes(): [string, string[]][] {
-  const all = [...used].map(([url, prefixes]): [string, string[]] => [url, [...prefixes]]);
+/** Every prefix remembered so far; forgets them. */
+export function takeTestPrefixes(): string[] {
+  const all = [...used];
   used.clear();
   return all;
 }
