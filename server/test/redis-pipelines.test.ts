@@ -1,22 +1,20 @@
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { deletePrefix } from '../../load-tests/bench/redis-keys.js';
 import { createLogger } from '../src/platform/logger.js';
 import { connectRedis, createRedisClients, type SingleRedisClients } from '../src/platform/redis.js';
-
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 
 describe("the command client's pipelines", () => {
   let clients: SingleRedisClients;
   const prefix = `pipelines:${randomUUID()}:`;
 
   beforeAll(async () => {
-    clients = createRedisClients({ url: REDIS_URL, commandTimeoutMs: 2000, logger: createLogger({ level: 'silent', nodeId: 'unit' }) });
+    clients = createRedisClients({ url: inject('redisUrl'), commandTimeoutMs: 2000, logger: createLogger({ level: 'silent', nodeId: 'unit' }) });
     expect(await connectRedis(clients, 5000)).toBe(true);
   });
 
   afterAll(async () => {
-    const keys = await clients.command.keys(`${prefix}*`);
-    if (keys.length > 0) await clients.command.del(...keys);
+    await deletePrefix(inject('redisUrl'), prefix);
     await clients.close();
   });
 
