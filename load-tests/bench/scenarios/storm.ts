@@ -24,6 +24,7 @@ import { join } from 'node:path';
 import { Agent } from 'node:http';
 import { Redis } from 'ioredis';
 import postgres from 'postgres';
+import type { ServerStats } from '../instrument.js';
 import type { StormJitter, StormReport } from '../loadgen.js';
 import {
   CENTRE,
@@ -75,7 +76,7 @@ interface StormResult {
   refused: Record<string, number>;
   handshakeConnectMs: ReturnType<typeof summarize>;
   handshakeSessionMs: ReturnType<typeof summarize> | null;
-  survivors: { node: string; lagP99Ms: number | null; lagMaxMs: number | null; cpuPercent: number | null; handshakes?: number }[];
+  survivors: { node: string; lagP99Ms: number | null; lagMaxMs: number | null; cpuPercent: number | null; handshakes?: number; gc?: ServerStats['gc'] }[];
   machineBusyPercent: number | null;
   /** CPU (% of one core) by process group in the calm window and during the storm. */
   cpu: { calm: Record<string, number>; storm: Record<string, number> };
@@ -447,7 +448,7 @@ async function runStorm(
       refused: full.refused,
       handshakeConnectMs: summarize(full.connectMs),
       handshakeSessionMs: hubRun ? summarize(full.sessionMs) : null,
-      survivors: survivorStats.map((s, i) => ({ node: survivors[i].name.split('-').slice(0, 4).join('-'), lagP99Ms: round(s.lagP99Ms), lagMaxMs: round(s.lagMaxMs), cpuPercent: round(s.cpuPercent, 0) })),
+      survivors: survivorStats.map((s, i) => ({ node: survivors[i].name.split('-').slice(0, 4).join('-'), lagP99Ms: round(s.lagP99Ms), lagMaxMs: round(s.lagMaxMs), cpuPercent: round(s.cpuPercent, 0), gc: s.gc })),
       machineBusyPercent: busy,
       cpu: { calm: calmCpu, storm: stormCpu },
     };
