@@ -6,6 +6,7 @@ import { Redis } from 'ioredis';
 import { createAuthThrottle } from '../src/platform/auth-throttle.js';
 import { addressKey, createClientAddress } from '../src/platform/client-address.js';
 import { PrivateRedis, TcpProxy } from './support/faults.js';
+import { rememberTestPrefix } from './support/test-prefixes.js';
 import {
   ADMIN_TOKEN,
   connectError,
@@ -200,7 +201,10 @@ describe('failed authentication while Redis is away', () => {
     db = await createTestDatabase();
     proxy = new TcpProxy(Number(new URL(inject('redisUrl')).port || 6379));
     await proxy.start();
-    hub = await startTestHub(testConfig(db, { ...BUDGET, REDIS_URL: `redis://127.0.0.1:${proxy.port}`, REDIS_COMMAND_TIMEOUT_MS: '200' }));
+    const config = testConfig(db, { ...BUDGET, REDIS_URL: `redis://127.0.0.1:${proxy.port}`, REDIS_COMMAND_TIMEOUT_MS: '200' });
+    // The shared Redis behind a proxy: its keys are tidied after the file like any other hub's.
+    rememberTestPrefix(config.REDIS_PREFIX);
+    hub = await startTestHub(config);
   });
   afterAll(async () => {
     proxy?.set('pass');

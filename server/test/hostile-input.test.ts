@@ -11,6 +11,7 @@ import { createTokenService, TOKEN_AUDIENCE, TOKEN_ISSUER } from '../src/platfor
 import { signWebhook } from '#shared/webhooks.js';
 import { startHub } from '../src/main.js';
 import { TcpProxy } from './support/faults.js';
+import { rememberTestPrefix } from './support/test-prefixes.js';
 import {
   ADMIN_TOKEN,
   api,
@@ -440,7 +441,10 @@ describe('rate limits across nodes and without Redis', () => {
     const proxy = new TcpProxy(Number(new URL(inject('redisUrl')).port || 6379));
     await proxy.start();
     proxies.push(proxy);
-    const hub = await startHubWith(testConfig(db, { REDIS_URL: `redis://127.0.0.1:${proxy.port}`, REDIS_COMMAND_TIMEOUT_MS: '200' }));
+    const config = testConfig(db, { REDIS_URL: `redis://127.0.0.1:${proxy.port}`, REDIS_COMMAND_TIMEOUT_MS: '200' });
+    // The shared Redis behind a proxy: its keys are tidied after the file like any other hub's.
+    rememberTestPrefix(config.REDIS_PREFIX);
+    const hub = await startHubWith(config);
     hubs.push(hub);
     const flooder = await connectDriver(hub, (await createDriver(hub, 'Offline flooder')).token);
     const honest = await connectDriver(hub, (await createDriver(hub, 'Offline honest')).token);
