@@ -86,7 +86,8 @@ export function testConfig(db: TestDatabase, env: Record<string, string | undefi
     },
     () => randomBytes(32).toString('base64url'),
   );
-  // Only the shared Redis: a private redis-server or cluster goes away with its test.
+  // Only the shared Redis: a private redis-server or cluster goes away with its test. A test that
+  // reaches the shared Redis through a proxy (another URL) calls rememberTestPrefix itself.
   if (config.REDIS_URL && config.REDIS_URL === inject('redisUrl')) rememberTestPrefix(config.REDIS_PREFIX);
   return config;
 }
