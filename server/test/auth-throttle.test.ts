@@ -1,12 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { request } from 'node:http';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signWebhook } from '#shared/webhooks.js';
 import { Redis } from 'ioredis';
 import { createAuthThrottle } from '../src/platform/auth-throttle.js';
 import { addressKey, createClientAddress } from '../src/platform/client-address.js';
-import { PrivateRedis, TcpProxy } from './support/faults.js';
-import { rememberTestPrefix } from './support/test-prefixes.js';
+import { PrivateRedis, proxyToSharedRedis, TcpProxy } from './support/faults.js';
 import {
   ADMIN_TOKEN,
   connectError,
@@ -199,12 +198,9 @@ describe('failed authentication while Redis is away', () => {
 
   beforeAll(async () => {
     db = await createTestDatabase();
-    proxy = new TcpProxy(Number(new URL(inject('redisUrl')).port || 6379));
-    await proxy.start();
-    const config = testConfig(db, { ...BUDGET, REDIS_URL: `redis://127.0.0.1:${proxy.port}`, REDIS_COMMAND_TIMEOUT_MS: '200' });
-    // The shared Redis behind a proxy: its keys are tidied after the file like any other hub's.
-    rememberTestPrefix(config.REDIS_PREFIX);
-    hub = await startTestHub(config);
+    const shared = await proxyToSharedRedis();
+    proxy = shared.proxy;
+    hub = await startTestHub(testConfig(db, { ...BUDGET, REDIS_URL: shared.url, REDIS_COMMAND_TIMEOUT_MS: '200' }));
   });
   afterAll(async () => {
     proxy?.set('pass');

@@ -3,15 +3,14 @@ import { Redis } from 'ioredis';
 import { SignJWT } from 'jose';
 import postgres from 'postgres';
 import type { Socket } from 'socket.io-client';
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { EdgeOptions } from '../src/app.js';
 import type { Config } from '../src/platform/config.js';
 import { createLogger } from '../src/platform/logger.js';
 import { createTokenService, TOKEN_AUDIENCE, TOKEN_ISSUER } from '../src/platform/tokens.js';
 import { signWebhook } from '#shared/webhooks.js';
 import { startHub } from '../src/main.js';
-import { TcpProxy } from './support/faults.js';
-import { rememberTestPrefix } from './support/test-prefixes.js';
+import { proxyToSharedRedis, type TcpProxy } from './support/faults.js';
 import {
   ADMIN_TOKEN,
   api,
@@ -438,13 +437,9 @@ describe('rate limits across nodes and without Redis', () => {
   });
 
   it('when Redis goes away, then limits still hold from memory and honest drivers still pass', async () => {
-    const proxy = new TcpProxy(Number(new URL(inject('redisUrl')).port || 6379));
-    await proxy.start();
+    const { proxy, url } = await proxyToSharedRedis();
     proxies.push(proxy);
-    const config = testConfig(db, { REDIS_URL: `redis://127.0.0.1:${proxy.port}`, REDIS_COMMAND_TIMEOUT_MS: '200' });
-    // The shared Redis behind a proxy: its keys are tidied after the file like any other hub's.
-    rememberTestPrefix(config.REDIS_PREFIX);
-    const hub = await startHubWith(config);
+    const hub = await startHubWith(testConfig(db, { REDIS_URL: url, REDIS_COMMAND_TIMEOUT_MS: '200' }));
     hubs.push(hub);
     const flooder = await connectDriver(hub, (await createDriver(hub, 'Offline flooder')).token);
     const honest = await connectDriver(hub, (await createDriver(hub, 'Offline honest')).token);

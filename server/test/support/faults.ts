@@ -1,6 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { inject } from 'vitest';
 import { freePort, waitForPort } from './net.js';
+import { reachesSharedRedis } from './test-prefixes.js';
 
 /**
  * A TCP proxy the test controls: `pass` forwards, `blackhole` keeps connections open but drops
@@ -58,6 +60,15 @@ export class TcpProxy {
 }
 
 /** A redis-server of the test's own on a free port; never the machine's shared one. */
+/** A started proxy in front of the shared Redis, and the URL through it (hubs given it are tidied after the file). */
+export async function proxyToSharedRedis(): Promise<{ proxy: TcpProxy; url: string }> {
+  const proxy = new TcpProxy(Number(new URL(inject('redisUrl')).port || 6379));
+  await proxy.start();
+  const url = `redis://127.0.0.1:${proxy.port}`;
+  reachesSharedRedis(url);
+  return { proxy, url };
+}
+
 export class PrivateRedis {
   private child: ChildProcess | undefined;
   port = 0;

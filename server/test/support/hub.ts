@@ -14,7 +14,7 @@ import { type Config, parseConfig } from '../../src/platform/config.js';
 import { createLogger } from '../../src/platform/logger.js';
 import { type HubExtensions, type RunningHub, startHub } from '../../src/main.js';
 import type { LogSink } from './log-sink.js';
-import { rememberTestPrefix } from './test-prefixes.js';
+import { isSharedRedisUrl, rememberTestPrefix } from './test-prefixes.js';
 
 export const WEBHOOK_SECRET = `whsec_${Buffer.from('test-webhook-secret-0123456789').toString('base64')}`;
 export const ADMIN_TOKEN = 'test-admin-token-0123456789-abcdefghij';
@@ -86,9 +86,9 @@ export function testConfig(db: TestDatabase, env: Record<string, string | undefi
     },
     () => randomBytes(32).toString('base64url'),
   );
-  // Only the shared Redis: a private redis-server or cluster goes away with its test. A test that
-  // reaches the shared Redis through a proxy (another URL) calls rememberTestPrefix itself.
-  if (config.REDIS_URL && config.REDIS_URL === inject('redisUrl')) rememberTestPrefix(config.REDIS_PREFIX);
+  // Only the shared Redis, directly or through a proxy (`proxyToSharedRedis`): a private
+  // redis-server or cluster goes away with its test.
+  if (config.REDIS_URL && (config.REDIS_URL === inject('redisUrl') || isSharedRedisUrl(config.REDIS_URL))) rememberTestPrefix(config.REDIS_PREFIX);
   return config;
 }
 

@@ -5,6 +5,18 @@
  */
 const used = new Set<string>();
 
+/** URLs other than the shared Redis's own that reach it (a proxy in front of it): see `reachesSharedRedis`. */
+const sharedRedisUrls = new Set<string>();
+
+/** `url` reaches the shared Redis too: the prefixes of hubs configured with it are tidied like the others'. */
+export function reachesSharedRedis(url: string): void {
+  sharedRedisUrls.add(url);
+}
+
+export function isSharedRedisUrl(url: string): boolean {
+  return sharedRedisUrls.has(url);
+}
+
 export function rememberTestPrefix(prefix: string): void {
   used.add(prefix);
 }
