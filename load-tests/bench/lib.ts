@@ -280,6 +280,45 @@ export function sampleProcesses(): ProcSample {
   return { at: performance.now(), ticks };
 }
 
+/** CPU ticks of each thread of one process, by thread id, with the thread's name. */
+export interface ThreadSample {
+  pid: number;
+  threads: Map<number, { ticks: number; comm: string }>;
+}
+
+export function sampleThreads(pid: number): ThreadSample {
+  const threads = new Map<number, { ticks: number; comm: string }>();
+  let tids: string[] = [];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {}
+  for (const tid of tids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const close = stat.lastIndexOf(')');
+      const fields = stat.slice(close + 2).split(' ');
+      threads.set(Number(tid), { ticks: Number(fields[11]) + Number(fields[12]), comm: stat.slice(stat.indexOf('(') + 1, close) });
+    } catch {}
+  }
+  return { pid, threads };
+}
+
+/**
+ * CPU milliseconds a process's threads used between two samples: its main thread (the event loop),
+ * the hub's API thread (named `hub-api`), and the rest (V8's compiler and collector helpers, libuv's pool).
+ */
+export function threadCpuMs(a: ThreadSample, b: ThreadSample): { main: number; api: number; other: number } {
+  const out = { main: 0, api: 0, other: 0 };
+  for (const [tid, t] of b.threads) {
+    const used = ((t.ticks - (a.threads.get(tid)?.ticks ?? 0)) * 1000) / CLOCK_TICKS;
+    if (used <= 0) continue;
+    if (tid === b.pid) out.main += used;
+    else if (t.comm === 'hub-api') out.api += used;
+    else out.other += used;
+  }
+  return out;
+}
+
 /** Percent of one core used between two samples by processes outside this bench and outside PostgreSQL/Redis. */
 export function foreignCpuPercent(a: ProcSample, b: ProcSample): number {
   const ours = new Set<number>([process.pid]);

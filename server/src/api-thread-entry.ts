@@ -1,3 +1,4 @@
+import { writeFileSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { startApiThreadHub } from './main.js';
 import { type ApiThreadData, connectToMainThread } from './platform/api-thread.js';
@@ -11,6 +12,11 @@ const logger = createLogger({
   pretty: wantsPrettyLogs({ production: config.production, isTTY: process.stdout.isTTY }),
 }).child({ thread: 'api' });
 process.on('unhandledRejection', (err) => logger.error({ err }, 'unhandled rejection'));
+// Every thread of a Node process is called `node`: named, the API thread's CPU stands apart in
+// `top -H` and `ps -L` (Linux only; elsewhere it keeps its name).
+try {
+  writeFileSync('/proc/thread-self/comm', 'hub-api');
+} catch {}
 
 try {
   const hub = await startApiThreadHub(config, logger, (registry) => connectToMainThread(parentPort!, registry), mainPort);

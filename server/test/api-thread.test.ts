@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clusterProblems } from '../src/cluster.js';
 import { startApiThread } from '../src/platform/api-thread.js';
@@ -53,6 +54,14 @@ describe.skipIf(!hasSharedPostgres())('the API thread (API_THREAD=true)', () => 
     await eventually(async () => (await metric(main, 'hub_pushes_acknowledged_total', 'thread="main"')) >= 1, 'the acknowledgement recorded by the main thread');
     nearApp.close();
     farApp.close();
+  });
+
+  it.skipIf(process.platform !== 'linux')('when an operator lists the hub\'s threads (top -H, ps -L), then the API thread is the one named hub-api', () => {
+    const pid = hub.process.pid!;
+    const names = readdirSync(`/proc/${pid}/task`).map((tid) => ({ tid: Number(tid), name: readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim() }));
+    const named = names.filter((t) => t.name === 'hub-api');
+    expect(named).toHaveLength(1);
+    expect(named[0].tid).not.toBe(pid);
   });
 
   it('when /metrics is read on either port, then it has both threads\' series, each metric described once', async () => {

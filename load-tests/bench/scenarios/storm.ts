@@ -47,7 +47,7 @@ import {
   WIRE_KEYS,
   WIRE_PORTS,
 } from '../infra.js';
-import { cpuByGroup, freePort, machineBusyPercent, ratio, readCpuTimes, round, sampleProcesses, sleep, summarize, table, waitFor, wallMs } from '../lib.js';
+import { cpuByGroup, freePort, machineBusyPercent, ratio, readCpuTimes, round, sampleProcesses, sampleThreads, sleep, summarize, table, threadCpuMs, waitFor, wallMs } from '../lib.js';
 import type { RunContext, ScenarioOutput, TargetCheck } from '../context.js';
 import { formatProfile, type ProfileSummary, readProfile, summarizeProfile } from '../profile-top.js';
 import { type Posted, postOrder } from './assignment.js';
@@ -76,7 +76,16 @@ interface StormResult {
   refused: Record<string, number>;
   handshakeConnectMs: ReturnType<typeof summarize>;
   handshakeSessionMs: ReturnType<typeof summarize> | null;
-  survivors: { node: string; lagP99Ms: number | null; lagMaxMs: number | null; cpuPercent: number | null; handshakes?: number; gc?: ServerStats['gc'] }[];
+  survivors: {
+    node: string;
+    lagP99Ms: number | null;
+    lagMaxMs: number | null;
+    cpuPercent: number | null;
+    /** CPU each survivor's threads used from the kill until every driver was back: the event loop, the API thread, V8's and libuv's helpers. */
+    threadsCpuMs?: { main: number; api: number; other: number };
+    handshakes?: number;
+    gc?: ServerStats['gc'];
+  }[];
   machineBusyPercent: number | null;
   /** CPU (% of one core) by process group in the calm window and during the storm. */
   cpu: { calm: Record<string, number>; storm: Record<string, number> };
@@ -345,6 +354,7 @@ async function runStorm(
     const killProcs = sampleProcesses();
     const calmCpu = cpuByGroup(calmProcs, killProcs, groups);
     const cpuAtKill = readCpuTimes();
+    const threadsAtKill = survivors.map((s) => sampleThreads(s.pid));
     const killedAt = wallMs();
     // The bare servers are profiled too: what a survivor pays per handshake beyond theirs.
     const profileKey = hubRun ? `storm-${jitter}-b` : `storm-${target}-${jitter}-b`;
@@ -373,6 +383,7 @@ async function runStorm(
     }
     const backAt = wallMs();
     const stores = sampler ? await sampler.stop() : null;
+    const threadsAtBack = survivors.map((s) => sampleThreads(s.pid));
     const survivorStats = await Promise.all(survivors.map((s) => s.stats()));
     if (profilePath) {
       await b.rpc.call('profileStop', { path: profilePath });
@@ -448,7 +459,7 @@ async function runStorm(
       refused: full.refused,
       handshakeConnectMs: summarize(full.connectMs),
       handshakeSessionMs: hubRun ? summarize(full.sessionMs) : null,
-      survivors: survivorStats.map((s, i) => ({ node: survivors[i].name.split('-').slice(0, 4).join('-'), lagP99Ms: round(s.lagP99Ms), lagMaxMs: round(s.lagMaxMs), cpuPercent: round(s.cpuPercent, 0), gc: s.gc })),
+      survivors: survivorStats.map((s, i) => ({ node: survivors[i].name.split('-').slice(0, 4).join('-'), lagP99Ms: round(s.lagP99Ms), lagMaxMs: round(s.lagMaxMs), cpuPercent: round(s.cpuPercent, 0), threadsCpuMs: threadCpuMs(threadsAtKill[i], threadsAtBack[i]), gc: s.gc })),
       machineBusyPercent: busy,
       cpu: { calm: calmCpu, storm: stormCpu },
     };
