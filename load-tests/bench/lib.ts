@@ -260,6 +260,19 @@ interface ProcSample {
   ticks: Map<number, { ticks: number; ppid: number; comm: string }>;
 }
 
+/** A process's or thread's `stat` line: CPU ticks (user + system), parent pid, name; null once it is gone. */
+function readStat(path: string): { ticks: number; ppid: number; comm: string } | null {
+  try {
+    const stat = readFileSync(path, 'utf8');
+    // The name is in parentheses and may hold spaces and parentheses itself: the fields follow the last `)`.
+    const close = stat.lastIndexOf(')');
+    const fields = stat.slice(close + 2).split(' ');
+    return { ticks: Number(fields[11]) + Number(fields[12]), ppid: Number(fields[1]), comm: stat.slice(stat.indexOf('(') + 1, close) };
+  } catch {
+    return null;
+  }
+}
+
 export function sampleProcesses(): ProcSample {
   const ticks = new Map<number, { ticks: number; ppid: number; comm: string }>();
   let entries: string[] = [];
@@ -269,13 +282,8 @@ export function sampleProcesses(): ProcSample {
   for (const entry of entries) {
     const pid = Number(entry);
     if (!Number.isInteger(pid)) continue;
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const close = stat.lastIndexOf(')');
-      const comm = stat.slice(stat.indexOf('(') + 1, close);
-      const fields = stat.slice(close + 2).split(' ');
-      ticks.set(pid, { ticks: Number(fields[11]) + Number(fields[12]), ppid: Number(fields[1]), comm });
-    } catch {}
+    const stat = readStat(`/proc/${pid}/stat`);
+    if (stat) ticks.set(pid, stat);
   }
   return { at: performance.now(), ticks };
 }
@@ -293,12 +301,8 @@ export function sampleThreads(pid: number): ThreadSample {
     tids = readdirSync(`/proc/${pid}/task`);
   } catch {}
   for (const tid of tids) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      const close = stat.lastIndexOf(')');
-      const fields = stat.slice(close + 2).split(' ');
-      threads.set(Number(tid), { ticks: Number(fields[11]) + Number(fields[12]), comm: stat.slice(stat.indexOf('(') + 1, close) });
-    } catch {}
+    const stat = readStat(`/proc/${pid}/task/${tid}/stat`);
+    if (stat) threads.set(Number(tid), { ticks: stat.ticks, comm: stat.comm });
   }
   return { pid, threads };
 }
