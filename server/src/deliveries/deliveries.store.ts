@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import { and, asc, desc, eq, inArray, type SQL, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, type SQL, sql } from 'drizzle-orm';
 import type { AssignmentPush, DeliveryStatus, DeliveryView, ListDeliveriesQuery, SellerOrderReady } from '#shared/schemas.js';
 import { OUTBOX_INSERT, type OutboxEventType } from '../outbox/outbox.store.js';
 import { PUSH_UPSERT, PUSH_UPSERT_CONFLICT, type PushesStore } from '../pushes/pushes.store.js';
 import { columnNames, type Database, type DbOrTx, isRetryableConflict, retryOnConflict, rowMapper, type Tx, uniqueViolation } from '../platform/db.js';
-import { ACTIVE_STATUSES_LIST, ACTIVE_STATUSES_SQL, deliveries, deliveryEvents, fleets } from '../platform/schema.js';
+import { ACTIVE_STATUSES_LIST, deliveries, deliveryEvents, fleets } from '../platform/schema.js';
 import { type DriverPresenceRow, type DriversStore, fairnessFactsOf, haversineSql } from '../drivers/drivers.store.js';
 
 /** A delivery as stored, with the ranked candidates its assignment considered (read by the detail view). */
@@ -241,6 +241,14 @@ export function toAssignmentPush(row: DeliveryRow): AssignmentPush {
 
 const ANY_PENDING = `select exists (select 1 from deliveries where status = 'PENDING') as waiting`;
 
+/**
+ * The active delivery of each of many drivers ($1, a JSON array of ids), read on every batch of
+ * reconnects to send it again: one statement text whatever the batch's size (so one prepared plan),
+ * the drivers found through the index on driver_id, and rows mapped by the claim's own mapper.
+ */
+const ACTIVE_FOR_DRIVERS = `select ${ROW_COLUMNS} from deliveries
+  where driver_id = any(array(select jsonb_array_elements_text($1::jsonb)::uuid)) and status in ${ACTIVE_STATUSES_LIST}`;
+
 export function createDeliveriesStore(deps: { database: Database; drivers: DriversStore; outbox: OutboxWriter; pushes: PushesStore }) {
   const { database, drivers, outbox, pushes } = deps;
   const { db } = database;
@@ -370,10 +378,7 @@ export function createDeliveriesStore(deps: { database: Database; drivers: Drive
     /** The delivery that holds each of the given drivers, for those one holds (one statement for many). */
     async activeForDrivers(driverIds: readonly string[]): Promise<Map<string, DeliveryRow>> {
       if (driverIds.length === 0) return new Map();
-      const rows = await db
-        .select()
-        .from(deliveries)
-        .where(and(inArray(deliveries.driverId, [...driverIds]), sql`${deliveries.status} in ${ACTIVE_STATUSES_SQL}`));
+      const rows = (await database.query<Record<string, unknown>>(ACTIVE_FOR_DRIVERS, [JSON.stringify(driverIds)])).map(toDeliveryRow);
       return new Map(rows.map((row) => [row.driverId!, row]));
     },
 
