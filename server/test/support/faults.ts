@@ -59,7 +59,6 @@ export class TcpProxy {
   }
 }
 
-/** A redis-server of the test's own on a free port; never the machine's shared one. */
 /** A started proxy in front of the shared Redis, and the URL through it (hubs given it are tidied after the file). */
 export async function proxyToSharedRedis(): Promise<{ proxy: TcpProxy; url: string }> {
   const proxy = new TcpProxy(Number(new URL(inject('redisUrl')).port || 6379));
@@ -69,6 +68,7 @@ export async function proxyToSharedRedis(): Promise<{ proxy: TcpProxy; url: stri
   return { proxy, url };
 }
 
+/** A redis-server of the test's own on a free port; never the machine's shared one. */
 export class PrivateRedis {
   private child: ChildProcess | undefined;
   port = 0;
