@@ -19,6 +19,7 @@ import {
   type TestHub,
   testConfig,
 } from './support/hub.js';
+import { proxyToSharedRedis, type TcpProxy } from './support/faults.js';
 import { eventually } from './support/net.js';
 
 const TICK_MS = 500;
@@ -231,22 +232,25 @@ describe.skipIf(!hasSharedPostgres())('/dispatch stream across three nodes', () 
     await db?.drop();
   });
 
-  it('when no map is open on any node, then no position batches cross nodes; once one opens on node 2, node 0 sends it its drivers', async () => {
+  it('when no map is open on any node, then no position batches or status and delivery events cross nodes; once one opens on node 2, node 0 sends it both', async () => {
     const driver = await onDutyDriver(hubs[0], { lat: 33, lng: 43 }, 'Unwatched');
     opened.push(driver);
     const redis = redisFor(hubs[0]);
-    let batchesOnRedis = 0;
+    const onRedis = { 'drivers:moved': 0, 'dispatch:events': 0 };
     try {
       await redis.psubscribe(`${hubs[0].config.REDIS_PREFIX}socket.io*#/dispatch#*`);
       redis.on('pmessageBuffer', (_pattern: Buffer, _channel: Buffer, message: Buffer) => {
-        if (message[0] === 0x7b && JSON.parse(message.toString()).data?.[0] === 'drivers:moved') batchesOnRedis += 1;
+        const event = message[0] === 0x7b ? JSON.parse(message.toString()).data?.[0] : null;
+        if (event in onRedis) onRedis[event as keyof typeof onRedis] += 1;
       });
       for (let i = 1; i <= 5; i++) {
         expect((await driver.emitAck('location', { lat: 33 + i * 0.001, lng: 43 })).ok).toBe(true);
         await sleep(60);
       }
+      for (const status of ['OFFLINE', 'AVAILABLE']) expect((await driver.emitAck('status', { status })).ok).toBe(true);
+      expect((await postWebhook(hubs[0], '/events/seller-order-ready', order({ pickup: { lat: 33.005, lng: 43 } }))).body.driverId).toBe(driver.id);
       await sleep(300);
-      expect(batchesOnRedis).toBe(0);
+      expect(onRedis).toEqual({ 'drivers:moved': 0, 'dispatch:events': 0 });
 
       const d = await connectDispatcher(hubs[2]);
       opened.push(d);
@@ -254,7 +258,11 @@ describe.skipIf(!hasSharedPostgres())('/dispatch stream across three nodes', () 
         await driver.emitAck('location', { lat: 33.5, lng: 43 });
         return d.latest(driver.id)?.lat === 33.5;
       }, 'node 0 streams to the map on node 2');
-      expect(batchesOnRedis).toBeGreaterThan(0);
+      expect(onRedis['drivers:moved']).toBeGreaterThan(0);
+      const job = driver.assignments.at(-1).deliveryId;
+      expect((await driver.emitAck('delivery:update', { deliveryId: job, status: 'PICKED_UP' })).ok).toBe(true);
+      await eventually(() => d.updates.some((u) => u.id === job && u.status === 'PICKED_UP'), 'the pickup on node 2');
+      expect(onRedis['dispatch:events']).toBeGreaterThan(0);
     } finally {
       redis.disconnect();
     }
@@ -375,6 +383,55 @@ describe.skipIf(!hasSharedPostgres())('/dispatch stream across three nodes', () 
       expect(carried).toBeLessThan(drivers.length);
     } finally {
       redis.disconnect();
+    }
+  });
+});
+
+// A node that hears other nodes late (its subscriber behind a slow proxy) while it changes things.
+describe.skipIf(!hasSharedPostgres())('/dispatch stream when a node hears of a new map late', () => {
+  let db: TestDatabase;
+  let proxy: TcpProxy;
+  let hubs: TestHub[];
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    const slow = await proxyToSharedRedis();
+    proxy = slow.proxy;
+    const prefix = `t${Math.random().toString(16).slice(2, 10)}:`;
+    hubs = [
+      await startTestHub(testConfig(db, { REDIS_PREFIX: prefix, NODE_ID: 'late-0', REDIS_URL: slow.url })),
+      await startTestHub(testConfig(db, { REDIS_PREFIX: prefix, NODE_ID: 'late-1' })),
+    ];
+  });
+  afterAll(async () => {
+    await Promise.all(hubs?.map((h) => h.stop()) ?? []);
+    await proxy?.stop();
+    await db?.drop();
+  });
+
+  it('when a delivery is cancelled on a node that has not yet heard of a map opening on another, then the map does not keep it open', async () => {
+    // Nobody near: the order waits, open.
+    const o = order({ pickup: { lat: -41, lng: -61 } });
+    const created = await postWebhook(hubs[1], '/events/seller-order-ready', o);
+    expect(created.body.status).toBe('PENDING');
+    const deliveryId: string = created.body.deliveryId;
+    proxy.subscriberDelayMs = 1500;
+    const socket = connectSocket(hubs[1], '/dispatch', { token: await dispatcherToken(hubs[1]) });
+    try {
+      const updates: Dispatcher['updates'] = [];
+      socket.on('delivery:updated', (d: Dispatcher['updates'][number]) => updates.push(d));
+      const snapshot = firstEvent<DispatchSnapshot>(socket, 'snapshot');
+      await firstEvent(socket, 'connect');
+      // Past the moment a map that did not wait would have read its snapshot; node 0 hears of the map 1.5 s late.
+      await sleep(150);
+      expect((await postWebhook(hubs[0], '/events/seller-order-cancelled', { sellerOrderId: o.sellerOrderId })).body.status).toBe('CANCELLED');
+      const seen = (await snapshot).deliveries.filter((d) => d.id === deliveryId).map((d) => d.status as string);
+      await sleep(300);
+      seen.push(...updates.filter((u) => u.id === deliveryId).map((u) => u.status));
+      expect(seen.at(-1) ?? 'not open').not.toBe('PENDING');
+    } finally {
+      proxy.subscriberDelayMs = 0;
+      socket.disconnect();
     }
   });
 });

@@ -24,8 +24,10 @@ export type DispatchEvent =
 interface DispatchInterServer {
   /** A node's position batch as JSON text: encoded once, natively, and parsed only where a map watches. */
   'drivers:moved': (moves: string) => void;
-  /** "A map is open on my node": sent every WATCH_ANNOUNCE_MS while one is, and at once when the first opens. */
+  /** "A map is open on my node": sent every WATCH_ANNOUNCE_MS while one is. */
   'dispatch:watching': () => void;
+  /** The same when the first map opens on a node, which waits for every other node's answer before it reads the map's snapshot. */
+  'dispatch:first-map': (heard: () => void) => void;
   /** One node's status and delivery events of one tick, in the order they happened there. */
   'dispatch:events': (batch: DispatchEvent[]) => void;
 }
@@ -84,9 +86,9 @@ export function inViewport(move: { lat: number; lng: number }, viewport: Viewpor
  * for its own dispatchers' viewports.
  *
  * `driver:status` and `delivery:updated` travel the same way on a shorter tick: a plain
- * `nsp.emit` costs one Redis PUBLISH per event (two per assignment), even with no dispatcher
- * connected anywhere, so each node sends one batch per tick and every node replays it to its
- * own dispatchers as the individual events clients expect.
+ * `nsp.emit` costs one Redis PUBLISH per event (two per assignment), so each node sends one batch
+ * per tick and every node replays it to its own dispatchers as the individual events clients
+ * expect. Like the position batches, they cross nodes only while a map is open somewhere.
  */
 export function attachDispatchNamespace(
   nsp: DispatchNamespace,
@@ -119,16 +121,41 @@ export function attachDispatchNamespace(
   }
 
   // Nobody watching anywhere: position batches are neither built nor sent (most of their cost at
-  // tens of thousands of pings a second). Nodes with an open map say so every second.
+  // tens of thousands of pings a second), and status and delivery events stay on their node
+  // (every other node would wake to decode each batch, one per tick with any order or change).
+  // Nodes with an open map say so every second.
   let remoteWatchersUntil = 0;
-  nsp.on('dispatch:watching', () => {
-    remoteWatchersUntil = Date.now() + 3 * WATCH_ANNOUNCE_MS;
+  const watchedElsewhere = () => Date.now() < remoteWatchersUntil;
+  // Five announcements may go missing before a node stops sharing with an open map.
+  const heardOfMap = () => {
+    remoteWatchersUntil = Date.now() + 5 * WATCH_ANNOUNCE_MS;
+  };
+  nsp.on('dispatch:watching', heardOfMap);
+  nsp.on('dispatch:first-map', (heard) => {
+    heardOfMap();
+    if (typeof heard === 'function') heard();
   });
   const announceWatching = () => {
     if (deps.clustered && nsp.sockets.size > 0) nsp.serverSideEmit('dispatch:watching');
   };
   const watchTimer = setInterval(announceWatching, WATCH_ANNOUNCE_MS);
   watchTimer.unref();
+
+  /**
+   * The first map on this node reads its snapshot only once every other node has heard that a map
+   * watches: a change another node made before that is in the snapshot (events are told after
+   * their commit), and one made after it is shared with this node. Without the wait, a change
+   * made between the snapshot's read and the other node hearing of the map would be lost to it.
+   * Bounded by the adapter's request timeout (a node that does not answer is not waited for).
+   */
+  let othersHeard: Promise<void> = Promise.resolve();
+  function announceFirstMap(): void {
+    if (!deps.clustered) return;
+    othersHeard = nsp.serverSideEmitWithAck('dispatch:first-map').then(
+      () => {},
+      (err: unknown) => log.warn({ err: (err as Error).message }, 'not every node confirmed the open map'),
+    );
+  }
 
   nsp.on('drivers:moved', (packed) => {
     if (nsp.sockets.size === 0 || typeof packed !== 'string') return;
@@ -140,7 +167,7 @@ export function attachDispatchNamespace(
   });
 
   const timer = setInterval(() => {
-    if (nsp.sockets.size === 0 && Date.now() >= remoteWatchersUntil) {
+    if (nsp.sockets.size === 0 && !watchedElsewhere()) {
       deps.presence.discardMoves();
       return;
     }
@@ -180,7 +207,7 @@ export function attachDispatchNamespace(
   function record(e: DispatchEvent): void {
     // This node's dispatchers need not wait for the tick: only the Redis message is batched.
     emitLocally([e]);
-    if (!deps.clustered) return;
+    if (!deps.clustered || !watchedElsewhere()) return;
     pending.push(e);
     // Shutdown still produces events (drivers dropped as their sockets close) while Redis is up.
     if (stopped) share();
@@ -246,11 +273,12 @@ export function attachDispatchNamespace(
     metrics.socketsConnected.inc({ namespace: '/dispatch' });
     socket.join(subjectRoom(socket.data.role, socket.data.subject));
     // The first map on this node: the other nodes start sending their batches now, not in a second.
-    if (nsp.sockets.size === 1) announceWatching();
+    if (nsp.sockets.size === 1) announceFirstMap();
     socket.on('disconnect', onDisconnect);
     socket.onAny(refuseOthers);
     socket.on('viewport', onViewport);
     try {
+      await othersHeard;
       const snapshot = await loadSnapshot();
       if (socket.connected) socket.emit('snapshot', snapshot);
     } catch (err) {

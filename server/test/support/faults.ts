@@ -10,6 +10,11 @@ import { reachesSharedRedis } from './test-prefixes.js';
  */
 export class TcpProxy {
   mode: 'pass' | 'blackhole' | 'refuse' = 'pass';
+  /**
+   * In front of Redis: what reaches a subscribing client (one that sent a SUBSCRIBE of any kind)
+   * arrives this much later, so its node hears other nodes' messages late while its commands are answered at once.
+   */
+  subscriberDelayMs = 0;
   private readonly pairs = new Set<[Socket, Socket]>();
   private server!: Server;
   port = 0;
@@ -22,12 +27,18 @@ export class TcpProxy {
       const upstream = createConnection({ host: '127.0.0.1', port: this.targetPort });
       const pair: [Socket, Socket] = [client, upstream];
       this.pairs.add(pair);
-      const forward = (from: Socket, to: Socket) =>
-        from.on('data', (chunk) => {
-          if (this.mode === 'pass') to.write(chunk);
-        });
-      forward(client, upstream);
-      forward(upstream, client);
+      let subscriber = false;
+      client.on('data', (chunk: Buffer) => {
+        if (this.mode !== 'pass') return;
+        subscriber ||= /subscribe/i.test(chunk.toString('latin1'));
+        upstream.write(chunk);
+      });
+      upstream.on('data', (chunk: Buffer) => {
+        if (this.mode !== 'pass') return;
+        // One delay for every chunk: timers of one duration fire in the order they were set.
+        if (subscriber && this.subscriberDelayMs > 0) setTimeout(() => client.writable && client.write(chunk), this.subscriberDelayMs);
+        else client.write(chunk);
+      });
       const end = () => {
         client.destroy();
         upstream.destroy();
