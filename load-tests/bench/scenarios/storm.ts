@@ -359,7 +359,8 @@ async function runStorm(
     // The bare servers are profiled too: what a survivor pays per handshake beyond theirs.
     const profileKey = hubRun ? `storm-${jitter}-b` : `storm-${target}-${jitter}-b`;
     const profilePath = ctx.profileDir ? join(ctx.profileDir, `${ctx.runId}-${profileKey}.cpuprofile`) : null;
-    if (profilePath) await b.rpc.call('profileStart', { intervalUs: 1000 });
+    // `--allocations`: what the survivor allocates in the storm too, beside the bare one's (its collector's work).
+    if (profilePath) await b.rpc.call('profileStart', { intervalUs: 1000, allocations: ctx.allocations === true });
     await a.kill();
     ctx.log(`[${label}] ${a.name} killed (SIGKILL); ${initial.connected} sockets coming back to ${b.name} and ${c.name}`);
 
@@ -386,7 +387,7 @@ async function runStorm(
     const threadsAtBack = survivors.map((s) => sampleThreads(s.pid));
     const survivorStats = await Promise.all(survivors.map((s) => s.stats()));
     if (profilePath) {
-      await b.rpc.call('profileStop', { path: profilePath });
+      await b.rpc.call('profileStop', { path: profilePath, allocationsPath: ctx.allocations ? profilePath.replace(/\.cpuprofile$/, '.heapprofile') : undefined });
       const summary = summarizeProfile(readProfile(profilePath), 30);
       profiles[profileKey] = summary;
       ctx.log(`CPU profile of ${b.name} during the storm written to ${profilePath}\n${formatProfile(summary, 20)}`);
