@@ -89,8 +89,8 @@ async function runPrimary(): Promise<void> {
 
   // Compiled (npm run build), this file is main.js's neighbour and workers need no loader.
   const compiled = import.meta.url.endsWith('.js');
-  // Workers get the heap sizes the cluster was started with (the image's young generation size).
-  const heapFlags = process.execArgv.filter((flag) => /^--max-(semi|old)-space-size=/.test(flag));
+  // Workers get the heap sizes the cluster was started with (the image's young and old generation sizes).
+  const heapFlags = process.execArgv.filter((flag) => /^--(max-semi|max-old|initial-old)-space-size=/.test(flag));
   cluster.setupPrimary({
     exec: fileURLToPath(new URL(compiled ? './main.js' : './main.ts', import.meta.url)),
     // An absolute loader URL, so workers start whatever the current directory is.
