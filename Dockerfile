@@ -55,7 +55,7 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
 # (the compose `migrate` job); several processes in one container: `node dist/server/src/cluster.js`.
 # --max-semi-space-size=32: a young generation big enough for the garbage of hundreds of requests
 # in flight, small enough that no scavenge stalls the loop long (docs/performance.md, sixth pass).
-# --initial-old-space-size=256: no full collection until the old generation reaches 256 MB, so a
-# node taking over a failed node's drivers is not marked and compacted again and again while its
-# heap grows (docs/performance.md, fifteenth pass).
+# --initial-old-space-size=256: the old generation's limit starts at 256 MB, so a node taking over
+# a failed node's drivers is not marked and compacted again and again while its heap grows
+# (docs/deployment.md; docs/performance.md, fifteenth pass).
 CMD ["node", "--max-semi-space-size=32", "--initial-old-space-size=256", "dist/server/src/main.js"]
