@@ -20,7 +20,6 @@
  * the hub's time until assignable is compared with their time until connected.
  */
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
 import { Agent } from 'node:http';
 import { Redis } from 'ioredis';
 import postgres from 'postgres';
@@ -48,8 +47,8 @@ import {
   WIRE_PORTS,
 } from '../infra.js';
 import { cpuByGroup, freePort, machineBusyPercent, ratio, readCpuTimes, round, sampleProcesses, sampleThreads, sleep, summarize, table, threadCpuMs, waitFor, wallMs } from '../lib.js';
-import type { RunContext, ScenarioOutput, TargetCheck } from '../context.js';
-import { formatProfile, type ProfileSummary, readProfile, summarizeProfile } from '../profile-top.js';
+import { profiled, type RunContext, type ScenarioOutput, type TargetCheck } from '../context.js';
+import type { ProfileSummary } from '../profile-top.js';
 import { type Posted, postOrder } from './assignment.js';
 
 
@@ -337,15 +336,8 @@ async function runStorm(
     const calmStartedAt = wallMs();
     ctx.log(`[${label}] calm: ${Math.round(initial.connected * o.pingHz)} pings/s${hubRun ? `, ${o.orderRate} orders/s on B and C` : ''} for ${o.calmSeconds} s`);
     // What a survivor spends before it has a single driver (orders, what the loaded node shares).
-    const calmProfilePath = ctx.profileDir && hubRun ? join(ctx.profileDir, `${ctx.runId}-storm-${jitter}-b-calm.cpuprofile`) : null;
-    if (calmProfilePath) await b.rpc.call('profileStart', { intervalUs: 1000 });
-    await sleep(o.calmSeconds * 1000);
-    if (calmProfilePath) {
-      await b.rpc.call('profileStop', { path: calmProfilePath });
-      const summary = summarizeProfile(readProfile(calmProfilePath), 30);
-      profiles[`storm-${jitter}-b-calm`] = summary;
-      ctx.log(`CPU profile of ${b.name} in the calm window written to ${calmProfilePath}\n${formatProfile(summary, 20)}`);
-    }
+    const calm = () => sleep(o.calmSeconds * 1000);
+    await (hubRun ? profiled(ctx, b, `storm-${jitter}-b-calm`, calm, profiles) : calm());
 
     await group.stormArm(jitter, survivors.map((s) => s.url), 30_000);
     await Promise.all(survivors.map((s) => s.reset()));
@@ -358,40 +350,34 @@ async function runStorm(
     const killedAt = wallMs();
     // The bare servers are profiled too: what a survivor pays per handshake beyond theirs.
     const profileKey = hubRun ? `storm-${jitter}-b` : `storm-${target}-${jitter}-b`;
-    const profilePath = ctx.profileDir ? join(ctx.profileDir, `${ctx.runId}-${profileKey}.cpuprofile`) : null;
-    // `--allocations`: what the survivor allocates in the storm too, beside the bare one's (its collector's work).
-    if (profilePath) await b.rpc.call('profileStart', { intervalUs: 1000, allocations: ctx.allocations === true });
-    await a.kill();
-    ctx.log(`[${label}] ${a.name} killed (SIGKILL); ${initial.connected} sockets coming back to ${b.name} and ${c.name}`);
-
-    // What the stores were doing meanwhile: the hub's PostgreSQL backends by wait event (sampled
-    // every 100 ms), and Redis's answer time to a PING (every 100 ms) from outside the hub.
-    const sampler = hubRun ? sampleStores(db!.name, `storm-${label}`) : null;
-    let geoMin = Number.POSITIVE_INFINITY;
-    let report: StormReport = await group.stormReport();
-    let lastLog = 0;
     const deadline = killedAt + o.timeoutSeconds * 1000;
-    for (;;) {
-      report = await group.stormReport();
-      if (hubRun) geoMin = Math.min(geoMin, await redis.zcard(geoKey));
-      if (report.waiting === 0 && report.back >= initial.connected) break;
-      if (wallMs() > deadline) break;
-      if (wallMs() - lastLog > 5000) {
-        lastLog = wallMs();
-        ctx.log(`[${label}] ${((wallMs() - killedAt) / 1000).toFixed(1)} s: ${report.back} back, ${report.waiting} waiting, ${report.attempts} attempts, refused ${JSON.stringify(report.refused)}`);
+    const { report, geoMin, backAt, stores, threadsAtBack, survivorStats } = await profiled(ctx, b, profileKey, async () => {
+      await a.kill();
+      ctx.log(`[${label}] ${a.name} killed (SIGKILL); ${initial.connected} sockets coming back to ${b.name} and ${c.name}`);
+
+      // What the stores were doing meanwhile: the hub's PostgreSQL backends by wait event (sampled
+      // every 100 ms), and Redis's answer time to a PING (every 100 ms) from outside the hub.
+      const sampler = hubRun ? sampleStores(db!.name, `storm-${label}`) : null;
+      let geoMin = Number.POSITIVE_INFINITY;
+      let report: StormReport;
+      let lastLog = 0;
+      for (;;) {
+        report = await group.stormReport();
+        if (hubRun) geoMin = Math.min(geoMin, await redis.zcard(geoKey));
+        if (report.waiting === 0 && report.back >= initial.connected) break;
+        if (wallMs() > deadline) break;
+        if (wallMs() - lastLog > 5000) {
+          lastLog = wallMs();
+          ctx.log(`[${label}] ${((wallMs() - killedAt) / 1000).toFixed(1)} s: ${report.back} back, ${report.waiting} waiting, ${report.attempts} attempts, refused ${JSON.stringify(report.refused)}`);
+        }
+        await sleep(100);
       }
-      await sleep(100);
-    }
-    const backAt = wallMs();
-    const stores = sampler ? await sampler.stop() : null;
-    const threadsAtBack = survivors.map((s) => sampleThreads(s.pid));
-    const survivorStats = await Promise.all(survivors.map((s) => s.stats()));
-    if (profilePath) {
-      await b.rpc.call('profileStop', { path: profilePath, allocationsPath: ctx.allocations ? profilePath.replace(/\.cpuprofile$/, '.heapprofile') : undefined });
-      const summary = summarizeProfile(readProfile(profilePath), 30);
-      profiles[profileKey] = summary;
-      ctx.log(`CPU profile of ${b.name} during the storm written to ${profilePath}\n${formatProfile(summary, 20)}`);
-    }
+      const backAt = wallMs();
+      const stores = sampler ? await sampler.stop() : null;
+      const threadsAtBack = survivors.map((s) => sampleThreads(s.pid));
+      const survivorStats = await Promise.all(survivors.map((s) => s.stats()));
+      return { report, geoMin, backAt, stores, threadsAtBack, survivorStats };
+    }, profiles);
     const endWire = await readWire();
     const endStatements = await readStatements();
     const busy = machineBusyPercent(cpuAtKill, readCpuTimes());
