@@ -266,9 +266,10 @@ export function hubEnv(db: BenchDatabase, prefix: string, extra: Record<string, 
 
 /**
  * The V8 flags `npm start` and the Docker image give the hub, given to every server the bench
- * starts: the hub is measured as it runs, and the bare baselines get the same collector.
+ * starts: the hub is measured as it runs, and the bare baselines get the same collector
+ * (`server/test/runtime-flags.test.ts` fails when package.json or the Dockerfile says otherwise).
  */
-const SERVER_NODE_FLAGS = ['--max-semi-space-size=32', '--initial-old-space-size=256'];
+export const SERVER_NODE_FLAGS = ['--max-semi-space-size=32', '--initial-old-space-size=256'];
 
 export async function spawnServer(kind: ServerKind, cleanup: Cleanup, opts: SpawnOptions): Promise<ServerProc> {
   const port = await freePort();

@@ -41,6 +41,11 @@ export function clusterProblems(env: Record<string, string | undefined>, count: 
   return problems;
 }
 
+/** The heap sizes among a process's flags: workers get those the cluster was started with (the image's young and old generation sizes). */
+export function heapFlagsOf(execArgv: readonly string[]): string[] {
+  return execArgv.filter((flag) => /^--(max-semi|max-old|initial-old)-space-size=/.test(flag));
+}
+
 export function backoffMs(consecutiveCrashes: number): number {
   return Math.min(MAX_BACKOFF_MS, MIN_BACKOFF_MS * 2 ** Math.max(0, consecutiveCrashes - 1));
 }
@@ -89,8 +94,7 @@ async function runPrimary(): Promise<void> {
 
   // Compiled (npm run build), this file is main.js's neighbour and workers need no loader.
   const compiled = import.meta.url.endsWith('.js');
-  // Workers get the heap sizes the cluster was started with (the image's young and old generation sizes).
-  const heapFlags = process.execArgv.filter((flag) => /^--(max-semi|max-old|initial-old)-space-size=/.test(flag));
+  const heapFlags = heapFlagsOf(process.execArgv);
   cluster.setupPrimary({
     exec: fileURLToPath(new URL(compiled ? './main.js' : './main.ts', import.meta.url)),
     // An absolute loader URL, so workers start whatever the current directory is.
